@@ -1,0 +1,23 @@
+"""Typed configuration for every stage; see `schema.py` for the keys and `presets/` for shipped presets."""
+
+from nextrl.config.load import ConfigError, available_presets, dump_config, load_config
+from nextrl.config.schema import (
+    BaselineConfig,
+    DataConfig,
+    EnvConfig,
+    EvalConfig,
+    ModelConfig,
+    PretrainConfig,
+    RLConfig,
+    RunConfig,
+    SamplingConfig,
+    SelectionConfig,
+    SourceConfig,
+    TokenizerConfig,
+)
+
+__all__ = [
+    "BaselineConfig", "ConfigError", "DataConfig", "EnvConfig", "EvalConfig", "ModelConfig", "PretrainConfig",
+    "RLConfig", "RunConfig", "SamplingConfig", "SelectionConfig", "SourceConfig", "TokenizerConfig",
+    "available_presets", "dump_config", "load_config",
+]

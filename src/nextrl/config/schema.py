@@ -1,0 +1,168 @@
+"""Typed configuration: one model per pipeline stage, composed into `RunConfig`.
+
+Every model forbids unknown keys and checks ranges, so a typo in a preset or in `--set` fails before any work
+starts, with an error that names the dotted key (see `nextrl.config.load`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """One document source. `kind` picks the reader; the other fields apply to the kinds that name them."""
+
+    kind: Literal["stdlib", "text", "jsonl", "parquet", "hf"] = "stdlib"
+    path: str | None = Field(None, description="file, folder or glob (text/jsonl/parquet); dataset path or hub id (hf)")
+    text_field: str = Field("text", description="field holding the document text (jsonl/parquet/hf)")
+    split: str = Field("train", description="split name (hf)")
+    streaming: bool = Field(False, description="stream a hub dataset instead of downloading it (hf)")
+    max_documents: int | None = Field(None, ge=1, description="stop after this many usable documents")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceConfig:
+        if self.kind != "stdlib" and not self.path:
+            raise ValueError(f"source kind '{self.kind}' needs 'path'")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    min_chars: int = Field(64, ge=1, description="documents shorter than this are skipped as empty")
+    max_chars: int = Field(20_000, ge=64, description="longer documents are split at line breaks into pieces of at most this many characters")
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of documents held out for evaluation")
+    seed: int = 0
+
+
+class TokenizerConfig(_Strict):
+    path: str | None = Field(None, description="Hugging Face tokenizer folder or hub id; None trains one")
+    vocab_size: int = Field(4096, ge=300, description="size of a trained byte-level BPE vocabulary")
+    train_documents: int = Field(2000, ge=1, description="documents used to train the BPE vocabulary")
+
+
+class ModelConfig(_Strict):
+    path: str | None = Field(None, description="Hugging Face causal LM folder or hub id; None pretrains one")
+    hidden_size: int = Field(256, ge=8)
+    intermediate_size: int = Field(688, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(1024, ge=16)
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="autocast dtype for matmuls")
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class PretrainConfig(_Strict):
+    """From-scratch pretraining of the base model (skipped when `model.path` is set)."""
+
+    tokens: int = Field(600_000, ge=1, description="training tokens")
+    seq_len: int = Field(128, ge=8)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    think_insert_prob: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="fraction of training windows with a <think> span inserted (format warm-up for the structured format)",
+    )
+    cache_dir: str | None = Field(None, description="cache of pretrained base models; default $NEXTRL_CACHE or ~/.cache/nextrl")
+
+
+class SelectionConfig(_Strict):
+    """Which positions become tasks (RPT's hard-token selection)."""
+
+    proxy: str = Field("base", description="'base' scores with the base model, or a Hugging Face model path")
+    top_k: int = Field(16, ge=2, description="entropy over the renormalised top-k next-token probabilities")
+    min_entropy: float = Field(0.5, ge=0.0, description="positions at or below this proxy entropy are dropped")
+    buckets: dict[str, float] = Field(
+        default_factory=lambda: {"easy": 0.5, "medium": 1.0, "hard": 1.5},
+        description="bucket name -> lower entropy bound (exclusive); a position takes the highest bound it exceeds",
+    )
+    skip_first: int = Field(16, ge=0, description="skip the first N tokens of each document")
+    context: int = Field(128, ge=1, description="prefix tokens fed to the model before a position")
+    max_documents: int = Field(400, ge=1, description="documents scored")
+    max_positions_per_doc: int = Field(64, ge=1, description="at most this many positions kept per document (a seeded sample of those above the threshold)")
+    batch_size: int = Field(16, ge=1)
+
+
+class EnvConfig(_Strict):
+    """The next-token environment: how a position becomes a prompt and how a prediction is scored."""
+
+    name: Literal["next_token"] = "next_token"
+    format: Literal["structured", "prompted"] = "structured"
+    thought_tokens: int = Field(16, ge=0, description="maximum thought length m")
+    answer_tokens: int = Field(1, ge=1, description="tokens predicted after </think> (structured format)")
+    max_answer_chars: int = Field(64, ge=1, description="longest answer scored (prompted format)")
+    missing_answer_reward: float = Field(0.0, description="reward for a missing or unparseable answer")
+    target_tokens: int = Field(8, ge=1, description="true continuation tokens kept for scoring (the set B)")
+
+
+class SamplingConfig(_Strict):
+    group_size: int = Field(8, ge=1, description="G samples per position")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class RLConfig(_Strict):
+    algorithm: Literal["grpo"] = "grpo"
+    steps: int = Field(40, ge=0)
+    positions_per_step: int = Field(16, ge=1, description="positions (groups) per optimizer step")
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(2, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    loss_norm: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    clip_eps_low: float = Field(0.2, ge=0)
+    clip_eps_high: float = Field(0.28, ge=0)
+    kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to a frozen reference; 0 disables it")
+    scale_rewards: bool = Field(False, description="divide advantages by the group's std (GRPO) or not (Dr. GRPO)")
+    drop_uniform_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
+    updates_per_batch: int = Field(1, ge=1, description="optimizer steps per rollout batch (1 = strictly on-policy)")
+    checkpoint_every: int = Field(20, ge=1)
+    seed: int = 0
+
+
+class BaselineConfig(_Strict):
+    """FLOP-matched continued pretraining of the same base model."""
+
+    enabled: bool = True
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(128, ge=8)
+
+
+class EvalConfig(_Strict):
+    positions: int = Field(256, ge=1, description="held-out positions evaluated per model")
+    batch_size: int = Field(32, ge=1)
+    perplexity_tokens: int = Field(20_000, ge=1, description="held-out tokens for perplexity")
+    thought_temperature: float = Field(0.0, ge=0.0, description="0 = greedy thought in the with-thought mode")
+
+
+class RunConfig(_Strict):
+    preset: str = "tiny"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)

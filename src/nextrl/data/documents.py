@@ -1,0 +1,14 @@
+"""The document: what every source yields and every later stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text document. `doc_id` is stable across runs and machines (source label + path/line or index)."""
+
+    doc_id: str
+    text: str
+    source: str

@@ -1,0 +1,109 @@
+"""Tokenizers: train a byte-level BPE from documents, load any Hugging Face tokenizer, and map tokens to the
+exact UTF-8 bytes they stand for (the RPT reward compares bytes, not strings)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [EOS, PAD, THINK_OPEN, THINK_CLOSE]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style pre-tokenizer) whose special tokens include the thought delimiters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
+                                   additional_special_tokens=[THINK_OPEN, THINK_CLOSE])
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer with `<think>`/`</think>` guaranteed to be single special tokens."""
+    tok = AutoTokenizer.from_pretrained(path)
+    return ensure_think_tokens(tok)
+
+
+def ensure_think_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    missing = [t for t in (THINK_OPEN, THINK_CLOSE) if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def think_ids(tok: PreTrainedTokenizerBase) -> tuple[int, int]:
+    return tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's reversible byte <-> printable-unicode map used by ByteLevel pre-tokenizers.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _is_byte_level(tok: PreTrainedTokenizerBase) -> bool:
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    return "ByteLevel" in type(backend.decoder).__name__ or '"ByteLevel"' in backend.to_str()[:20000]
+
+
+class TokenBytes:
+    """Exact bytes of each token id. Byte-level BPE tokens map exactly; other tokenizers fall back to decoding
+    the id alone (exact for byte-fallback vocabularies, approximate at SentencePiece word starts)."""
+
+    def __init__(self, tok: PreTrainedTokenizerBase):
+        self.tok = tok
+        self.byte_level = _is_byte_level(tok)
+        self._special = set(tok.all_special_ids)
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token_id: int) -> bytes:
+        b = self._cache.get(token_id)
+        if b is None:
+            b = self._compute(token_id)
+            self._cache[token_id] = b
+        return b
+
+    def _compute(self, token_id: int) -> bytes:
+        if token_id in self._special:
+            return b""
+        piece = self.tok.convert_ids_to_tokens(token_id)
+        if self.byte_level and piece is not None:
+            dec = _byte_decoder()
+            if all(ch in dec for ch in piece):
+                return bytes(dec[ch] for ch in piece)
+        return self.tok.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8")
+
+    def join(self, ids: Iterable[int]) -> bytes:
+        return b"".join(self(i) for i in ids)
+
+
+def save_tokenizer(tok: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    tok.save_pretrained(str(folder))
