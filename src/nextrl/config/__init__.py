@@ -17,7 +17,20 @@ from nextrl.config.schema import (
 )
 
 __all__ = [
-    "BaselineConfig", "ConfigError", "DataConfig", "EnvConfig", "EvalConfig", "ModelConfig", "PretrainConfig",
-    "RLConfig", "RunConfig", "SamplingConfig", "SelectionConfig", "SourceConfig", "TokenizerConfig",
-    "available_presets", "dump_config", "load_config",
+    "BaselineConfig",
+    "ConfigError",
+    "DataConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "RLConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "SelectionConfig",
+    "SourceConfig",
+    "TokenizerConfig",
+    "available_presets",
+    "dump_config",
+    "load_config",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from importlib import resources
 from pathlib import Path
@@ -62,10 +63,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = raw
     # YAML reads 1e-5 as a string (no dot); numbers in scientific notation are common in overrides.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 

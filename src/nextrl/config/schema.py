@@ -19,7 +19,9 @@ class SourceConfig(_Strict):
     """One document source. `kind` picks the reader; the other fields apply to the kinds that name them."""
 
     kind: Literal["stdlib", "text", "jsonl", "parquet", "hf"] = "stdlib"
-    path: str | None = Field(None, description="file, folder or glob (text/jsonl/parquet); dataset path or hub id (hf)")
+    path: str | None = Field(
+        None, description="file, folder or glob (text/jsonl/parquet); dataset path or hub id (hf)"
+    )
     text_field: str = Field("text", description="field holding the document text (jsonl/parquet/hf)")
     split: str = Field("train", description="split name (hf)")
     streaming: bool = Field(False, description="stream a hub dataset instead of downloading it (hf)")
@@ -35,8 +37,14 @@ class SourceConfig(_Strict):
 class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
     min_chars: int = Field(64, ge=1, description="documents shorter than this are skipped as empty")
-    max_chars: int = Field(20_000, ge=64, description="longer documents are split at line breaks into pieces of at most this many characters")
-    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of documents held out for evaluation")
+    max_chars: int = Field(
+        20_000,
+        ge=64,
+        description="longer documents are split at line breaks into pieces of at most this many characters",
+    )
+    heldout_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="fraction of documents held out for evaluation"
+    )
     seed: int = 0
 
 
@@ -75,10 +83,14 @@ class PretrainConfig(_Strict):
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     think_insert_prob: float = Field(
-        0.3, ge=0.0, le=1.0,
+        0.3,
+        ge=0.0,
+        le=1.0,
         description="fraction of training windows with a <think> span inserted (format warm-up for the structured format)",
     )
-    cache_dir: str | None = Field(None, description="cache of pretrained base models; default $NEXTRL_CACHE or ~/.cache/nextrl")
+    cache_dir: str | None = Field(
+        None, description="cache of pretrained base models; default $NEXTRL_CACHE or ~/.cache/nextrl"
+    )
 
 
 class SelectionConfig(_Strict):
@@ -86,7 +98,9 @@ class SelectionConfig(_Strict):
 
     proxy: str = Field("base", description="'base' scores with the base model, or a Hugging Face model path")
     top_k: int = Field(16, ge=2, description="entropy over the renormalised top-k next-token probabilities")
-    min_entropy: float = Field(0.5, ge=0.0, description="positions at or below this proxy entropy are dropped")
+    min_entropy: float = Field(
+        0.5, ge=0.0, description="positions at or below this proxy entropy are dropped"
+    )
     buckets: dict[str, float] = Field(
         default_factory=lambda: {"easy": 0.5, "medium": 1.0, "hard": 1.5},
         description="bucket name -> lower entropy bound (exclusive); a position takes the highest bound it exceeds",
@@ -94,7 +108,12 @@ class SelectionConfig(_Strict):
     skip_first: int = Field(16, ge=0, description="skip the first N tokens of each document")
     context: int = Field(128, ge=1, description="prefix tokens fed to the model before a position")
     max_documents: int = Field(400, ge=1, description="documents scored")
-    max_positions_per_doc: int = Field(64, ge=1, description="at most this many positions kept per document (a seeded sample of those above the threshold)")
+    max_doc_tokens: int = Field(1024, ge=8, description="only the first N tokens of a document are scored")
+    max_positions_per_doc: int = Field(
+        64,
+        ge=1,
+        description="at most this many positions kept per document (a seeded sample of those above the threshold)",
+    )
     batch_size: int = Field(16, ge=1)
 
 
@@ -114,6 +133,7 @@ class SamplingConfig(_Strict):
     group_size: int = Field(8, ge=1, description="G samples per position")
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(128, ge=1, description="sequences decoded together by the rollout engine")
 
 
 class RLConfig(_Strict):
@@ -129,9 +149,16 @@ class RLConfig(_Strict):
     clip_eps_low: float = Field(0.2, ge=0)
     clip_eps_high: float = Field(0.28, ge=0)
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to a frozen reference; 0 disables it")
-    scale_rewards: bool = Field(False, description="divide advantages by the group's std (GRPO) or not (Dr. GRPO)")
+    scale_rewards: bool = Field(
+        False, description="divide advantages by the group's std (GRPO) or not (Dr. GRPO)"
+    )
     drop_uniform_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
-    updates_per_batch: int = Field(1, ge=1, description="optimizer steps per rollout batch (1 = strictly on-policy)")
+    updates_per_batch: int = Field(
+        1, ge=1, description="optimizer steps per rollout batch (1 = strictly on-policy)"
+    )
+    micro_batch_size: int = Field(
+        64, ge=1, description="sequences per forward/backward (memory bound; exact accumulation)"
+    )
     checkpoint_every: int = Field(20, ge=1)
     seed: int = 0
 

@@ -33,9 +33,17 @@ class SamplingParams:
     eos_token_ids: tuple[int, ...] = ()  # end the whole completion in any phase
 
     @classmethod
-    def simple(cls, max_new_tokens: int, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-               stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
-        return cls(phases=(Phase(max_new_tokens, tuple(stop_token_ids)),), n=n, temperature=temperature, top_p=top_p)
+    def simple(
+        cls,
+        max_new_tokens: int,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_token_ids: tuple[int, ...] = (),
+    ) -> SamplingParams:
+        return cls(
+            phases=(Phase(max_new_tokens, tuple(stop_token_ids)),), n=n, temperature=temperature, top_p=top_p
+        )
 
     @property
     def max_new_tokens(self) -> int:

@@ -1,0 +1,106 @@
+"""The `nextrl` command: a thin layer over `nextrl.pipeline` and the stage functions."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nextrl.config import ConfigError, available_presets, dump_config, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="nextrl: reinforcement learning on next-token prediction. Start with `nextrl run`.",
+)
+
+PresetOpt = Annotated[
+    str, typer.Option("--preset", "-p", help="shipped preset name (see `nextrl presets`) or a YAML file")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override a config key, e.g. --set rl.lr=1e-5 (repeatable)"),
+]
+
+
+def _config(preset: str, overrides: list[str] | None):
+    try:
+        return load_config(preset, overrides or [])
+    except ConfigError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    preset: PresetOpt = "tiny",
+    overrides: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default runs/<timestamp>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out where it stopped")
+    ] = False,
+) -> None:
+    """Run the main job: pretrain a base model (cached), select positions, RL-train, train a FLOP-matched
+    baseline, evaluate all three, and write summary.json, metrics.jsonl, TensorBoard events and report.html."""
+    from nextrl.pipeline import RunFolderError, summary_table
+    from nextrl.pipeline import run as run_pipeline
+
+    cfg = _config(preset, overrides)
+    if out is None:
+        if resume:
+            typer.secho("error: --resume needs --out naming the run folder", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        summary = run_pipeline(cfg, out, resume=resume)
+    except (RunFolderError, ConfigError, ValueError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(summary_table(summary))
+    typer.echo(f"\nreport: {out / 'report.html'}")
+
+
+@app.command()
+def pretrain(preset: PresetOpt = "tiny", overrides: SetOpt = None) -> None:
+    """Build (or find in the cache) the base tokenizer and model for a config, and print where it is."""
+    from nextrl.model.pretrain import prepare_base
+
+    base = prepare_base(_config(preset, overrides))
+    typer.echo(f"base model: {base.path}")
+
+
+@app.command()
+def config(preset: PresetOpt = "tiny", overrides: SetOpt = None) -> None:
+    """Print the fully resolved config (what a run would save as config.yaml)."""
+    typer.echo(dump_config(_config(preset, overrides)), nl=False)
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped presets."""
+    for name in available_presets():
+        typer.echo(name)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder holding summary.json")]) -> None:
+    """Re-render report.html of a run folder and print its summary table."""
+    import json
+
+    from nextrl.report import summary_table, write_report
+
+    if not (run_dir / "summary.json").is_file():
+        typer.secho(f"error: {run_dir / 'summary.json'} not found", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    path = write_report(run_dir)
+    typer.echo(summary_table(json.loads((run_dir / "summary.json").read_text())))
+    typer.echo(f"\nreport: {path}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

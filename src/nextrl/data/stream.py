@@ -1,0 +1,147 @@
+"""The document stream: all sources in config order, cleaned, capped, shardable and resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any, Literal
+
+from nextrl.config.schema import DataConfig, SourceConfig
+from nextrl.data.documents import Document
+from nextrl.data.sources import DataError, SkipLog, SkipStats, read_source
+
+_PIECE_SUFFIX = re.compile(r"#\d+$")
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Pack whole lines greedily into pieces of at most `max_chars`; an over-long line is hard-split.
+
+    `"".join(pieces) == text`: nothing is dropped or added, so the pieces read as the original.
+    """
+    pieces: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        while len(line) > max_chars:
+            if cur:
+                pieces.append("".join(cur))
+                cur, size = [], 0
+            pieces.append(line[:max_chars])
+            line = line[max_chars:]
+        if size + len(line) > max_chars:
+            pieces.append("".join(cur))
+            cur, size = [], 0
+        cur.append(line)
+        size += len(line)
+    if cur:
+        pieces.append("".join(cur))
+    return pieces
+
+
+def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
+    """Strip NULs, skip near-empty documents, split long ones (pieces get doc_id suffix `#1`, `#2`, ...)."""
+    if "\x00" in doc.text:
+        doc = Document(doc.doc_id, doc.text.replace("\x00", ""), doc.source)
+    text = doc.text
+    if len(text.strip()) < cfg.min_chars:
+        log.skip(
+            "empty", doc.doc_id, f"{len(text.strip())} characters after strip, min_chars is {cfg.min_chars}"
+        )
+        return []
+    if len(text) <= cfg.max_chars:
+        return [doc]
+    # A too-short piece (often the tail) is dropped silently: it is a fragment, not a bad input.
+    kept = [p for p in split_text(text, cfg.max_chars) if len(p.strip()) >= cfg.min_chars]
+    return [Document(f"{doc.doc_id}#{k}", p, doc.source) for k, p in enumerate(kept, start=1)]
+
+
+def source_documents(cfg: DataConfig, index: int, log: SkipLog) -> Iterator[Document]:
+    """Cleaned documents of `cfg.sources[index]`, at most `max_documents` of them (pieces count singly)."""
+    src = cfg.sources[index]
+    usable = 0
+    with closing(read_source(src, f"data.sources[{index}]", log)) as raw_docs:  # closes files on early stop
+        for raw in raw_docs:
+            for doc in clean(raw, cfg, log):
+                yield doc
+                usable += 1
+                if src.max_documents is not None and usable >= src.max_documents:
+                    return
+
+
+def _describe(src: SourceConfig, index: int) -> str:
+    return f"data.sources[{index}] (kind={src.kind}" + (f", path={src.path!r})" if src.path else ")")
+
+
+def iter_documents(cfg: DataConfig, stats: SkipStats | None = None) -> Iterator[Document]:
+    """All sources in config order as one sequence; skips are counted in `stats`."""
+    stats = stats if stats is not None else SkipStats()
+    for i, src in enumerate(cfg.sources):
+        log = SkipLog(stats, _describe(src, i))
+        yield from source_documents(cfg, i, log)
+        log.finish()
+
+
+class DocumentStream:
+    """The global document sequence; global index i goes to rank `i % world_size`.
+
+    `cursor` counts global documents passed (all ranks'), so `state_dict()` taken after any document resumes
+    right after it: after `load_state_dict`, the next iteration re-reads the sources and skips forward to the
+    cursor. Without one, every iteration starts from the beginning and yields the same sequence.
+    """
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cursor = 0
+        self.stats = SkipStats()  # counts of the current (or last) pass, including any skipped-forward part
+        self._resume_at = 0
+
+    def __iter__(self) -> Iterator[Document]:
+        start, self._resume_at = self._resume_at, 0
+        self.cursor = start
+        self.stats.clear()
+        with closing(iter_documents(self.cfg, self.stats)) as docs:
+            for i, doc in enumerate(docs):
+                if i < start:
+                    continue
+                self.cursor = i + 1  # set before yielding: a state_dict taken now resumes after this doc
+                if i % self.world_size == self.rank:
+                    yield doc
+
+    def state_dict(self) -> dict[str, int]:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        cursor = state["cursor"]
+        if not isinstance(cursor, int) or cursor < 0:
+            raise ValueError(f"cursor must be a non-negative int, got {cursor!r}")
+        self.cursor = self._resume_at = cursor
+
+
+def split_of(doc_id: str, heldout_fraction: float, seed: int) -> Literal["train", "heldout"]:
+    """Stable train/heldout assignment from a hash of seed and doc_id (the same on every run and machine).
+
+    Pieces of one split document (`...#k`) hash as the whole document, so no document straddles the split.
+    """
+    base = _PIECE_SUFFIX.sub("", doc_id)
+    digest = hashlib.sha256(f"{seed}\x00{base}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    return "heldout" if u < heldout_fraction else "train"
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """Read each source up to its first usable document; raise `DataError` for one that has none.
+
+    Run before training, so a wrong path or field name fails in seconds instead of after model setup.
+    """
+    for i, src in enumerate(cfg.sources):
+        log = SkipLog(SkipStats(), _describe(src, i))
+        with closing(source_documents(cfg, i, log)) as docs:
+            found = next(docs, None) is not None
+        if not found:
+            log.finish()
+            counts = {k: v for k, v in log.local.as_dict().items() if v}
+            raise DataError(f"{_describe(src, i)} has no usable document (skipped: {counts or 'none'})")

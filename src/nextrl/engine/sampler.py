@@ -1,0 +1,252 @@
+"""`TorchSampler`: batched, KV-cached sampling in plain PyTorch over a Hugging Face causal LM.
+
+Each chunk of sequences is prefilled once with LEFT padding (so every sequence's last prompt token sits in the
+final column and the next token is decoded in lock-step), then decoded one token per step from a `DynamicCache`.
+Explicit position ids make each sequence see exactly the positions it would see unpadded, which is what lets the
+trainer recompute the recorded log-probs with an ordinary unpadded forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from nextrl.engine.base import Phase, Rollout, SamplingParams
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class _Seq:
+    """Decoding state of one sequence: where it is in the phase program and what it has produced."""
+
+    prompt: list[int]
+    phases: tuple[Phase, ...]
+    phase: int = 0
+    used: int = 0  # sampled tokens used in the current phase
+    forced: list[int] | None = None  # pending forced tokens once the budget ran out (None: still sampling)
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=lambda: [0])
+    finish: str | None = None
+
+    def end_phase(self, reason: str) -> None:
+        if self.phase + 1 == len(self.phases):
+            self.finish = reason
+            return
+        self.phase, self.used, self.forced = self.phase + 1, 0, None
+        self.starts.append(len(self.ids))
+
+    def settle(self) -> None:
+        """Walk through exhausted phases until the sequence needs a token (sampled or forced) or is finished,
+        so that a max_tokens-0 phase costs no step and a finished sequence is never fed to the model again."""
+        while self.finish is None:
+            if self.forced is None and self.used < self.phases[self.phase].max_tokens:
+                return  # needs a sampled token
+            if self.forced is None:
+                self.forced = list(self.phases[self.phase].force_on_length)
+            if self.forced:
+                return  # needs a forced token
+            self.end_phase("length")
+
+    def add(self, token: int, logprob: float, params: SamplingParams) -> None:
+        if self.forced:  # forced tokens are not actions: no logprob, no gradient
+            self.ids.append(self.forced.pop(0))
+            self.logprobs.append(0.0)
+            self.mask.append(0)
+        else:
+            self.ids.append(token)
+            self.logprobs.append(logprob)
+            self.mask.append(1)
+            self.used += 1
+            if token in params.eos_token_ids:
+                self.finish = "eos"
+            elif token in self.phases[self.phase].stop_token_ids:
+                self.end_phase("stop")
+        self.settle()
+
+
+def _sample(
+    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row; return (tokens, logprobs). The logprob is log_softmax(logits / T) of the chosen
+    token under the temperature-scaled distribution BEFORE top-p truncation (T=1 when greedy): this is the
+    quantity the trainer recomputes from a plain forward, so it must not depend on the truncation."""
+    logits = logits.float()
+    logp = F.log_softmax(logits / (params.temperature or 1.0), dim=-1)
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        probs = logp.exp()
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # keep a token while the mass before it is < top_p: the smallest prefix reaching top_p, >= 1 token
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+            drop[:, 0] = False
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(drop, 0.0))
+        tokens = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class TorchSampler:
+    """In-process `RolloutEngine` over a Hugging Face causal LM (shares the module with the trainer).
+
+    Randomness comes from the sampler's own `torch.Generator`, created on the model's device at the first call
+    and seeded from `seed` (a fresh sampler with the same seed, model and inputs reproduces its rollouts; later
+    calls continue the stream). Without a seed it is seeded non-deterministically. Sampling results depend on
+    `batch_size` (how sequences are grouped), greedy results do not.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_token_id: int,
+        batch_size: int = 64,
+        autocast_dtype: torch.dtype | None = None,
+        seed: int | None = None,
+    ):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.batch_size = batch_size
+        self.autocast_dtype = autocast_dtype
+        self.seed = seed
+        self.policy_version = 0
+        self._gen: torch.Generator | None = None
+
+    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
+        self.model = policy  # a reference: in-process training updates it in place
+        self.policy_version = version
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device)
+            if self.seed is None:
+                self._gen.seed()
+            else:
+                self._gen.manual_seed(self.seed)
+        return self._gen
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: there is no token to condition the first sample on")
+        seqs = [_Seq(list(p), params.phases) for p in prompts for _ in range(params.n)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(seqs), self.batch_size):
+                    self._run_chunk(seqs[i : i + self.batch_size], params)
+        finally:
+            self.model.train(was_training)
+        out = []
+        for s in seqs:
+            # unreached phases (the completion ended early) start at the end of the completion
+            starts = s.starts + [len(s.ids)] * (len(params.phases) - len(s.starts))
+            out.append(_rollout(s, starts, self.policy_version))
+        return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    def _run_chunk(self, seqs: list[_Seq], params: SamplingParams) -> None:
+        model, device = self.model, _device(self.model)
+        gen = self._generator(device)
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.tensor(
+            [[self.pad_token_id] * (width - len(s.prompt)) + s.prompt for s in seqs], device=device
+        )
+        attn = torch.tensor(
+            [[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs], device=device
+        )
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)  # pads get 0; real tokens 0..len-1 as if unpadded
+        cache = DynamicCache()
+        with _autocast(device, self.autocast_dtype):
+            logits = model(
+                input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+            ).logits[:, -1]
+        next_pos = attn.sum(-1)  # position of each sequence's next token
+        for s in seqs:
+            s.settle()
+        live = list(range(len(seqs)))  # indices into seqs of the rows still in the batch
+        while True:
+            # drop finished rows (from the cache too) so they stop costing compute
+            keep = [row for row, i in enumerate(live) if seqs[i].finish is None]
+            if not keep:
+                return
+            if len(keep) < len(live):
+                sel = torch.tensor(keep, device=device)
+                cache.batch_select_indices(sel)
+                attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
+                live = [live[row] for row in keep]
+            tokens, logps = _sample(logits, params, gen)
+            for i, tok, lp in zip(live, tokens.tolist(), logps.tolist(), strict=True):
+                seqs[i].add(tok, lp, params)
+            if all(seqs[i].finish is not None for i in live):
+                return
+            # feed every live row's new token (sampled or forced; finished rows are dropped next round)
+            attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=-1)
+            with _autocast(device, self.autocast_dtype):
+                logits = model(
+                    input_ids=torch.tensor([seqs[i].ids[-1] for i in live], device=device)[:, None],
+                    attention_mask=attn,
+                    position_ids=next_pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[:, -1]
+            next_pos = next_pos + 1
+
+
+def _rollout(s: _Seq, starts: list[int], version: int) -> Rollout:
+    return Rollout(
+        prompt_ids=s.prompt,
+        completion_ids=s.ids,
+        logprobs=s.logprobs,
+        action_mask=s.mask,
+        finish_reason=s.finish or "length",
+        policy_version=version,
+        phase_starts=starts,
+    )
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    temperature: float,
+    autocast_dtype: torch.dtype | None = None,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Log-probs log_softmax(logits / T) of each completion token given prompt + preceding completion (T=1 when
+    T=0), from ONE plain forward per chunk over right-padded sequences: with right padding the default
+    positions 0..len-1 are already the unpadded ones. Runs under the caller's grad mode and train/eval mode;
+    returns one float32 tensor per completion on the model's device."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: the first completion token has no logits to come from")
+    device, out = _device(model), []
+    for c in range(0, len(prompts), batch_size):
+        seqs = [
+            list(p) + list(q)
+            for p, q in zip(prompts[c : c + batch_size], completions[c : c + batch_size], strict=True)
+        ]
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        with _autocast(device, autocast_dtype):
+            logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = F.log_softmax(logits / (temperature or 1.0), dim=-1)
+        for row, (p, q) in enumerate(
+            zip(prompts[c : c + batch_size], completions[c : c + batch_size], strict=True)
+        ):
+            # the token at index j is predicted by the logits at j - 1
+            tgt = torch.tensor(list(q), device=device, dtype=torch.long)
+            out.append(logp[row, len(p) - 1 : len(p) - 1 + len(q)].gather(-1, tgt[:, None]).squeeze(-1))
+    return out

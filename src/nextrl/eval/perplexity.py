@@ -1,0 +1,41 @@
+"""Perplexity of a model on held-out documents (non-overlapping windows, plain next-token loss)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nextrl.trainer.lm import lm_loss
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    docs: Sequence[np.ndarray],
+    window: int,
+    max_tokens: int,
+    autocast: torch.dtype | None,
+    batch_size: int = 16,
+) -> float:
+    device = next(model.parameters()).device
+    chunks = []
+    total = 0
+    for d in docs:
+        for s in range(0, len(d) - 1, window):
+            piece = d[s : s + window + 1]
+            if len(piece) == window + 1 and total < max_tokens:
+                chunks.append(piece)
+                total += window
+    if not chunks:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    nll = 0.0
+    for s in range(0, len(chunks), batch_size):
+        x = torch.from_numpy(np.stack(chunks[s : s + batch_size])).to(device)
+        nll += lm_loss(model, x, None, autocast).item() * len(x)
+    model.train(was_training)
+    return math.exp(nll / len(chunks))

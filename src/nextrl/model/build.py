@@ -1,0 +1,66 @@
+"""Base models: a small Llama-style model built from config, or any Hugging Face causal LM from a path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from nextrl.config import ModelConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config key 'device': cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """bf16 autocast where asked (≈2.5x faster matmuls on this CPU and on GPUs); None means plain fp32."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else None
+
+
+def build_llama(
+    cfg: ModelConfig, vocab_size: int, pad_token_id: int, eos_token_id: int, seed: int = 0
+) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_model(path: str | Path, vocab_size: int | None = None) -> PreTrainedModel:
+    """Load a causal LM in fp32 (masters stay fp32; autocast gives bf16 matmuls). Resizes the embeddings when the
+    tokenizer gained the thought tokens."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except OSError as e:
+        raise ValueError(f"config key 'model.path': cannot load a causal LM from {path}: {e}") from None
+    if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def count_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        emb = model.get_input_embeddings().weight
+        n -= emb.numel()
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            n -= out.weight.numel()
+    return n

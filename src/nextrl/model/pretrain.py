@@ -1,0 +1,160 @@
+"""The base model: a Hugging Face model from a path, or a tokenizer + small Llama pretrained from scratch on the
+corpus (cached by a hash of everything that shapes it, so a second run reuses it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nextrl import __version__
+from nextrl.config import RunConfig
+from nextrl.data import Document, DocumentStream, split_of
+from nextrl.data.windows import WindowBatches, insert_thought, pack_windows
+from nextrl.model.build import autocast_dtype, build_llama, count_params, load_model
+from nextrl.model.flops import FlopModel
+from nextrl.model.tokenizer import load_tokenizer, think_ids, train_bpe_tokenizer
+from nextrl.trainer.lm import train_lm
+from nextrl.trainer.optim import build_optimizer, build_scheduler
+from nextrl.utils.io import atomic_dir
+from nextrl.utils.metrics import MetricsLogger
+from nextrl.utils.progress import progress
+
+
+@dataclass
+class BaseModel:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    path: Path | None  # where it is saved (None when loaded from a hub id)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_root(cfg: RunConfig) -> Path:
+    if cfg.pretrain.cache_dir:
+        return Path(cfg.pretrain.cache_dir)
+    return Path(os.environ.get("NEXTRL_CACHE", Path.home() / ".cache" / "nextrl"))
+
+
+def cache_key(cfg: RunConfig) -> str:
+    shaping = {
+        "version": __version__,
+        "data": cfg.data.model_dump(mode="json"),
+        "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "pretrain": cfg.pretrain.model_dump(mode="json", exclude={"cache_dir"}),
+        "thought_tokens": cfg.env.thought_tokens,
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_documents(cfg: RunConfig, max_chars: int | None = None) -> list[Document]:
+    """Train-split documents in stream order, up to `max_chars` characters in total."""
+    docs, chars = [], 0
+    for doc in DocumentStream(cfg.data):
+        if split_of(doc.doc_id, cfg.data.heldout_fraction, cfg.data.seed) != "train":
+            continue
+        docs.append(doc)
+        chars += len(doc.text)
+        if max_chars is not None and chars >= max_chars:
+            break
+    return docs
+
+
+def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseModel:
+    if cfg.model.path:
+        tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
+        model = load_model(cfg.model.path, vocab_size=len(tok))
+        path = Path(cfg.model.path) if Path(cfg.model.path).exists() else None
+        return BaseModel(model, tok, path, {"source": cfg.model.path, "cached": True, "flops": 0.0})
+    folder = cache_root(cfg) / f"base-{cache_key(cfg)}"
+    if (folder / "base.json").is_file():
+        return load_base(folder)
+    pretrain_base(cfg, folder, logger)
+    return load_base(folder)
+
+
+def load_base(folder: Path) -> BaseModel:
+    info = json.loads((folder / "base.json").read_text())
+    tok = load_tokenizer(str(folder))
+    model = load_model(folder)
+    return BaseModel(model, tok, folder, {**info, "cached": True})
+
+
+def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) -> None:
+    pc = cfg.pretrain
+    t0 = time.time()
+    # ~3.5 characters per BPE token on code; read 1.5x what the token budget needs (epochs repeat otherwise).
+    docs = train_documents(cfg, max_chars=int(pc.tokens * 3.5 * 1.5))
+    if not docs:
+        raise ValueError("the corpus has no training documents (data.sources)")
+    tok = train_bpe_tokenizer(
+        (d.text for d in docs[: cfg.tokenizer.train_documents]), cfg.tokenizer.vocab_size
+    )
+    encoded = []
+    for d in progress(desc="tokenize", unit="doc", total=len(docs), iterable=docs):
+        encoded.append(tok(d.text, add_special_tokens=False)["input_ids"])
+    windows = pack_windows(encoded, pc.seq_len, tok.eos_token_id)
+    open_id, close_id = think_ids(tok)
+    model = build_llama(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id, seed=cfg.seed)
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batches = WindowBatches(windows, pc.batch_size, seed=cfg.seed)
+    steps = math.ceil(pc.tokens / (pc.batch_size * pc.seq_len))
+
+    def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = batches.batch(step).numpy()
+        masks = np.ones((tokens.shape[0], tokens.shape[1] - 1), dtype=bool)
+        rng = np.random.default_rng([cfg.seed, 7, step])
+        for i in range(len(tokens)):
+            if rng.random() < pc.think_insert_prob:
+                tokens[i], masks[i] = insert_thought(
+                    tokens[i], rng, open_id, close_id, cfg.env.thought_tokens
+                )
+        return torch.from_numpy(tokens), torch.from_numpy(masks)
+
+    opt = build_optimizer(model, pc.lr, pc.weight_decay)
+    sched = build_scheduler(opt, pc.warmup_steps, steps, "cosine")
+    flops_step = FlopModel.from_model(model).train_sequence(pc.seq_len, pc.batch_size)
+    stats = train_lm(
+        model,
+        batch_fn,
+        steps=steps,
+        start_step=0,
+        optimizer=opt,
+        scheduler=sched,
+        grad_clip=1.0,
+        autocast=autocast_dtype(cfg.model),
+        device=device,
+        flops_per_step=flops_step,
+        stage="pretrain",
+        logger=logger,
+    )
+    info = {
+        "source": "pretrained from scratch",
+        "key": folder.name,
+        "documents": len(docs),
+        "windows": len(windows),
+        "params": count_params(model),
+        "vocab_size": len(tok),
+        "seconds": time.time() - t0,
+        "train_seconds": stats["seconds"],
+        "steps": steps,
+        "tokens": steps * pc.batch_size * pc.seq_len,
+        "flops": stats["flops"],
+        "tokens_per_second": stats["tokens_per_second"],
+        "final_loss": stats["loss"],
+    }
+    model.to("cpu")
+    with atomic_dir(folder) as tmp:
+        tok.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / "base.json").write_text(json.dumps(info, indent=2))

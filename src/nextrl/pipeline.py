@@ -1,0 +1,354 @@
+"""The main job, stage by stage: base model -> positions -> RL -> FLOP-matched baseline -> evaluation -> report.
+
+Each stage writes its output into the run folder; with `resume=True` finished stages are read back and
+unfinished ones continue from their last checkpoint, so an interrupted run loses at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nextrl import __version__
+from nextrl.config import RunConfig, dump_config
+from nextrl.data import DocumentStream, check_sources
+from nextrl.data.windows import WindowBatches, pack_windows
+from nextrl.engine import TorchSampler
+from nextrl.env import NextTokenEnv
+from nextrl.eval import perplexity, standard_accuracy, thought_accuracy
+from nextrl.model.build import autocast_dtype, resolve_device
+from nextrl.model.flops import FlopModel
+from nextrl.model.pretrain import BaseModel, prepare_base
+from nextrl.report import summary_table, write_report
+from nextrl.selection import PositionIndex, select_positions
+from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from nextrl.trainer.lm import train_lm
+from nextrl.trainer.optim import build_optimizer, build_scheduler
+from nextrl.trainer.rl import RLTrainer
+from nextrl.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from nextrl.utils.metrics import MetricsLogger
+from nextrl.utils.seed import seed_everything
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+def prepare_run_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise RunFolderError(
+                f"run folder {out} already holds a run; pass --resume to continue it or choose "
+                "another --out (nothing is overwritten)"
+            )
+        saved = out / "config.yaml"
+        if saved.is_file() and saved.read_text() != dump_config(cfg):
+            raise RunFolderError(
+                f"--resume: the config differs from the one saved in {saved}; resume with the "
+                "same preset and --set values"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+
+
+def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -> PositionIndex:
+    folder = out / "index"
+    if (folder / "positions.parquet").is_file() and (folder / "documents.parquet").is_file():
+        return PositionIndex.load(folder)
+    docs = []
+    for doc in DocumentStream(cfg.data):
+        docs.append(doc)
+        if len(docs) >= cfg.selection.max_documents:
+            break
+    proxy = base.model
+    if cfg.selection.proxy != "base":
+        from nextrl.model.build import load_model
+
+        proxy = load_model(cfg.selection.proxy).to(device)
+    index = select_positions(
+        docs, base.tokenizer, proxy, cfg.selection, cfg.data, autocast, device, seed=cfg.seed
+    )
+    if not index.rows("train"):
+        raise ValueError("selection kept no training positions: lower selection.min_entropy or add documents")
+    if not index.rows("heldout"):
+        raise ValueError(
+            "selection kept no held-out positions: raise data.heldout_fraction or selection.max_documents"
+        )
+    index.save(folder)
+    return index
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+
+
+def rl_stage(
+    cfg: RunConfig,
+    base: BaseModel,
+    index: PositionIndex,
+    out: Path,
+    device,
+    autocast,
+    logger: MetricsLogger,
+    resume: bool,
+    stop_after: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    policy = copy.deepcopy(base.model).to(device)
+    env = NextTokenEnv(cfg.env, base.tokenizer)
+    engine = TorchSampler(
+        policy,
+        base.tokenizer.pad_token_id,
+        batch_size=cfg.sampling.batch_size,
+        autocast_dtype=autocast,
+        seed=cfg.rl.seed,
+    )
+    trainer = RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out / "rl", device, autocast, logger)
+    if resume:
+        trainer.maybe_resume()
+    trainer.train(stop_after=stop_after)
+    return policy, trainer.summary()
+
+
+def baseline_stage(
+    cfg: RunConfig,
+    base: BaseModel,
+    index: PositionIndex,
+    out: Path,
+    device,
+    autocast,
+    logger: MetricsLogger,
+    flops_budget: float,
+    resume: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """Continue the base model with plain next-token loss on the same training documents, for the RL run's FLOPs."""
+    bc = cfg.baseline
+    model = copy.deepcopy(base.model).to(device)
+    train_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "train"]
+    windows = pack_windows(train_docs, bc.seq_len, base.tokenizer.eos_token_id)
+    batches = WindowBatches(windows, bc.batch_size, seed=cfg.seed + 1)
+    flops_step = FlopModel.from_model(model).train_sequence(bc.seq_len, bc.batch_size)
+    steps = max(1, round(flops_budget / flops_step))
+    opt = build_optimizer(model, bc.lr, 0.0)
+    sched = build_scheduler(opt, 0, steps, "constant")
+    ckpt = out / "baseline" / "checkpoints"
+    start = 0
+    if resume and (path := latest_checkpoint(ckpt)) is not None:
+        start = load_checkpoint(path, model, opt, sched)["step"]
+    every = max(1, cfg.rl.checkpoint_every)
+
+    def on_step(done: int) -> None:
+        if done % every == 0 or done == steps:
+            save_checkpoint(ckpt, done, model, base.tokenizer, opt, sched, {})
+
+    stats = train_lm(
+        model,
+        lambda s: (batches.batch(s), None),
+        steps=steps,
+        start_step=start,
+        optimizer=opt,
+        scheduler=sched,
+        grad_clip=cfg.rl.grad_clip,
+        autocast=autocast,
+        device=device,
+        flops_per_step=flops_step,
+        stage="baseline",
+        logger=logger,
+        on_step=on_step,
+    )
+    return model, {**stats, "flops": flops_step * steps, "steps": steps}
+
+
+def eval_stage(
+    cfg: RunConfig, models: dict[str, Any], tokenizer, index: PositionIndex, device, autocast
+) -> dict[str, Any]:
+    env = NextTokenEnv(cfg.env, tokenizer)
+    rows = index.rows("heldout")
+    rng = np.random.default_rng(cfg.seed + 2)
+    rows = [rows[i] for i in rng.permutation(len(rows))[: cfg.eval.positions]]
+    ctx = cfg.selection.context
+    tasks = [
+        env.make_task(
+            index.doc_id[r], index.doc_tokens[index.doc_id[r]], index.position[r], ctx, index.bucket[r]
+        )
+        for r in rows
+    ]
+    contexts = [
+        index.doc_tokens[index.doc_id[r]][max(0, index.position[r] - ctx) : index.position[r]].tolist()
+        for r in rows
+    ]
+    heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
+    result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}}
+    counts: dict[str, int] = {"all": len(tasks)}
+    for t in tasks:
+        counts[t.meta["bucket"]] = counts.get(t.meta["bucket"], 0) + 1
+    result["eval_counts"] = dict(sorted(counts.items()))
+    for name, model in models.items():
+        model.to(device)
+        engine = TorchSampler(
+            model,
+            tokenizer.pad_token_id,
+            batch_size=cfg.eval.batch_size,
+            autocast_dtype=autocast,
+            seed=cfg.seed,
+        )
+        standard = standard_accuracy(env, engine, tasks, contexts)
+        with_thought, length = thought_accuracy(env, engine, tasks, cfg.eval.thought_temperature)
+        result["accuracy"][name] = {"standard": standard, "with_thought": with_thought}
+        result["thought_length"][name] = length
+        result["perplexity"][name] = perplexity(
+            model, heldout_docs, ctx, cfg.eval.perplexity_tokens, autocast
+        )
+    return result
+
+
+def verdict(accuracy: dict[str, Any], n: int) -> dict[str, Any]:
+    """Compare each model at its best mode on all held-out positions; call a gap within 2 standard errors a tie."""
+
+    def best(model: str) -> tuple[float, str]:
+        modes = accuracy[model]
+        return max((modes[m].get("all", 0.0), m) for m in modes)
+
+    rl, rl_mode = best("rl")
+    bl, bl_mode = best("baseline")
+    base, base_mode = best("base")
+    se = math.sqrt(max(rl * (1 - rl), bl * (1 - bl), 1e-9) * 2 / max(n, 1))
+    beats = rl > bl
+    within = abs(rl - bl) < 2 * se
+    outcome = "beat" if beats else "did not beat"
+    text = (
+        f"At this scale RL {outcome} the FLOP-matched baseline: RL {rl:.1%} ({rl_mode}) vs baseline "
+        f"{bl:.1%} ({bl_mode}) next-token accuracy on {n} held-out positions (base model {base:.1%}, "
+        f"{base_mode})."
+    )
+    text += (
+        f" The gap is within two standard errors (±{2 * se:.1%}), so it is not significant."
+        if within
+        else f" The gap exceeds two standard errors (±{2 * se:.1%})."
+    )
+    return {
+        "rl_beats_baseline": bool(beats),
+        "significant": not within,
+        "metric": "best mode, all buckets",
+        "rl": rl,
+        "rl_mode": rl_mode,
+        "baseline": bl,
+        "baseline_mode": bl_mode,
+        "base": base,
+        "text": text,
+    }
+
+
+def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run the whole main job into `out`; returns the summary (also written to summary.json)."""
+    out = Path(out)
+    t0 = time.time()
+    prepare_run_folder(out, cfg, resume)
+    check_sources(cfg.data)
+    seed_everything(cfg.seed)
+    device, autocast = resolve_device(cfg.device), autocast_dtype(cfg.model)
+    logger = MetricsLogger(out)
+    stage_seconds: dict[str, float] = {}
+    try:
+        t = time.time()
+        base = prepare_base(cfg, logger)
+        base.model.to(device)
+        stage_seconds["pretrain"] = time.time() - t
+
+        t = time.time()
+        index = select_stage(cfg, base, out, device, autocast)
+        stage_seconds["selection"] = time.time() - t
+
+        t = time.time()
+        policy, rl_summary = rl_stage(cfg, base, index, out, device, autocast, logger, resume)
+        save_model(policy, base.tokenizer, out / "models" / "rl")
+        stage_seconds["rl"] = time.time() - t
+
+        t = time.time()
+        flops_rl = rl_summary["flops_total"]
+        models = {"base": base.model, "rl": policy}
+        baseline_stats: dict[str, Any] = {}
+        if cfg.baseline.enabled:
+            baseline, baseline_stats = baseline_stage(
+                cfg, base, index, out, device, autocast, logger, flops_rl, resume
+            )
+            save_model(baseline, base.tokenizer, out / "models" / "baseline")
+            models = {"base": base.model, "baseline": baseline, "rl": policy}
+        stage_seconds["baseline"] = time.time() - t
+
+        t = time.time()
+        evaluation = eval_stage(cfg, models, base.tokenizer, index, device, autocast)
+        stage_seconds["eval"] = time.time() - t
+    finally:
+        logger.close()
+
+    summary = {
+        "nextrl_version": __version__,
+        "preset": cfg.preset,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run_dir": str(out),
+        "models": list(models),
+        **evaluation,
+        "flops": {
+            "pretrain": base.info.get("flops", 0.0),
+            "rl": flops_rl,
+            "baseline": baseline_stats.get("flops", 0.0),
+            "rl_breakdown": rl_summary["flops"],
+        },
+        "wall_seconds": time.time() - t0,
+        "stage_seconds": stage_seconds,
+        "steps": {
+            "pretrain": base.info.get("steps", 0),
+            "rl": rl_summary["steps"],
+            "baseline": baseline_stats.get("steps", 0),
+        },
+        "tokens_per_second": {
+            "pretrain": base.info.get("tokens_per_second", 0.0),
+            "rl": _rl_tokens_per_second(out),
+            "baseline": baseline_stats.get("tokens_per_second", 0.0),
+        },
+        "selection": index.stats(),
+        "rl_summary": {
+            k: rl_summary[k]
+            for k in (
+                "reward_first",
+                "reward_last",
+                "groups_kept",
+                "groups_dropped",
+                "samples",
+                "samples_per_second",
+            )
+        },
+        "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
+        "config": cfg.model_dump(mode="json"),
+    }
+    if "baseline" in models:
+        summary["verdict"] = verdict(evaluation["accuracy"], evaluation["eval_counts"]["all"])
+    atomic_write_json(out / "summary.json", summary)
+    write_report(out)
+    return summary
+
+
+def _rl_tokens_per_second(out: Path) -> float:
+    """Mean of the logged per-step RL throughput (prompt + generated + trained tokens per second)."""
+    vals = []
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("stage") == "rl" and "tokens_per_second" in row:
+                vals.append(row["tokens_per_second"])
+    return float(np.mean(vals)) if vals else 0.0
+
+
+__all__ = ["RunFolderError", "run", "summary_table"]

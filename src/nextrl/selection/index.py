@@ -1,0 +1,154 @@
+"""Score positions with a proxy model, keep the hard ones, label buckets, split by document, and write the
+position index (Parquet) that training and evaluation read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from nextrl.config import DataConfig, SelectionConfig
+from nextrl.data import Document, split_of
+from nextrl.selection.entropy import bucket_of, topk_entropy
+from nextrl.utils.io import atomic_write_with
+from nextrl.utils.progress import progress
+
+
+@dataclass
+class PositionIndex:
+    """Tokenized documents and the selected positions (`position` t: predict token t from tokens[:t])."""
+
+    doc_tokens: dict[str, np.ndarray]
+    doc_split: dict[str, str]
+    doc_id: list[str] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    bucket: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def rows(self, split: str) -> list[int]:
+        return [i for i, s in enumerate(self.split) if s == split]
+
+    def stats(self) -> dict:
+        return {
+            "documents": len(self.doc_tokens),
+            "positions": dict(Counter(self.split)),
+            "buckets": dict(Counter(self.bucket)),
+            "mean_entropy": float(np.mean(self.entropy)) if self.entropy else 0.0,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        positions = pa.table(
+            {
+                "doc_id": self.doc_id,
+                "position": pa.array(self.position, pa.int32()),
+                "entropy": pa.array(self.entropy, pa.float32()),
+                "bucket": self.bucket,
+                "split": self.split,
+            }
+        )
+        ids = list(self.doc_tokens)
+        docs = pa.table(
+            {
+                "doc_id": ids,
+                "split": [self.doc_split[i] for i in ids],
+                "tokens": pa.array([self.doc_tokens[i].tolist() for i in ids], pa.list_(pa.int32())),
+            }
+        )
+        atomic_write_with(folder / "positions.parquet", lambda p: pq.write_table(positions, p))
+        atomic_write_with(folder / "documents.parquet", lambda p: pq.write_table(docs, p))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PositionIndex:
+        folder = Path(folder)
+        docs = pq.read_table(folder / "documents.parquet").to_pydict()
+        pos = pq.read_table(folder / "positions.parquet").to_pydict()
+        return cls(
+            doc_tokens={
+                d: np.asarray(t, dtype=np.int64) for d, t in zip(docs["doc_id"], docs["tokens"], strict=True)
+            },
+            doc_split=dict(zip(docs["doc_id"], docs["split"], strict=True)),
+            doc_id=pos["doc_id"],
+            position=pos["position"],
+            entropy=pos["entropy"],
+            bucket=pos["bucket"],
+            split=pos["split"],
+        )
+
+
+@torch.no_grad()
+def score_document(
+    model, tokens: np.ndarray, context: int, top_k: int, autocast: torch.dtype | None, device: torch.device
+) -> np.ndarray:
+    """Proxy entropy before every token t >= 1 (index t: predicting tokens[t]); NaN where not scored.
+
+    Windows of `context` tokens with stride context/2; a position is scored in the window where it has the
+    most left context (at least context/2 tokens, except in the first window), close to what the policy sees."""
+    n = len(tokens)
+    ent = np.full(n, np.nan, dtype=np.float32)
+    half = max(context // 2, 1)
+    starts = list(range(0, max(n - context, 0) + 1, half))
+    if starts[-1] + context < n:
+        starts.append(n - context)
+    x = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
+    for s in starts:
+        window = x[s : s + context].unsqueeze(0)
+        with ctx:
+            logits = model(input_ids=window).logits[0]
+        e = topk_entropy(logits, top_k).cpu().numpy()  # e[i]: entropy before tokens[s + i + 1]
+        first = 0 if s == 0 else half - 1  # i + 1 tokens of left context
+        i = np.arange(first, len(e))
+        t = s + i + 1
+        keep = t < n
+        ent[t[keep]] = e[i[keep]]
+    return ent
+
+
+def select_positions(
+    docs: list[Document],
+    tokenizer,
+    proxy,
+    cfg: SelectionConfig,
+    data: DataConfig,
+    autocast: torch.dtype | None,
+    device: torch.device,
+    seed: int = 0,
+) -> PositionIndex:
+    index = PositionIndex(doc_tokens={}, doc_split={})
+    rng = np.random.default_rng(seed)
+    proxy.eval()
+    for doc in progress(desc="select", unit="doc", total=len(docs), iterable=docs):
+        tokens = np.asarray(
+            tokenizer(doc.text, add_special_tokens=False)["input_ids"][: cfg.max_doc_tokens], dtype=np.int64
+        )
+        if len(tokens) < cfg.skip_first + 2:
+            continue
+        split = split_of(doc.doc_id, data.heldout_fraction, data.seed)
+        index.doc_tokens[doc.doc_id] = tokens
+        index.doc_split[doc.doc_id] = split
+        ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device)
+        cand = [
+            t
+            for t in range(max(cfg.skip_first, 1), len(tokens))
+            if not np.isnan(ent[t]) and ent[t] > cfg.min_entropy and bucket_of(float(ent[t]), cfg.buckets)
+        ]
+        if len(cand) > cfg.max_positions_per_doc:
+            cand = sorted(rng.choice(cand, cfg.max_positions_per_doc, replace=False).tolist())
+        for t in cand:
+            index.doc_id.append(doc.doc_id)
+            index.position.append(int(t))
+            index.entropy.append(float(ent[t]))
+            index.bucket.append(bucket_of(float(ent[t]), cfg.buckets))
+            index.split.append(split)
+    return index

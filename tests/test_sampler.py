@@ -1,0 +1,176 @@
+"""TorchSampler against plain, unpadded, uncached forwards of a tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from nextrl.engine import Phase, SamplingParams, TorchSampler, sequence_logprobs
+
+V = 64
+ALL = tuple(range(V))  # as stop/eos set: whatever is sampled ends the phase/completion
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16], [17], [18, 19, 20, 21, 22]]  # lengths differ
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # initializer_range 0.2 (not 0.02) so logits are far from uniform and a conditioning error shows up
+    # well above the 1e-4 tolerance
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def plain_logprobs(model, prompt, completion, temperature):
+    """Reference: one unpadded, uncached forward over prompt + completion."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+    return logp[len(prompt) - 1 : -1].gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def assert_logprobs_match(model, prompts, rollouts, temperature):
+    checked = 0
+    for prompt, group in zip(prompts, rollouts, strict=True):
+        for r in group:
+            assert r.prompt_ids == prompt
+            ref = plain_logprobs(model, prompt, r.completion_ids, temperature)
+            mask = torch.tensor(r.action_mask, dtype=torch.bool)
+            got = torch.tensor(r.logprobs)
+            assert (got[mask] - ref[mask]).abs().max().item() < 1e-4
+            assert (got[~mask] == 0).all()
+            checked += int(mask.sum())
+    assert checked > 0
+
+
+def test_model_is_sensitive_to_relative_positions(model):
+    # guard for the tests below: a gap in the position ids must move the log-probs far more than 1e-4
+    # (a uniform shift would not: RoPE only sees relative positions)
+    ids = torch.tensor([PROMPTS[1]])
+    with torch.no_grad():
+        a = torch.log_softmax(model(input_ids=ids).logits, -1)
+        b = torch.log_softmax(
+            model(input_ids=ids, position_ids=torch.arange(9)[None] + (torch.arange(9) > 4)).logits, -1
+        )
+    assert (a - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "eos", [(), tuple(range(0, V, 7))]
+)  # with eos, rows leave the batch at different steps
+def test_logprobs_match_plain_forward(model, eos):
+    params = SamplingParams(phases=(Phase(12),), n=3, temperature=0.7, top_p=0.9, eos_token_ids=eos)
+    out = TorchSampler(model, pad_token_id=0, seed=1).generate(PROMPTS, params)
+    assert [len(g) for g in out] == [3] * len(PROMPTS)
+    assert_logprobs_match(model, PROMPTS, out, 0.7)
+    if eos:
+        assert {r.finish_reason for g in out for r in g} == {"eos", "length"}
+    # the right-padded batched helper agrees with the same reference
+    flat = [(p, r.completion_ids) for p, g in zip(PROMPTS, out, strict=True) for r in g]
+    with torch.no_grad():
+        helper = sequence_logprobs(model, [p for p, _ in flat], [c for _, c in flat], 0.7, batch_size=5)
+    for (p, c), lp in zip(flat, helper, strict=True):
+        assert (lp - plain_logprobs(model, p, c, 0.7)).abs().max() < 1e-4
+
+
+def test_greedy_is_stepwise_argmax(model):
+    out = TorchSampler(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(10, temperature=0))
+    for prompt, (r,) in zip(PROMPTS, out, strict=True):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(10):
+                seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+        assert r.completion_ids == seq[len(prompt) :]
+        assert r.finish_reason == "length" and r.action_mask == [1] * 10
+    assert_logprobs_match(model, PROMPTS, out, 0)
+
+
+def test_phases_stop_force_and_zero_budget(model):
+    phases = (
+        Phase(5, stop_token_ids=ALL),  # stops after one sampled token
+        Phase(3, force_on_length=(40, 41)),  # runs out of budget: two forced tokens
+        Phase(0, force_on_length=(42,)),  # only a forced token
+        Phase(0),  # contributes nothing
+        Phase(2),  # sampled after the forced tokens: conditioned on them
+    )
+    params = SamplingParams(phases=phases, n=2, temperature=1.0)
+    out = TorchSampler(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
+    for g in out:
+        for r in g:
+            c = r.completion_ids
+            assert len(c) == 1 + 3 + 2 + 1 + 2
+            assert c[4:7] == [40, 41, 42]
+            assert r.action_mask == [1, 1, 1, 1, 0, 0, 0, 1, 1]
+            assert r.logprobs[4:7] == [0.0, 0.0, 0.0]
+            assert r.phase_starts == [0, 1, 6, 7, 7]  # forced tokens belong to the phase that ran out
+            assert r.finish_reason == "length"
+    assert_logprobs_match(model, PROMPTS, out, 1.0)
+
+
+def test_finish_reasons_and_unreached_phases(model):
+    sampler = TorchSampler(model, pad_token_id=0, seed=0)
+    # eos ends everything, in the first phase; unreached phases start at the end of the completion
+    params = SamplingParams(phases=(Phase(5), Phase(5), Phase(0, force_on_length=(3,))), eos_token_ids=ALL)
+    for (r,) in sampler.generate(PROMPTS, params):
+        assert len(r.completion_ids) == 1 and r.finish_reason == "eos" and r.phase_starts == [0, 1, 1]
+    # a stop token in the last phase gives "stop"
+    params = SamplingParams(phases=(Phase(2, force_on_length=(9,)), Phase(5, stop_token_ids=ALL)))
+    for (r,) in sampler.generate(PROMPTS, params):
+        assert r.completion_ids[2] == 9 and len(r.completion_ids) == 4
+        assert r.finish_reason == "stop" and r.phase_starts == [0, 3] and r.action_mask == [1, 1, 0, 1]
+    # a program of forced tokens only never samples
+    params = SamplingParams(phases=(Phase(0, force_on_length=(3, 4)), Phase(0)))
+    for (r,) in sampler.generate(PROMPTS, params):
+        assert r.completion_ids == [3, 4] and r.action_mask == [0, 0] and r.phase_starts == [0, 2]
+        assert r.finish_reason == "length"
+
+
+def test_seeded_runs_reproduce(model):
+    params = SamplingParams.simple(8, n=2, temperature=1.0, top_p=0.95)
+
+    def ids(seed):
+        out = TorchSampler(model, pad_token_id=0, seed=seed).generate(PROMPTS, params)
+        return [r.completion_ids for g in out for r in g]
+
+    assert ids(3) == ids(3)
+    assert ids(3) != ids(4)
+
+
+def test_batch_size_does_not_change_greedy(model):
+    params = SamplingParams.simple(8, n=3, temperature=0)
+    big = TorchSampler(model, pad_token_id=0, batch_size=64).generate(PROMPTS, params)
+    small = TorchSampler(model, pad_token_id=0, batch_size=5).generate(PROMPTS, params)
+    for gb, gs in zip(big, small, strict=True):
+        for rb, rs in zip(gb, gs, strict=True):
+            assert rb.completion_ids == rs.completion_ids
+            assert torch.allclose(torch.tensor(rb.logprobs), torch.tensor(rs.logprobs), atol=1e-5)
+
+
+def test_tiny_top_p_is_greedy(model):
+    greedy = TorchSampler(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(8, temperature=0))
+    params = SamplingParams.simple(8, n=2, temperature=1.0, top_p=1e-6)
+    nucleus = TorchSampler(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
+    for (g,), group in zip(greedy, nucleus, strict=True):
+        assert all(r.completion_ids == g.completion_ids for r in group)
+
+
+def test_sync_weights_and_mode_restored(model):
+    sampler = TorchSampler(torch.nn.Linear(1, 1), pad_token_id=0, seed=0)
+    sampler.sync_weights(model, version=7)
+    assert sampler.model is model
+    model.train()
+    try:
+        (r,), *_ = sampler.generate(PROMPTS, SamplingParams.simple(2))
+        assert r.policy_version == 7 and model.training
+    finally:
+        model.eval()
