@@ -180,10 +180,7 @@ def eval_stage(
         )
         for r in rows
     ]
-    contexts = [
-        index.doc_tokens[index.doc_id[r]][max(0, index.position[r] - ctx) : index.position[r]].tolist()
-        for r in rows
-    ]
+    contexts = [t.meta["context_ids"] for t in tasks]
     heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
     result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}}
     counts: dict[str, int] = {"all": len(tasks)}

@@ -129,6 +129,15 @@ class TorchSampler:
         self.model = policy  # a reference: in-process training updates it in place
         self.policy_version = version
 
+    def state_dict(self) -> dict:
+        """The sampling RNG stream, saved in checkpoints so that a resumed run samples what it would have."""
+        return {"rng": self._gen.get_state() if self._gen is not None else None, "version": self.policy_version}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy_version = state.get("version", self.policy_version)
+        if state.get("rng") is not None:
+            self._generator(_device(self.model)).set_state(state["rng"])
+
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None or self._gen.device != device:
             self._gen = torch.Generator(device=device)

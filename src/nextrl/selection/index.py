@@ -88,7 +88,13 @@ class PositionIndex:
 
 @torch.no_grad()
 def score_document(
-    model, tokens: np.ndarray, context: int, top_k: int, autocast: torch.dtype | None, device: torch.device
+    model,
+    tokens: np.ndarray,
+    context: int,
+    top_k: int,
+    autocast: torch.dtype | None,
+    device: torch.device,
+    batch_size: int = 16,
 ) -> np.ndarray:
     """Proxy entropy before every token t >= 1 (index t: predicting tokens[t]); NaN where not scored.
 
@@ -101,17 +107,19 @@ def score_document(
     if starts[-1] + context < n:
         starts.append(n - context)
     x = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    windows = torch.stack([x[s : s + context] for s in starts]) if n >= context else x.unsqueeze(0)
     ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
-    for s in starts:
-        window = x[s : s + context].unsqueeze(0)
+    for b in range(0, len(windows), batch_size):  # all windows of a document have one length: batch them
         with ctx:
-            logits = model(input_ids=window).logits[0]
-        e = topk_entropy(logits, top_k).cpu().numpy()  # e[i]: entropy before tokens[s + i + 1]
-        first = 0 if s == 0 else half - 1  # i + 1 tokens of left context
-        i = np.arange(first, len(e))
-        t = s + i + 1
-        keep = t < n
-        ent[t[keep]] = e[i[keep]]
+            logits = model(input_ids=windows[b : b + batch_size]).logits
+        ents = topk_entropy(logits, top_k).cpu().numpy()  # ents[w, i]: entropy before tokens[s_w + i + 1]
+        for w, e in enumerate(ents):
+            s = starts[b + w]
+            first = 0 if s == 0 else half - 1  # i + 1 tokens of left context
+            i = np.arange(first, len(e))
+            t = s + i + 1
+            keep = t < n
+            ent[t[keep]] = e[i[keep]]
     return ent
 
 
@@ -137,7 +145,7 @@ def select_positions(
         split = split_of(doc.doc_id, data.heldout_fraction, data.seed)
         index.doc_tokens[doc.doc_id] = tokens
         index.doc_split[doc.doc_id] = split
-        ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device)
+        ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
         cand = [
             t
             for t in range(max(cfg.skip_first, 1), len(tokens))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,10 @@ class RLTrainer:
     def update(self, rollouts: list[Rollout], advantages: list[float]) -> dict[str, float]:
         """`updates_per_batch` optimizer steps over the batch, in micro-batches whose losses are weighted so that
         the sum is exactly the loss of the whole batch under the chosen normalisation."""
-        if not rollouts:
-            self.scheduler.step()
+        if not rollouts:  # every group was uniform: no update, but the schedule still advances one step
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of")
+                self.scheduler.step()
             return {}
         mb = self.rl.micro_batch_size
         n_tok = sum(sum(r.action_mask) for r in rollouts)
