@@ -28,7 +28,12 @@ def model():
         max_position_embeddings=128,
         initializer_range=0.2,
     )
-    return LlamaForCausalLM(cfg).eval()
+    # one thread: tiny ops gain nothing from two, and OpenMP threads spinning against other processes on a
+    # busy 2-core machine made this file 100x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield LlamaForCausalLM(cfg).eval()
+    torch.set_num_threads(threads)
 
 
 def plain_logprobs(model, prompt, completion, temperature):
@@ -174,3 +179,14 @@ def test_sync_weights_and_mode_restored(model):
         assert r.policy_version == 7 and model.training
     finally:
         model.eval()
+
+
+def test_state_dict_resumes_rng_stream(model):
+    params = SamplingParams.simple(6, n=2, temperature=1.0)
+    a = TorchSampler(model, pad_token_id=0, seed=5)
+    a.generate(PROMPTS, params)
+    state = a.state_dict()
+    expected = a.generate(PROMPTS, params)
+    b = TorchSampler(model, pad_token_id=0, seed=99)
+    b.load_state_dict(state)
+    assert b.generate(PROMPTS, params) == expected

@@ -131,7 +131,10 @@ class TorchSampler:
 
     def state_dict(self) -> dict:
         """The sampling RNG stream, saved in checkpoints so that a resumed run samples what it would have."""
-        return {"rng": self._gen.get_state() if self._gen is not None else None, "version": self.policy_version}
+        return {
+            "rng": self._gen.get_state() if self._gen is not None else None,
+            "version": self.policy_version,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy_version = state.get("version", self.policy_version)

@@ -1,0 +1,81 @@
+"""Time the main job end to end and append the figures to BENCHMARKS.md.
+
+    python bench/main_job.py                      # default preset, cold cache (pretraining included)
+    python bench/main_job.py --preset micro --warm
+
+Every figure written is read from the run's own summary.json or measured here around the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nextrl.config import load_config
+from nextrl.pipeline import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--warm", action="store_true", help="reuse the user's base-model cache instead of a cold one"
+    )
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = ap.parse_args()
+
+    cfg = load_config(args.preset, args.overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.warm:
+            os.environ["NEXTRL_CACHE"] = str(Path(tmp) / "cache")
+        t0 = time.time()
+        summary = run(cfg, Path(tmp) / "run")
+        wall = time.time() - t0
+    cmd = "python bench/main_job.py " + " ".join(sys.argv[1:])
+    v = summary.get("verdict", {})
+    lines = [
+        f"### main job, preset `{args.preset}` ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"- command: `{cmd.strip()}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, cache {'warm' if args.warm else 'cold'}",
+        f"- wall time: **{wall:.0f} s** ({wall / 60:.1f} min); stages: "
+        + ", ".join(f"{k} {s:.0f} s" for k, s in summary["stage_seconds"].items()),
+        "- steps: " + ", ".join(f"{k} {s}" for k, s in summary["steps"].items()),
+        "- tokens/s: " + ", ".join(f"{k} {s:.0f}" for k, s in summary["tokens_per_second"].items()),
+        f"- FLOPs: rl {summary['flops']['rl']:.3g}, baseline {summary['flops']['baseline']:.3g}, "
+        f"pretrain {summary['flops']['pretrain']:.3g}",
+        f"- accuracy (all buckets, {summary['eval_counts']['all']} held-out positions): "
+        + "; ".join(
+            f"{m} standard {a['standard']['all']:.1%} / with thought {a['with_thought']['all']:.1%}"
+            for m, a in summary["accuracy"].items()
+        ),
+        f"- verdict: {v.get('text', 'n/a')}",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        path = ROOT / "BENCHMARKS.md"
+        if not path.exists():
+            path.write_text(
+                "# Benchmarks\n\nEvery figure here was printed by the script named in its command line.\n\n"
+            )
+        with path.open("a") as f:
+            f.write(text + "\n")
+    json.dump({"wall_seconds": wall, **{k: summary[k] for k in ("stage_seconds", "steps")}}, sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
