@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nextrl.engine import Phase, SamplingParams, TorchSampler, sequence_logprobs
+from nextrl.algo.logprobs import completion_logprobs
+from nextrl.engine import Phase, SamplingParams, TorchSampler
 
 V = 64
 ALL = tuple(range(V))  # as stop/eos set: whatever is sampled ends the phase/completion
@@ -80,12 +81,13 @@ def test_logprobs_match_plain_forward(model, eos):
     assert_logprobs_match(model, PROMPTS, out, 0.7)
     if eos:
         assert {r.finish_reason for g in out for r in g} == {"eos", "length"}
-    # the right-padded batched helper agrees with the same reference
+    # the trainer's right-padded batched path (the ratio's numerator) agrees with the same reference
     flat = [(p, r.completion_ids) for p, g in zip(PROMPTS, out, strict=True) for r in g]
     with torch.no_grad():
-        helper = sequence_logprobs(model, [p for p, _ in flat], [c for _, c in flat], 0.7, batch_size=5)
-    for (p, c), lp in zip(flat, helper, strict=True):
-        assert (lp - plain_logprobs(model, p, c, 0.7)).abs().max() < 1e-4
+        batched = completion_logprobs(model, [p for p, _ in flat], [c for _, c in flat], 0.7, pad_id=0)
+    for row, (p, c) in zip(batched, flat, strict=True):
+        assert (row[: len(c)] - plain_logprobs(model, p, c, 0.7)).abs().max() < 1e-4
+        assert (row[len(c) :] == 0).all()
 
 
 def test_greedy_is_stepwise_argmax(model):

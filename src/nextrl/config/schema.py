@@ -83,7 +83,7 @@ class PretrainConfig(_Strict):
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     think_insert_prob: float = Field(
-        0.3,
+        0.8,
         ge=0.0,
         le=1.0,
         description="fraction of training windows with a <think> span inserted (format warm-up for the structured format)",
@@ -138,7 +138,7 @@ class SamplingConfig(_Strict):
 
 class RLConfig(_Strict):
     algorithm: Literal["grpo"] = "grpo"
-    steps: int = Field(40, ge=0)
+    steps: int = Field(80, ge=0)
     positions_per_step: int = Field(16, ge=1, description="positions (groups) per optimizer step")
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(2, ge=0)

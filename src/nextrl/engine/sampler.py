@@ -227,38 +227,3 @@ def _rollout(s: _Seq, starts: list[int], version: int) -> Rollout:
         policy_version=version,
         phase_starts=starts,
     )
-
-
-def sequence_logprobs(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    completions: Sequence[Sequence[int]],
-    temperature: float,
-    autocast_dtype: torch.dtype | None = None,
-    batch_size: int = 64,
-) -> list[torch.Tensor]:
-    """Log-probs log_softmax(logits / T) of each completion token given prompt + preceding completion (T=1 when
-    T=0), from ONE plain forward per chunk over right-padded sequences: with right padding the default
-    positions 0..len-1 are already the unpadded ones. Runs under the caller's grad mode and train/eval mode;
-    returns one float32 tensor per completion on the model's device."""
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("empty prompt: the first completion token has no logits to come from")
-    device, out = _device(model), []
-    for c in range(0, len(prompts), batch_size):
-        seqs = [
-            list(p) + list(q)
-            for p, q in zip(prompts[c : c + batch_size], completions[c : c + batch_size], strict=True)
-        ]
-        width = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        with _autocast(device, autocast_dtype):
-            logits = model(input_ids=ids, attention_mask=attn).logits.float()
-        logp = F.log_softmax(logits / (temperature or 1.0), dim=-1)
-        for row, (p, q) in enumerate(
-            zip(prompts[c : c + batch_size], completions[c : c + batch_size], strict=True)
-        ):
-            # the token at index j is predicted by the logits at j - 1
-            tgt = torch.tensor(list(q), device=device, dtype=torch.long)
-            out.append(logp[row, len(p) - 1 : len(p) - 1 + len(q)].gather(-1, tgt[:, None]).squeeze(-1))
-    return out
