@@ -174,12 +174,7 @@ def eval_stage(
     rng = np.random.default_rng(cfg.seed + 2)
     rows = [rows[i] for i in rng.permutation(len(rows))[: cfg.eval.positions]]
     ctx = cfg.selection.context
-    tasks = [
-        env.make_task(
-            index.doc_id[r], index.doc_tokens[index.doc_id[r]], index.position[r], ctx, index.bucket[r]
-        )
-        for r in rows
-    ]
+    tasks = index.tasks(env, rows, ctx)
     contexts = [t.meta["context_ids"] for t in tasks]
     heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
     result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}}

@@ -38,6 +38,15 @@ class PositionIndex:
     def rows(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.split) if s == split]
 
+    def tasks(self, env, rows: list[int], context: int) -> list:
+        """The environment's tasks for these rows (each: its document's tokens, position and bucket)."""
+        return [
+            env.make_task(
+                self.doc_id[r], self.doc_tokens[self.doc_id[r]], self.position[r], context, self.bucket[r]
+            )
+            for r in rows
+        ]
+
     def stats(self) -> dict:
         return {
             "documents": len(self.doc_tokens),

@@ -107,23 +107,12 @@ class RLTrainer:
         )
 
     # ---- one step -----------------------------------------------------------------------------------------
-    def make_tasks(self, rows: list[int]) -> list[Task]:
-        ix = self.index
-        return [
-            self.env.make_task(
-                ix.doc_id[r],
-                ix.doc_tokens[ix.doc_id[r]],
-                ix.position[r],
-                self.cfg.selection.context,
-                ix.bucket[r],
-            )
-            for r in rows
-        ]
-
     def step(self) -> dict[str, Any]:
         t0 = time.time()
         G = self.cfg.sampling.group_size
-        tasks = self.make_tasks(self.sampler.take(self.rl.positions_per_step))
+        tasks = self.index.tasks(
+            self.env, self.sampler.take(self.rl.positions_per_step), self.cfg.selection.context
+        )
 
         # 1. Rollouts: G samples per task, with the sampling policy's log-probs.
         t_gen = time.time()
