@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nextrl.cli import app
 from nextrl.config import load_config
-from nextrl.engine import TorchSampler
+from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import RunFolderError, run, select_stage
@@ -83,9 +83,7 @@ def test_cli_reports_config_errors():
 def _trainer(cfg, base, index, out):
     policy = copy.deepcopy(base.model)
     env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = TorchSampler(
-        policy, base.tokenizer.pad_token_id, batch_size=64, autocast_dtype=None, seed=cfg.rl.seed
-    )
+    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, None, seed=cfg.rl.seed)
     return RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out, torch.device("cpu"), None)
 
 
@@ -127,3 +125,29 @@ def test_resumed_rl_equals_uninterrupted(tmp_path):
         for a, b in zip(straight.policy.state_dict().values(), base.model.state_dict().values(), strict=True)
     )
     assert moved
+
+
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
+def test_shared_and_plain_loss_give_the_same_update(tmp_path):
+    # The same rollouts and advantages through the prefix-tree loss and the plain loss: the same gradient
+    # (fp32; compared before the optimizer step, since Adam's first step is ~sign(g) and would amplify float
+    # noise in near-zero entries). Positions come in stripes, so the trees share document prefixes too.
+    cfg = load_config("micro", ["model.dtype=float32", "rl.positions_per_step=8", "rl.micro_batch_size=16"])
+    base = prepare_base(cfg)
+    index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
+    shared = _trainer(cfg, base, index, tmp_path / "s")
+    tasks = index.tasks(shared.env, shared.sampler.take(8), cfg.selection.context)
+    rollouts = [r for g in shared.engine.generate([t.prompt_ids for t in tasks], shared.params) for r in g]
+    advantages = [((i * 7) % 5 - 2) / 2 for i in range(len(rollouts))]
+    plain = _trainer(
+        load_config("micro", ["model.dtype=float32", "rl.share_prefix=false"]), base, index, tmp_path / "p"
+    )
+    for t in (shared, plain):
+        t.optimizer.step = lambda: None  # keep the accumulated gradients to compare them
+    m_shared, m_plain = shared.update(rollouts, advantages), plain.update(rollouts, advantages)
+    assert m_shared["loss"] == pytest.approx(m_plain["loss"], rel=1e-4, abs=1e-6)
+    assert shared.work["loss"].tokens < plain.work["loss"].tokens  # the prefixes really were shared
+    pairs = zip(shared.policy.named_parameters(), plain.policy.parameters(), strict=True)
+    for (name, a), b in pairs:
+        assert a.grad is not None and b.grad is not None, name
+        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-9, name

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nextrl.config.schema import EnvConfig
+from nextrl.data.positions import context_start
 from nextrl.engine.base import Phase, Rollout
 from nextrl.env import NextTokenEnv, build_prompt, parse_boxed_answer
 from nextrl.model.tokenizer import train_bpe_tokenizer
@@ -70,9 +71,9 @@ def test_fixture_tokenization(tok, doc):
 
 def test_make_task_structured(tok, doc):
     env = NextTokenEnv(EnvConfig(thought_tokens=4, target_tokens=3), tok)
-    task = env.make_task("d1", doc, position=8, context=5, bucket="hard")
+    task = env.make_task("d1", doc, position=8, context=6, bucket="hard")
     open_, close = tid(tok, "<think>"), tid(tok, "</think>")
-    assert task.prompt_ids == doc[3:8] + [open_]
+    assert task.prompt_ids == doc[3:8] + [open_]  # start: the first multiple of 6 // 2 leaving <= 6 tokens
     assert close not in task.prompt_ids
     assert (task.task_id, task.group_key, task.domain) == ("d1@8", "d1", "text")
     m = task.meta
@@ -257,3 +258,19 @@ def test_parse_boxed_answer(text, expected):
 def test_parse_boxed_answer_length_limit():
     assert parse_boxed_answer("</think>\\boxed{abcd}", max_answer_chars=4) == "abcd"
     assert parse_boxed_answer("</think>\\boxed{abcde}", max_answer_chars=4) is None
+
+
+def test_context_start_stripes():
+    # reference: the smallest multiple of the stride that leaves at most `context` tokens
+    for context in (1, 2, 5, 8, 128):
+        stride = max(1, context // 2)
+        for position in range(0, 400):
+            start = context_start(position, context)
+            if position <= context:
+                assert start == 0
+                continue
+            assert start % stride == 0 and position - start <= context
+            assert position - (start - stride) > context  # the previous stride would be too long
+            assert position - start >= context - stride + 1  # at least about half the context
+    # positions of one stripe share the start, hence the prompt prefix
+    assert {context_start(p, 8) for p in range(13, 17)} == {8}

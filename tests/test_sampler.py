@@ -1,4 +1,5 @@
-"""TorchSampler against plain, unpadded, uncached forwards of a tiny random Llama."""
+"""Both rollout engines (plain `TorchSampler` and `PrefixSharingSampler`) against plain, unpadded, uncached
+forwards of a tiny random Llama: every test runs on each engine."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextrl.algo.logprobs import completion_logprobs
-from nextrl.engine import Phase, SamplingParams, TorchSampler
+from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
 
 V = 64
 ALL = tuple(range(V))  # as stop/eos set: whatever is sampled ends the phase/completion
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16], [17], [18, 19, 20, 21, 22]]  # lengths differ
+
+
+@pytest.fixture(params=[TorchSampler, PrefixSharingSampler], ids=["plain", "shared"])
+def Engine(request):  # noqa: N802 - a class
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +65,7 @@ def assert_logprobs_match(model, prompts, rollouts, temperature):
     assert checked > 0
 
 
-def test_model_is_sensitive_to_relative_positions(model):
+def test_model_is_sensitive_to_relative_positions(Engine, model):
     # guard for the tests below: a gap in the position ids must move the log-probs far more than 1e-4
     # (a uniform shift would not: RoPE only sees relative positions)
     ids = torch.tensor([PROMPTS[1]])
@@ -74,9 +80,9 @@ def test_model_is_sensitive_to_relative_positions(model):
 @pytest.mark.parametrize(
     "eos", [(), tuple(range(0, V, 7))]
 )  # with eos, rows leave the batch at different steps
-def test_logprobs_match_plain_forward(model, eos):
+def test_logprobs_match_plain_forward(Engine, model, eos):
     params = SamplingParams(phases=(Phase(12),), n=3, temperature=0.7, top_p=0.9, eos_token_ids=eos)
-    out = TorchSampler(model, pad_token_id=0, seed=1).generate(PROMPTS, params)
+    out = Engine(model, pad_token_id=0, seed=1).generate(PROMPTS, params)
     assert [len(g) for g in out] == [3] * len(PROMPTS)
     assert_logprobs_match(model, PROMPTS, out, 0.7)
     if eos:
@@ -90,8 +96,8 @@ def test_logprobs_match_plain_forward(model, eos):
         assert (row[len(c) :] == 0).all()
 
 
-def test_greedy_is_stepwise_argmax(model):
-    out = TorchSampler(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(10, temperature=0))
+def test_greedy_is_stepwise_argmax(Engine, model):
+    out = Engine(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(10, temperature=0))
     for prompt, (r,) in zip(PROMPTS, out, strict=True):
         seq = list(prompt)
         with torch.no_grad():
@@ -102,7 +108,7 @@ def test_greedy_is_stepwise_argmax(model):
     assert_logprobs_match(model, PROMPTS, out, 0)
 
 
-def test_phases_stop_force_and_zero_budget(model):
+def test_phases_stop_force_and_zero_budget(Engine, model):
     phases = (
         Phase(5, stop_token_ids=ALL),  # stops after one sampled token
         Phase(3, force_on_length=(40, 41)),  # runs out of budget: two forced tokens
@@ -111,7 +117,7 @@ def test_phases_stop_force_and_zero_budget(model):
         Phase(2),  # sampled after the forced tokens: conditioned on them
     )
     params = SamplingParams(phases=phases, n=2, temperature=1.0)
-    out = TorchSampler(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
+    out = Engine(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
     for g in out:
         for r in g:
             c = r.completion_ids
@@ -124,8 +130,8 @@ def test_phases_stop_force_and_zero_budget(model):
     assert_logprobs_match(model, PROMPTS, out, 1.0)
 
 
-def test_finish_reasons_and_unreached_phases(model):
-    sampler = TorchSampler(model, pad_token_id=0, seed=0)
+def test_finish_reasons_and_unreached_phases(Engine, model):
+    sampler = Engine(model, pad_token_id=0, seed=0)
     # eos ends everything, in the first phase; unreached phases start at the end of the completion
     params = SamplingParams(phases=(Phase(5), Phase(5), Phase(0, force_on_length=(3,))), eos_token_ids=ALL)
     for (r,) in sampler.generate(PROMPTS, params):
@@ -142,37 +148,37 @@ def test_finish_reasons_and_unreached_phases(model):
         assert r.finish_reason == "length"
 
 
-def test_seeded_runs_reproduce(model):
+def test_seeded_runs_reproduce(Engine, model):
     params = SamplingParams.simple(8, n=2, temperature=1.0, top_p=0.95)
 
     def ids(seed):
-        out = TorchSampler(model, pad_token_id=0, seed=seed).generate(PROMPTS, params)
+        out = Engine(model, pad_token_id=0, seed=seed).generate(PROMPTS, params)
         return [r.completion_ids for g in out for r in g]
 
     assert ids(3) == ids(3)
     assert ids(3) != ids(4)
 
 
-def test_batch_size_does_not_change_greedy(model):
+def test_batch_size_does_not_change_greedy(Engine, model):
     params = SamplingParams.simple(8, n=3, temperature=0)
-    big = TorchSampler(model, pad_token_id=0, batch_size=64).generate(PROMPTS, params)
-    small = TorchSampler(model, pad_token_id=0, batch_size=5).generate(PROMPTS, params)
+    big = Engine(model, pad_token_id=0, batch_size=64).generate(PROMPTS, params)
+    small = Engine(model, pad_token_id=0, batch_size=5).generate(PROMPTS, params)
     for gb, gs in zip(big, small, strict=True):
         for rb, rs in zip(gb, gs, strict=True):
             assert rb.completion_ids == rs.completion_ids
             assert torch.allclose(torch.tensor(rb.logprobs), torch.tensor(rs.logprobs), atol=1e-5)
 
 
-def test_tiny_top_p_is_greedy(model):
-    greedy = TorchSampler(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(8, temperature=0))
+def test_tiny_top_p_is_greedy(Engine, model):
+    greedy = Engine(model, pad_token_id=0).generate(PROMPTS, SamplingParams.simple(8, temperature=0))
     params = SamplingParams.simple(8, n=2, temperature=1.0, top_p=1e-6)
-    nucleus = TorchSampler(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
+    nucleus = Engine(model, pad_token_id=0, seed=0).generate(PROMPTS, params)
     for (g,), group in zip(greedy, nucleus, strict=True):
         assert all(r.completion_ids == g.completion_ids for r in group)
 
 
-def test_sync_weights_and_mode_restored(model):
-    sampler = TorchSampler(torch.nn.Linear(1, 1), pad_token_id=0, seed=0)
+def test_sync_weights_and_mode_restored(Engine, model):
+    sampler = Engine(torch.nn.Linear(1, 1), pad_token_id=0, seed=0)
     sampler.sync_weights(model, version=7)
     assert sampler.model is model
     model.train()
@@ -183,12 +189,12 @@ def test_sync_weights_and_mode_restored(model):
         model.eval()
 
 
-def test_state_dict_resumes_rng_stream(model):
+def test_state_dict_resumes_rng_stream(Engine, model):
     params = SamplingParams.simple(6, n=2, temperature=1.0)
-    a = TorchSampler(model, pad_token_id=0, seed=5)
+    a = Engine(model, pad_token_id=0, seed=5)
     a.generate(PROMPTS, params)
     state = a.state_dict()
     expected = a.generate(PROMPTS, params)
-    b = TorchSampler(model, pad_token_id=0, seed=99)
+    b = Engine(model, pad_token_id=0, seed=99)
     b.load_state_dict(state)
     assert b.generate(PROMPTS, params) == expected

@@ -19,7 +19,7 @@ from nextrl import __version__
 from nextrl.config import RunConfig, dump_config
 from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
-from nextrl.engine import TorchSampler
+from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
 from nextrl.eval import perplexity, standard_accuracy, thought_accuracy
 from nextrl.model.build import autocast_dtype, resolve_device
@@ -103,13 +103,7 @@ def rl_stage(
 ) -> tuple[Any, dict[str, Any]]:
     policy = copy.deepcopy(base.model).to(device)
     env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = TorchSampler(
-        policy,
-        base.tokenizer.pad_token_id,
-        batch_size=cfg.sampling.batch_size,
-        autocast_dtype=autocast,
-        seed=cfg.rl.seed,
-    )
+    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, autocast, seed=cfg.rl.seed)
     trainer = RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out / "rl", device, autocast, logger)
     if resume:
         trainer.maybe_resume()
@@ -184,12 +178,13 @@ def eval_stage(
     result["eval_counts"] = dict(sorted(counts.items()))
     for name, model in models.items():
         model.to(device)
-        engine = TorchSampler(
+        engine = build_engine(
+            cfg.sampling,
             model,
             tokenizer.pad_token_id,
-            batch_size=cfg.eval.batch_size,
-            autocast_dtype=autocast,
+            autocast,
             seed=cfg.seed,
+            batch_size=cfg.eval.batch_size,
         )
         standard = standard_accuracy(env, engine, tasks, contexts)
         with_thought, length = thought_accuracy(env, engine, tasks, cfg.eval.thought_temperature)

@@ -106,7 +106,12 @@ class SelectionConfig(_Strict):
         description="bucket name -> lower entropy bound (exclusive); a position takes the highest bound it exceeds",
     )
     skip_first: int = Field(16, ge=0, description="skip the first N tokens of each document")
-    context: int = Field(128, ge=1, description="prefix tokens fed to the model before a position")
+    context: int = Field(
+        128,
+        ge=1,
+        description="most prefix tokens before a position; prompts start on a stride of context/2 so the "
+        "positions of one stripe share their prefix (each sees between context/2 and context tokens)",
+    )
     max_documents: int = Field(400, ge=1, description="documents scored")
     max_doc_tokens: int = Field(1024, ge=8, description="only the first N tokens of a document are scored")
     max_positions_per_doc: int = Field(
@@ -134,12 +139,31 @@ class SamplingConfig(_Strict):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(128, ge=1, description="sequences decoded together by the rollout engine")
+    share_prefix: bool = Field(
+        True,
+        description="encode each shared prompt prefix once and branch the samples from it (false: every "
+        "sample prefills its own prompt, the plain reference path)",
+    )
+    max_tree_nodes: int = Field(4096, ge=16, description="most prompt tokens packed into one prefix tree")
 
 
 class RLConfig(_Strict):
     algorithm: Literal["grpo"] = "grpo"
     steps: int = Field(80, ge=0)
     positions_per_step: int = Field(16, ge=1, description="positions (groups) per optimizer step")
+    positions_per_prefix: int = Field(
+        4,
+        ge=1,
+        description="positions of one document stripe (one shared prefix) taken together in a step",
+    )
+    share_prefix: bool = Field(
+        True,
+        description="compute the loss over prefix trees (a shared prefix is encoded once and its gradient "
+        "accumulates from every branch); false: one plain row per sample, the reference path",
+    )
+    max_tree_nodes: int = Field(
+        4096, ge=16, description="most tokens packed into one prefix tree in the loss"
+    )
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(2, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "constant"

@@ -1,4 +1,10 @@
-"""An endless, seeded, resumable order over the rows of a position index (the RL data cursor)."""
+"""An endless, seeded, resumable order over the rows of a position index (the RL data cursor).
+
+Rows come in *units*: rows that should be trained in the same step, because their prompts share a prefix (the
+positions of one document stripe; see `PositionIndex.units`). Each epoch visits the units in a fresh seeded
+order and yields their rows one after another; `take(n)` may cut a unit at a step boundary, and its remaining
+rows open the next step, so every row is still visited once per epoch.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,40 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def context_start(position: int, context: int) -> int:
+    """Where the prompt of `position` starts: the whole prefix when it fits in `context` tokens, else the
+    latest multiple of `context // 2` leaving at most `context` tokens (so between context/2 and context).
+
+    Aligning starts to a stride makes the positions of one stripe share their prompt prefix exactly, which the
+    prefix-sharing engine and loss encode once for all of them (a sliding window would give every position a
+    different first token and nothing to share but the G samples of one position)."""
+    if position <= context:
+        return 0
+    stride = max(1, context // 2)
+    return -(-(position - context) // stride) * stride
+
+
 class PositionSampler:
-    def __init__(self, rows: Sequence[int], seed: int):
-        if not rows:
+    def __init__(self, units: Sequence[int | Sequence[int]], seed: int):
+        self.units = [[int(u)] if isinstance(u, int | np.integer) else [int(r) for r in u] for u in units]
+        self.units = [u for u in self.units if u]
+        if not self.units:
             raise ValueError(
                 "no positions to train on: the selection kept none in the train split "
                 "(lower selection.min_entropy or add documents)"
             )
-        self.rows = list(rows)
+        self.n_rows = sum(len(u) for u in self.units)
         self.seed = seed
         self.cursor = 0
-        self._epoch, self._perm = -1, np.arange(0)
+        self._epoch, self._order = -1, np.arange(0)
 
     def _row(self, k: int) -> int:
-        epoch, i = divmod(k, len(self.rows))
+        epoch, i = divmod(k, self.n_rows)
         if epoch != self._epoch:
-            self._epoch, self._perm = (
-                epoch,
-                np.random.default_rng([self.seed, epoch]).permutation(len(self.rows)),
-            )
-        return self.rows[int(self._perm[i])]
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+            self._epoch = epoch
+            self._order = np.array([r for u in perm for r in self.units[int(u)]])
+        return int(self._order[i])
 
     def take(self, n: int) -> list[int]:
         out = [self._row(k) for k in range(self.cursor, self.cursor + n)]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from nextrl.engine.base import Phase, Rollout, SamplingParams
+from nextrl.model.flops import TokenWork
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -124,6 +125,8 @@ class TorchSampler:
         self.seed = seed
         self.policy_version = 0
         self._gen: torch.Generator | None = None
+        # tokens processed by the last `generate` call, for FLOP accounting
+        self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
 
     def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
         self.model = policy  # a reference: in-process training updates it in place
@@ -154,6 +157,7 @@ class TorchSampler:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
         seqs = [_Seq(list(p), params.phases) for p in prompts for _ in range(params.n)]
+        self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -180,6 +184,8 @@ class TorchSampler:
             [[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs], device=device
         )
         pos = (attn.cumsum(-1) - 1).clamp(min=0)  # pads get 0; real tokens 0..len-1 as if unpadded
+        for s in seqs:
+            self.last_work["prefill"].add_sequence(len(s.prompt))
         cache = DynamicCache()
         with _autocast(device, self.autocast_dtype):
             logits = model(
@@ -206,6 +212,7 @@ class TorchSampler:
                 return
             # feed every live row's new token (sampled or forced; finished rows are dropped next round)
             attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=-1)
+            self.last_work["decode"].add(len(live), int(next_pos.sum()) + len(live))
             with _autocast(device, self.autocast_dtype):
                 logits = model(
                     input_ids=torch.tensor([seqs[i].ids[-1] for i in live], device=device)[:, None],

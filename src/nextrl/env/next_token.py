@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from nextrl.config.schema import EnvConfig
+from nextrl.data.positions import context_start
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env import formats
 from nextrl.env.base import Reward, Task
@@ -44,12 +45,12 @@ class NextTokenEnv:
         bucket: str = "",
         domain: str = "text",
     ) -> Task:
-        """Task "predict token `position` given tokens[:position]", seeing at most `context` prefix tokens."""
+        """Task "predict token `position` given tokens[:position]", seeing the prefix from `context_start`."""
         # Callers pass numpy arrays and scalars: store plain Python values so tasks log and serialise cleanly.
         doc_id, position, bucket = str(doc_id), int(position), str(bucket)
         if not 0 <= position < len(doc_tokens):
             raise ValueError(f"position {position} outside document of {len(doc_tokens)} tokens")
-        ctx = [int(t) for t in doc_tokens[max(0, position - context) : position]]
+        ctx = [int(t) for t in doc_tokens[context_start(position, context) : position]]
         target_ids = [int(t) for t in doc_tokens[position : position + self.cfg.target_tokens]]
         pieces = [self.token_bytes(t) for t in target_ids]
         if self.cfg.format == "structured":

@@ -26,9 +26,35 @@ class FlopModel:
         """Forward FLOPs for `tokens` new tokens each attending to `mean_context` tokens on average."""
         return tokens * (2.0 * self.matmul_params + 2.0 * self.num_layers * mean_context * self.hidden_size)
 
+    def forward_work(self, work: TokenWork) -> float:
+        """Forward FLOPs of the tokens counted in `work` (each attending to its recorded number of keys)."""
+        return (
+            2.0 * self.matmul_params * work.tokens + 2.0 * self.num_layers * self.hidden_size * work.attended
+        )
+
     def forward_sequence(self, length: int, batch: int = 1) -> float:
         # Causal attention over a full sequence: token i attends to i+1 tokens, mean (L+1)/2.
         return self.forward(length * batch, (length + 1) / 2)
 
     def train_sequence(self, length: int, batch: int = 1) -> float:
         return 3.0 * self.forward_sequence(length, batch)
+
+
+@dataclass
+class TokenWork:
+    """Tokens a forward really processed, and the keys they attended to (each token counts itself).
+
+    Engines and loss paths record this as they run, so FLOPs follow what was computed: a prompt shared by G
+    samples counts once on the prefix-sharing paths and G times on the plain ones. Padding is not counted
+    (model FLOPs, the MFU convention); the dense tree masks do spend more attention than this."""
+
+    tokens: int = 0
+    attended: int = 0
+
+    def add(self, tokens: int, attended: int) -> None:
+        self.tokens += int(tokens)
+        self.attended += int(attended)
+
+    def add_sequence(self, length: int, past: int = 0) -> None:
+        """`length` tokens appended causally after `past` cached ones: token i attends to past + i + 1 keys."""
+        self.add(length, length * past + length * (length + 1) // 2)

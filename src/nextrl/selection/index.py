@@ -15,6 +15,7 @@ import torch
 
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
+from nextrl.data.positions import context_start
 from nextrl.selection.entropy import bucket_of, topk_entropy
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
@@ -37,6 +38,19 @@ class PositionIndex:
 
     def rows(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.split) if s == split]
+
+    def units(self, split: str, context: int, per_unit: int) -> list[list[int]]:
+        """Rows of `split` grouped by shared prompt prefix: same document and same context stripe (see
+        `context_start`), at most `per_unit` rows per group, each group in position order."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for r in self.rows(split):
+            key = (self.doc_id[r], context_start(self.position[r], context))
+            groups.setdefault(key, []).append(r)
+        out = []
+        for rows in groups.values():
+            rows.sort(key=lambda r: self.position[r])
+            out += [rows[i : i + per_unit] for i in range(0, len(rows), per_unit)]
+        return out
 
     def tasks(self, env, rows: list[int], context: int) -> list:
         """The environment's tasks for these rows (each: its document's tokens, position and bucket)."""

@@ -19,17 +19,21 @@ import torch
 
 from nextrl.algo.advantages import group_advantages, uniform_groups
 from nextrl.algo.grpo import PolicyBatch, grpo_loss
-from nextrl.algo.logprobs import completion_logprobs
+from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.algo.prefix_tree import group_by_prefix
 from nextrl.config import RunConfig
 from nextrl.data.positions import PositionSampler
 from nextrl.engine.base import Rollout, RolloutEngine
 from nextrl.env.base import Environment, Reward, Task
-from nextrl.model.flops import FlopModel
+from nextrl.model.flops import FlopModel, TokenWork
+from nextrl.model.peak import matmul_peak
 from nextrl.selection.index import PositionIndex
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nextrl.trainer.optim import build_optimizer, build_scheduler, clip_grad
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
+
+FLOP_STAGES = ("prefill", "decode", "loss_forward", "loss_backward", "reference")
 
 
 @dataclass
@@ -37,15 +41,33 @@ class RLState:
     """Everything besides weights/optimizer that a resumed run needs to continue exactly."""
 
     step: int = 0
-    flops: dict[str, float] = field(
-        default_factory=lambda: {"rollout": 0.0, "training": 0.0, "reference": 0.0}
-    )
+    # model FLOPs by stage: rollout prefill/decode, loss forward/backward, reference scoring
+    flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FLOP_STAGES, 0.0))
     groups_kept: int = 0
     groups_dropped: int = 0
     samples: int = 0
     rollout_tokens: int = 0
     seconds: float = 0.0
+    generation_seconds: float = 0.0
+    training_seconds: float = 0.0
     reward_history: list[float] = field(default_factory=list)
+
+
+def plan_micro_batches(
+    prompts: list[list[int]], size: int, share_prefix: bool, max_nodes: int
+) -> list[list[int]]:
+    """Indices of each micro-batch, about `size` sequences each. With prefix sharing, sequences whose prompts
+    share a prefix stay in one micro-batch so that the prefix is encoded once (a group larger than `size` gets
+    a micro-batch of its own); without, consecutive slices."""
+    if not share_prefix:
+        return [list(range(s, min(s + size, len(prompts)))) for s in range(0, len(prompts), size)]
+    chunks: list[list[int]] = []
+    for g in group_by_prefix(prompts, max_nodes):
+        if chunks and len(chunks[-1]) + len(g) <= size:
+            chunks[-1] += g
+        else:
+            chunks.append(list(g))
+    return chunks
 
 
 class RLTrainer:
@@ -71,11 +93,15 @@ class RLTrainer:
         self.scheduler = build_scheduler(
             self.optimizer, self.rl.warmup_steps, max(self.rl.steps, 1), self.rl.schedule
         )
-        self.sampler = PositionSampler(index.rows("train"), seed=self.rl.seed)
+        # Positions of one document stripe share their prompt prefix: they are drawn together (as units).
+        units = index.units("train", cfg.selection.context, self.rl.positions_per_prefix)
+        self.sampler = PositionSampler(units, seed=self.rl.seed)
         self.reference = None
         if self.rl.kl_coef > 0:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.flop_model = FlopModel.from_model(policy)
+        self.peak = matmul_peak(device, autocast or torch.float32)  # MFU denominator, measured once
+        self.work: dict[str, TokenWork] = {}  # tokens each loss-side pass processed in the current step
         self.state = RLState()
         self.params = env.sampling_params(
             cfg.sampling.group_size, cfg.sampling.temperature, cfg.sampling.top_p
@@ -110,6 +136,7 @@ class RLTrainer:
     def step(self) -> dict[str, Any]:
         t0 = time.time()
         G = self.cfg.sampling.group_size
+        self.work = {}
         tasks = self.index.tasks(
             self.env, self.sampler.take(self.rl.positions_per_step), self.cfg.selection.context
         )
@@ -142,13 +169,13 @@ class RLTrainer:
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.scheduler.step()
             return {}
-        mb = self.rl.micro_batch_size
         n_tok = sum(sum(r.action_mask) for r in rollouts)
         totals: dict[str, float] = {}
+        chunks = self.plan_chunks(rollouts)
         for _ in range(self.rl.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, len(rollouts), mb):
-                chunk, chunk_adv = rollouts[s : s + mb], advantages[s : s + mb]
+            for idx in chunks:
+                chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
                 loss, metrics = self.chunk_loss(chunk, chunk_adv)
                 if self.rl.loss_norm == "dapo":
                     weight = sum(sum(r.action_mask) for r in chunk) / max(n_tok, 1)
@@ -165,15 +192,28 @@ class RLTrainer:
         self.scheduler.step()
         return totals
 
+    def plan_chunks(self, rollouts: list[Rollout]) -> list[list[int]]:
+        prompts = [r.prompt_ids for r in rollouts]
+        return plan_micro_batches(
+            prompts, self.rl.micro_batch_size, self.rl.share_prefix, self.rl.max_tree_nodes
+        )
+
+    def logprobs(self, model, prompts, comps, work: TokenWork) -> torch.Tensor:
+        """Per-token log-probs of completions under `model`: the prefix-tree path or the plain reference path."""
+        T, pad = self.cfg.sampling.temperature, self.tokenizer.pad_token_id
+        if self.rl.share_prefix:
+            return tree_completion_logprobs(
+                model, prompts, comps, T, pad, self.autocast, max_nodes=self.rl.max_tree_nodes, work=work
+            )
+        return completion_logprobs(model, prompts, comps, T, pad, self.autocast, work=work)
+
     def chunk_loss(
         self, chunk: list[Rollout], advantages: list[float]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         prompts = [r.prompt_ids for r in chunk]
         comps = [r.completion_ids for r in chunk]
-        T = self.cfg.sampling.temperature
-        pad = self.tokenizer.pad_token_id
         self.policy.train()
-        logp = completion_logprobs(self.policy, prompts, comps, T, pad, self.autocast)
+        logp = self.logprobs(self.policy, prompts, comps, self.work.setdefault("loss", TokenWork()))
         width = logp.shape[1]
 
         def padded(rows: list[list[float]]) -> torch.Tensor:
@@ -182,7 +222,9 @@ class RLTrainer:
         ref = None
         if self.reference is not None:
             with torch.no_grad():
-                ref = completion_logprobs(self.reference, prompts, comps, T, pad, self.autocast)
+                ref = self.logprobs(
+                    self.reference, prompts, comps, self.work.setdefault("reference", TokenWork())
+                )
         batch = PolicyBatch(
             logprobs=logp,
             old_logprobs=padded([r.logprobs for r in chunk]),
@@ -212,24 +254,14 @@ class RLTrainer:
         t_gen: float,
         t_train: float,
     ) -> dict[str, Any]:
-        st, fm = self.state, self.flop_model
+        st = self.state
         flat = [r for group in rollouts for r in group]
-        kept = [r for i, group in enumerate(rollouts) if keep[i] for r in group]
         prompt_tokens = sum(len(r.prompt_ids) for r in flat)
         gen_tokens = sum(len(r.completion_ids) for r in flat)
-        mean_prompt = prompt_tokens / max(len(flat), 1)
-        # The PyTorch sampler prefills every sample's prompt and decodes its completion token by token.
-        f_roll = fm.forward(prompt_tokens, (mean_prompt + 1) / 2) + fm.forward(
-            gen_tokens, mean_prompt + gen_tokens / max(len(flat), 1) / 2
-        )
-        train_tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in kept)
-        mean_len = train_tokens / max(len(kept), 1)
-        f_fwd = fm.forward(train_tokens, (mean_len + 1) / 2)
-        f_train = 3.0 * f_fwd * self.rl.updates_per_batch if kept else 0.0
-        f_ref = f_fwd if (self.reference is not None and kept) else 0.0
-        st.flops["rollout"] += f_roll
-        st.flops["training"] += f_train
-        st.flops["reference"] += f_ref
+        flops = self.step_flops(flat)
+        for k, v in flops.items():
+            st.flops[k] += v
+        train_tokens = self.work["loss"].tokens if "loss" in self.work else 0
         st.step += 1
         n_kept = int(keep.sum())
         st.groups_kept += n_kept
@@ -238,6 +270,10 @@ class RLTrainer:
         st.rollout_tokens += gen_tokens
         dt = time.time() - t0
         st.seconds += dt
+        st.generation_seconds += t_gen
+        st.training_seconds += t_train
+        f_gen = flops["prefill"] + flops["decode"]
+        f_train = flops["loss_forward"] + flops["loss_backward"] + flops["reference"]
         mean_reward = float(R.mean())
         st.reward_history.append(mean_reward)
         thought = [r.phase_starts[1] if len(r.phase_starts) > 1 else len(r.completion_ids) for r in flat]
@@ -253,8 +289,13 @@ class RLTrainer:
             "tokens_per_second": (prompt_tokens + gen_tokens + train_tokens) / max(dt, 1e-9),
             "generation_seconds": t_gen,
             "training_seconds": t_train,
-            "flops/step": f_roll + f_train + f_ref,
+            "flops/step": sum(flops.values()),
             "flops/total": sum(st.flops.values()),
+            **{f"flops/{k}": v for k, v in flops.items()},
+            "flops/per_sample": sum(flops.values()) / max(len(flat), 1),
+            "mfu/rollout": f_gen / max(t_gen, 1e-9) / self.peak,
+            "mfu/training": f_train / max(t_train, 1e-9) / self.peak,
+            "mfu/step": sum(flops.values()) / max(dt, 1e-9) / self.peak,
         }
         for name in sorted({k for g in rewards for r in g for k in r.components}):
             vals = [r.components.get(name, 0.0) for g in rewards for r in g]
@@ -263,6 +304,28 @@ class RLTrainer:
         if self.logger is not None:
             self.logger.log("rl", st.step, metrics)
         return metrics
+
+    def step_flops(self, flat: list[Rollout]) -> dict[str, float]:
+        """Model FLOPs this step really spent, from the tokens each pass processed (shared prefixes count once
+        on the prefix-sharing paths). Engines that do not report their work are estimated as plain prefill +
+        decode of every sample."""
+        fm = self.flop_model
+        gen = getattr(self.engine, "last_work", None)
+        if gen is None:
+            gen = {"prefill": TokenWork(), "decode": TokenWork()}
+            for r in flat:
+                gen["prefill"].add_sequence(len(r.prompt_ids))
+                gen["decode"].add_sequence(len(r.completion_ids), len(r.prompt_ids))
+        # recorded by every pass (updates_per_batch passes over the batch each add theirs)
+        loss = fm.forward_work(self.work["loss"]) if "loss" in self.work else 0.0
+        ref = fm.forward_work(self.work["reference"]) if "reference" in self.work else 0.0
+        return {
+            "prefill": fm.forward_work(gen["prefill"]),
+            "decode": fm.forward_work(gen["decode"]),
+            "loss_forward": loss,
+            "loss_backward": 2.0 * loss,
+            "reference": ref,
+        }
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> RLState:
@@ -294,6 +357,15 @@ class RLTrainer:
             "samples": st.samples,
             "seconds": st.seconds,
             "samples_per_second": st.samples / max(st.seconds, 1e-9),
+            "generation_seconds": st.generation_seconds,
+            "training_seconds": st.training_seconds,
+            "matmul_peak_flops": self.peak,
+            "mfu_training": (st.flops["loss_forward"] + st.flops["loss_backward"] + st.flops["reference"])
+            / max(st.training_seconds, 1e-9)
+            / self.peak,
+            "mfu_rollout": (st.flops["prefill"] + st.flops["decode"])
+            / max(st.generation_seconds, 1e-9)
+            / self.peak,
             "reward_first": sum(h[:k]) / k if h else None,
             "reward_last": sum(h[-k:]) / k if h else None,
         }

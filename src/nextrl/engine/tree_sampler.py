@@ -1,0 +1,166 @@
+"""`PrefixSharingSampler`: sampling where prompts that share a prefix are encoded once and branch from it.
+
+Prompts are grouped into prefix trees (`nextrl.algo.prefix_tree`): the G samples of a position share its whole
+prompt, and positions of one document stripe share the document prefix. Each tree is one row of the KV cache:
+the prefill encodes every distinct prompt token once, and the decode steps append one key/value per live
+branch to its row. A branch's query sees the ancestors of its prompt's last node plus its own generated tokens,
+through an explicit 4D attention mask, so every sample sees exactly what it would see alone (same tokens,
+same positions). No prompt key/value is ever copied per sample.
+
+Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from nextrl.algo.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
+from nextrl.engine.base import Rollout, SamplingParams
+from nextrl.engine.sampler import TorchSampler, _autocast, _device, _rollout, _sample, _Seq
+from nextrl.model.flops import TokenWork
+
+
+class PrefixSharingSampler(TorchSampler):
+    """A `RolloutEngine` with the same contract and RNG handling as `TorchSampler`; `batch_size` bounds the
+    samples decoded together, `max_nodes` the prompt tokens packed into one tree."""
+
+    def __init__(self, *args, max_nodes: int = 4096, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_nodes = max_nodes
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: there is no token to condition the first sample on")
+        groups = group_by_prefix(prompts, self.max_nodes)
+        seqs = [[_Seq(list(p), params.phases) for _ in range(params.n)] for p in prompts]
+        self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                chunk: list[list[int]] = []
+                for g in groups:  # whole trees per chunk, about batch_size samples per chunk
+                    if chunk and (sum(map(len, chunk)) + len(g)) * params.n > self.batch_size:
+                        self._run_trees(chunk, prompts, seqs, params)
+                        chunk = []
+                    chunk.append(g)
+                if chunk:
+                    self._run_trees(chunk, prompts, seqs, params)
+        finally:
+            self.model.train(was_training)
+        out = []
+        for group in seqs:
+            rolls = []
+            for s in group:
+                starts = s.starts + [len(s.ids)] * (len(params.phases) - len(s.starts))
+                rolls.append(_rollout(s, starts, self.policy_version))
+            out.append(rolls)
+        return out
+
+    def _run_trees(
+        self,
+        groups: list[list[int]],
+        prompts: Sequence[Sequence[int]],
+        seqs: list[list[_Seq]],
+        params: SamplingParams,
+    ) -> None:
+        model, device = self.model, _device(self.model)
+        gen = self._generator(device)
+        trees: list[PackedTree] = [build_tree([prompts[i] for i in g]) for g in groups]
+        for t in trees:
+            self.last_work["prefill"].add(len(t), sum(t.depth) + len(t))
+        ids, pos, mask = tree_batch(trees, self.pad_token_id, device)
+        dtype = self.autocast_dtype or next(model.parameters()).dtype
+        cache = DynamicCache()
+        # Branch slots per row: (sequence, prompt's last node, prompt length). Slot q of row b is query q.
+        slots = [
+            [
+                (seqs[i][k], t.seq_nodes[j][-1], len(prompts[i]))
+                for j, i in enumerate(g)
+                for k in range(params.n)
+            ]
+            for g, t in zip(groups, trees, strict=True)
+        ]
+        q_max = max(len(s) for s in slots)
+        # vis[b, q, c]: slot q of row b may attend to cache column c. It starts as its prompt node's ancestors.
+        vis = torch.zeros((len(trees), q_max, ids.shape[1]), dtype=torch.bool, device=device)
+        for b, row in enumerate(slots):
+            nodes = torch.tensor([node for _, node, _ in row], device=device)
+            vis[b, : len(row)] = mask[b, 0, nodes]
+        with _autocast(device, self.autocast_dtype):
+            hidden = model.base_model(
+                input_ids=ids,
+                attention_mask=attention_mask_for(model, mask, dtype),
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+        rows_alive = list(range(len(trees)))  # cache row r holds tree rows_alive[r]
+        for row in slots:
+            for s, _, _ in row:
+                s.settle()
+        # The first token of every sample of a prompt comes from the same logits: project each node once.
+        live = [(b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None]
+        with _autocast(device, self.autocast_dtype):
+            logits = model.get_output_embeddings()(
+                hidden[[b for b, _ in live], [slots[b][q][1] for b, q in live]]
+            )
+        while True:
+            if live:
+                tokens, logps = _sample(logits, params, gen)
+                for (b, q), tok, lp in zip(live, tokens.tolist(), logps.tolist(), strict=True):
+                    slots[b][q][0].add(tok, lp, params)
+            live = [
+                (b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None
+            ]
+            if not live:
+                return
+            # Drop cache rows whose branches all finished, so they stop costing compute.
+            keep = sorted({b for b, _ in live})
+            if len(keep) < len(rows_alive):
+                r_sel = [rows_alive.index(b) for b in keep]
+                sel = torch.tensor(r_sel, device=device)
+                cache.batch_select_indices(sel)
+                vis = vis[sel]
+                rows_alive = keep
+            # Queries this step: the live slots of each alive row, padded with dummy queries that see only
+            # their own new column (a fully masked row would be NaN) and that nobody else sees.
+            per_row = [[q for b2, q in live if b2 == b] for b in rows_alive]
+            width = max(len(r) for r in per_row)
+            n_rows = len(rows_alive)
+            inp = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
+            qpos = torch.zeros((n_rows, width), dtype=torch.long)
+            qslot = torch.zeros((n_rows, width), dtype=torch.long)
+            for r, (b, qs) in enumerate(zip(rows_alive, per_row, strict=True)):
+                for c, q in enumerate(qs):
+                    s, _, plen = slots[b][q]
+                    inp[r, c] = s.ids[-1]
+                    qpos[r, c] = plen + len(s.ids) - 1
+                    qslot[r, c] = q
+            n_real = sum(len(qs) for qs in per_row)
+            self.last_work["decode"].add(n_real, int(qpos.sum()) + n_real)  # dummy queries have position 0
+            real = torch.tensor([[c < len(qs) for c in range(width)] for qs in per_row], device=device)
+            inp, qpos, qslot = inp.to(device), qpos.to(device), qslot.to(device)
+            old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
+            old = old & real[:, :, None]  # dummy queries see no old column
+            eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
+            step_mask = torch.cat([old, eye], dim=2)[:, None]
+            # New column c holds the token of slot qslot[r, c]: only that slot sees it from now on.
+            new_cols = torch.zeros((n_rows, vis.shape[1], width), dtype=torch.bool, device=device)
+            rr, cc = real.nonzero(as_tuple=True)
+            new_cols[rr, qslot[rr, cc], cc] = True
+            vis = torch.cat([vis, new_cols], dim=2)
+            with _autocast(device, self.autocast_dtype):
+                h = model.base_model(
+                    input_ids=inp,
+                    attention_mask=attention_mask_for(model, step_mask, dtype),
+                    position_ids=qpos,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).last_hidden_state
+                logits = model.get_output_embeddings()(h[rr, cc])
+            # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
+            live = [(rows_alive[r], per_row[r][c]) for r, c in zip(rr.tolist(), cc.tolist(), strict=True)]

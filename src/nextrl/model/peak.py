@@ -1,0 +1,64 @@
+"""The machine's measured matmul peak, the denominator of MFU (model FLOPs utilisation).
+
+Vendor peaks say little about a 2-core CPU (or a GPU under another clock), so the peak is measured: the best of
+several timed square matmuls per dtype, after a warm-up. It is measured once per machine, device, dtype and
+thread count, and cached as JSON next to the pretrained base models ($NEXTRL_CACHE or ~/.cache/nextrl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from nextrl.utils.io import atomic_write_text
+
+
+def _key(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device).replace(" ", "_")
+    else:
+        where = f"{platform.processor() or platform.machine()}-{torch.get_num_threads()}threads"
+    return f"{device.type}-{where}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__}"
+
+
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5
+) -> float:
+    """FLOP/s of the fastest of `repeats` timed [size x size] @ [size x size] matmuls (2·size³ FLOPs each)."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    inner = 10 if device.type == "cuda" else 2
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a @ b  # warm-up: kernel selection, page faults, clocks
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        sync()
+        best = min(best, (time.perf_counter() - t) / inner)
+    return 2.0 * size**3 / best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, cache_dir: str | Path | None = None) -> float:
+    """The cached measured peak (measuring it on first use)."""
+    root = Path(cache_dir or os.environ.get("NEXTRL_CACHE", Path.home() / ".cache" / "nextrl"))
+    path = root / "matmul_peak.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    key = _key(device, dtype)
+    if key not in table:
+        table[key] = measure_matmul_peak(device, dtype)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))
+    return float(table[key])

@@ -1,0 +1,250 @@
+"""Prefix trees, the tree loss path and the prefix-sharing sampler against the plain paths (fp32, exact
+within float rounding), and the work/FLOP counts that make the saving visible."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.algo.prefix_tree import build_tree, group_by_prefix
+from nextrl.data.positions import PositionSampler
+from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
+from nextrl.model.flops import FlopModel, TokenWork
+from nextrl.trainer.rl import plan_micro_batches
+
+V = 64
+
+
+def tiny_llama(attn: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,  # peaked logits, so a wrong position or key shows well above tolerance
+    )
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def workload(seed: int, docs: int, positions: int, G: int, max_len: int, tail: int = 1):
+    """Positions of several documents, each prompt = document prefix + `tail` fixed tokens (like <think>),
+    G completions each, of random lengths 1..max_len (early stops) and sometimes identical."""
+    rng = random.Random(seed)
+    prompts, comps = [], []
+    for _ in range(docs):
+        doc = [rng.randrange(1, V) for _ in range(80)]
+        for p in sorted(rng.sample(range(2, 70), positions)):
+            for _ in range(G):
+                prompts.append(doc[:p] + [3] * tail)
+                comps.append([rng.randrange(1, V) for _ in range(rng.randint(1, max_len))])
+    if len(comps) > 2:
+        comps[1] = list(comps[0])  # two samples of one position with the same completion
+    order = list(range(len(prompts)))
+    rng.shuffle(order)  # the tree path must not depend on the input order
+    return [prompts[i] for i in order], [comps[i] for i in order]
+
+
+# ---------------------------------------------------------------- trees
+
+
+def test_build_tree_is_the_trie():
+    rng = random.Random(1)
+    seqs = [[rng.randrange(3) for _ in range(rng.randint(1, 6))] for _ in range(40)]
+    t = build_tree(seqs)
+    distinct = {tuple(s[: k + 1]) for s in seqs for k in range(len(s))}
+    assert len(t) == len(distinct)  # one node per distinct prefix
+    for s, nodes in zip(seqs, t.seq_nodes, strict=True):
+        assert [t.tokens[n] for n in nodes] == s
+        assert [t.depth[n] for n in nodes] == list(range(len(s)))
+        assert [t.parent[n] for n in nodes] == [-1] + nodes[:-1]
+    assert all(p < i for i, p in enumerate(t.parent))  # parents precede children
+    # ancestor mask against the definition: j is an ancestor-or-self of i iff its path is a prefix of i's
+    path = {}
+    for s, nodes in zip(seqs, t.seq_nodes, strict=True):
+        for k, n in enumerate(nodes):
+            path[n] = tuple(s[: k + 1])
+    mask = t.ancestor_mask()
+    for i in range(len(t)):
+        for j in range(len(t)):
+            assert mask[i, j] == (path[i][: len(path[j])] == path[j]), (i, j)
+
+
+def test_group_by_prefix_budget_and_cover():
+    rng = random.Random(2)
+    docs = [[rng.randrange(1, 50) for _ in range(40)] for _ in range(3)]
+    seqs = [d[:p] for d in docs for p in range(5, 40, 3)] + [[99] * 100]
+    groups = group_by_prefix(seqs, max_nodes=60)
+    assert sorted(i for g in groups for i in g) == list(range(len(seqs)))
+    for g in groups:
+        size = len(build_tree([seqs[i] for i in g]))
+        assert size <= 60 or len(g) == 1
+        assert len({tuple(seqs[i][:1]) for i in g}) == 1  # unrelated documents never share a tree
+    assert [len(seqs) - 1] in groups  # longer than the budget: alone
+
+
+# ---------------------------------------------------------------- loss path
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    ("docs", "positions", "G", "max_len", "max_nodes"),
+    [(1, 1, 1, 4, 4096), (2, 3, 4, 7, 4096), (3, 4, 8, 17, 4096), (2, 3, 4, 7, 90)],
+)
+def test_tree_logprobs_and_gradients_equal_plain(attn, docs, positions, G, max_len, max_nodes):
+    model = tiny_llama(attn).float()
+    prompts, comps = workload(docs * 10 + G, docs, positions, G, max_len)
+    weights = torch.randn(len(prompts), max_len, generator=torch.Generator().manual_seed(0))
+
+    def run(fn, **kw):
+        model.zero_grad()
+        lp = fn(model, prompts, comps, 0.8, 0, **kw)
+        (lp * weights[:, : lp.shape[1]]).sum().backward()  # a loss that weighs every token differently
+        return lp.detach(), [p.grad.clone() for p in model.parameters()]
+
+    lp_plain, g_plain = run(completion_logprobs)
+    lp_tree, g_tree = run(tree_completion_logprobs, max_nodes=max_nodes)
+    assert lp_tree.shape == lp_plain.shape
+    assert (lp_tree - lp_plain).abs().max().item() < 1e-5
+    for a, b in zip(g_tree, g_plain, strict=True):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-12
+
+
+def test_tree_logprobs_catch_a_wrong_position():
+    # mutation check: the same tree with the position ids of a plain packed row (no restart per branch) differs
+    model = tiny_llama().float().eval()
+    prompts, comps = workload(5, 1, 2, 3, 5)
+    ref = completion_logprobs(model, prompts, comps, 1.0, 0)
+    got = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
+    assert (got - ref).abs().max() < 1e-5
+    import nextrl.algo.logprobs as lp_mod
+
+    real = lp_mod.tree_batch
+
+    def wrong_positions(trees, pad, device):
+        ids, pos, mask = real(trees, pad, device)
+        return ids, torch.arange(ids.shape[1]).expand_as(ids).clone(), mask
+
+    lp_mod.tree_batch = wrong_positions
+    try:
+        bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
+    finally:
+        lp_mod.tree_batch = real
+    assert (bad - ref).abs().max() > 1e-3
+
+
+def test_work_counts_the_prefix_once():
+    model = tiny_llama().float()
+    P, G, c = 20, 8, 5
+    prompts = [list(range(1, P + 1))] * G
+    comps = [[40 + g] + [50] * (c - 1) for g in range(G)]  # distinct first tokens: no shared completion node
+    plain, tree = TokenWork(), TokenWork()
+    completion_logprobs(model, prompts, comps, 1.0, 0, work=plain)
+    tree_completion_logprobs(model, prompts, comps, 1.0, 0, work=tree)
+    assert plain.tokens == G * (P + c)
+    assert tree.tokens == P + G * c
+    # attention: the prefix's causal triangle once, then each branch token sees P + its index + 1 keys
+    assert tree.attended == P * (P + 1) // 2 + G * sum(P + j + 1 for j in range(c))
+    assert plain.attended == G * (P + c) * (P + c + 1) // 2
+    fm = FlopModel(matmul_params=1000, num_layers=2, hidden_size=8)
+    assert fm.forward_work(tree) == 2 * 1000 * tree.tokens + 2 * 2 * 8 * tree.attended
+    assert fm.forward_work(plain) == pytest.approx(fm.forward(G * (P + c), (P + c + 1) / 2))
+
+
+# ---------------------------------------------------------------- generation
+
+
+PARAMS = dict(phases=(Phase(6, (5,), (5,)), Phase(2)), eos_token_ids=(9,))
+
+
+@pytest.mark.parametrize("batch_size", [4, 64])
+def test_shared_sampler_greedy_equals_plain(batch_size):
+    model = tiny_llama().eval()
+    prompts, _ = workload(3, 2, 3, 1, 1)
+    params = SamplingParams(n=3, temperature=0.0, **PARAMS)
+    plain = TorchSampler(model, 0, batch_size=64).generate(prompts, params)
+    shared = PrefixSharingSampler(model, 0, batch_size=batch_size).generate(prompts, params)
+    for ga, gb in zip(plain, shared, strict=True):
+        for a, b in zip(ga, gb, strict=True):
+            assert (a.completion_ids, a.action_mask, a.phase_starts, a.finish_reason) == (
+                b.completion_ids,
+                b.action_mask,
+                b.phase_starts,
+                b.finish_reason,
+            )
+            assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_shared_sampler_logprobs_and_work():
+    model = tiny_llama().eval()
+    prompts, _ = workload(4, 2, 3, 1, 1)
+    params = SamplingParams(n=4, temperature=1.0, **PARAMS)
+    engine = PrefixSharingSampler(model, 0, batch_size=16, seed=3)
+    out = engine.generate(prompts, params)
+    flat = [r for g in out for r in g]
+    assert len({len(r.completion_ids) for r in flat}) > 1  # some branches stopped early
+    ref = completion_logprobs(model, [r.prompt_ids for r in flat], [r.completion_ids for r in flat], 1.0, 0)
+    for i, r in enumerate(flat):
+        m = torch.tensor(r.action_mask, dtype=torch.bool)
+        got = torch.tensor(r.logprobs)
+        assert (got[m] - ref[i, : len(m)][m]).abs().max() < 1e-4
+    # prefill: each distinct prompt token once (the trie of the prompts), not once per sample
+    distinct = {tuple(p[: k + 1]) for p in prompts for k in range(len(p))}
+    assert engine.last_work["prefill"].tokens == len(distinct)
+    # decode: every completion token but the last is fed back (a finished branch is never fed again)
+    assert engine.last_work["decode"].tokens == sum(len(r.completion_ids) - 1 for r in flat)
+    plain = TorchSampler(model, 0, batch_size=16, seed=3)
+    plain.generate(prompts, params)
+    assert plain.last_work["prefill"].tokens == params.n * sum(map(len, prompts))
+
+
+# ---------------------------------------------------------------- batching and order
+
+
+def test_micro_batches_keep_prefix_groups_together():
+    rng = random.Random(0)
+    docs = [[rng.randrange(1, 50) for _ in range(30)] for _ in range(4)]
+    prompts = [d[:p] for d in docs for p in (10, 12, 14) for _ in range(8)]
+    chunks = plan_micro_batches(prompts, size=30, share_prefix=True, max_nodes=4096)
+    assert sorted(i for c in chunks for i in c) == list(range(len(prompts)))
+    for c in chunks:
+        assert len({tuple(prompts[i][:10]) for i in c}) == 1  # one document per chunk here (24 <= 30 < 48)
+    plain = plan_micro_batches(prompts, size=30, share_prefix=False, max_nodes=4096)
+    assert plain == [list(range(s, min(s + 30, 96))) for s in range(0, 96, 30)]
+
+
+def test_position_sampler_units():
+    units = [[0, 1, 2], [3], [4, 5]]
+    s = PositionSampler(units, seed=0)
+    epoch = s.take(6)
+    assert sorted(epoch) == list(range(6))
+    runs = {tuple(u) for u in units}
+    # units come out whole and in order within an epoch
+    k = 0
+    while k < 6:
+        unit = next(u for u in runs if epoch[k] == u[0])
+        assert tuple(epoch[k : k + len(unit)]) == unit
+        k += len(unit)
+    resumed = PositionSampler(units, seed=0)
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.take(7) == s.take(7)
+    assert sorted(PositionSampler([5, 7], seed=1).take(2)) == [5, 7]  # single rows still work
+    with pytest.raises(ValueError, match="no positions"):
+        PositionSampler([[], []], seed=0)
