@@ -51,6 +51,17 @@ def test_main_job_outputs(micro_run):
     assert abs(s["flops"]["baseline"] - s["flops"]["rl"]) <= step / 2 + 1e-6
     assert s["wall_seconds"] >= sum(s["stage_seconds"].values()) - 1e-6
     assert s["tokens_per_second"]["rl"] > 0
+    assert set(s["flops"]["rl_breakdown"]) == {
+        "prefill",
+        "decode",
+        "loss_forward",
+        "loss_backward",
+        "reference",
+    }
+    assert s["flops"]["rl_breakdown"]["loss_backward"] == pytest.approx(
+        2 * s["flops"]["rl_breakdown"]["loss_forward"]
+    )
+    assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1
     v = s["verdict"]
     assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"])
     assert ("did not beat" in v["text"]) != v["rl_beats_baseline"]

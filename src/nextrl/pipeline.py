@@ -311,6 +311,11 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
                 "groups_dropped",
                 "samples",
                 "samples_per_second",
+                "generation_seconds",
+                "training_seconds",
+                "mfu_training",
+                "mfu_rollout",
+                "matmul_peak_flops",
             )
         },
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},

@@ -51,13 +51,16 @@ def measure_matmul_peak(
     return 2.0 * size**3 / best
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, cache_dir: str | Path | None = None) -> float:
-    """The cached measured peak (measuring it on first use)."""
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, cache_dir: str | Path | None = None, remeasure: bool = False
+) -> float:
+    """The cached measured peak (measured on first use, or again with `remeasure`: a peak measured while other
+    processes loaded the machine is too low and flatters MFU)."""
     root = Path(cache_dir or os.environ.get("NEXTRL_CACHE", Path.home() / ".cache" / "nextrl"))
     path = root / "matmul_peak.json"
     table = json.loads(path.read_text()) if path.exists() else {}
     key = _key(device, dtype)
-    if key not in table:
+    if remeasure or key not in table:
         table[key] = measure_matmul_peak(device, dtype)
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))

@@ -176,6 +176,16 @@ def _compute(summary: dict) -> str:
     head = "<tr><th>stage</th><th>FLOPs</th><th>wall s</th><th>tokens/s</th><th>steps</th></tr>"
     rl, base = num(get(summary, "flops", "rl")), num(get(summary, "flops", "baseline"))
     note = f"<p>RL / baseline FLOPs: {rl / base:.2f} (1.00 = matched)</p>" if rl is not None and base else ""
+    mfu_t, mfu_r = (
+        num(get(summary, "rl_summary", "mfu_training")),
+        num(get(summary, "rl_summary", "mfu_rollout")),
+    )
+    peak = num(get(summary, "rl_summary", "matmul_peak_flops"))
+    if mfu_t is not None and mfu_r is not None and peak:
+        note += (
+            f"<p>RL model FLOPs utilisation: training {mfu_t:.1%}, generation {mfu_r:.1%} of the measured "
+            f"matmul peak ({peak / 1e9:,.0f} GFLOP/s)</p>"
+        )
     return f"<table><thead>{head}</thead>{''.join(rows)}</table>{note}"
 
 

@@ -148,6 +148,7 @@ class RLTrainer:
 
         # 2. Rewards, then group-relative advantages; groups with equal rewards carry no signal.
         rewards = self.env.score(tasks, rollouts)
+        self.last_batch = (tasks, rollouts, rewards)  # for inspection and benchmarks; replaced every step
         R = torch.tensor([[r.total for r in group] for group in rewards], dtype=torch.float32)
         adv = group_advantages(R, scale=self.rl.scale_rewards)
         keep = ~uniform_groups(R) if self.rl.drop_uniform_groups else torch.ones(len(tasks), dtype=torch.bool)
