@@ -64,7 +64,7 @@ def build_index(tokenizer, context: int, n_units: int, per_prefix: int, seed: in
         # one stripe per document: positions whose prompts start at the same stride multiple
         lo = context + 1
         start = context_start(lo, context)
-        stripe = [p for p in range(lo, len(ids) - 8) if context_start(p, context) == start][: half]
+        stripe = [p for p in range(lo, len(ids) - 8) if context_start(p, context) == start][:half]
         if len(stripe) < per_prefix:
             continue
         index.doc_tokens[doc.doc_id], index.doc_split[doc.doc_id] = ids, "train"

@@ -14,7 +14,7 @@ from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import RunFolderError, run, select_stage
-from nextrl.trainer.rl import RLTrainer
+from nextrl.trainer.rl import FLOP_STAGES, RLTrainer
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +51,12 @@ def test_main_job_outputs(micro_run):
     assert abs(s["flops"]["baseline"] - s["flops"]["rl"]) <= step / 2 + 1e-6
     assert s["wall_seconds"] >= sum(s["stage_seconds"].values()) - 1e-6
     assert s["tokens_per_second"]["rl"] > 0
-    assert set(s["flops"]["rl_breakdown"]) == {
-        "prefill",
-        "decode",
-        "loss_forward",
-        "loss_backward",
-        "reference",
-    }
+    assert set(s["flops"]["rl_breakdown"]) == set(FLOP_STAGES)
     assert s["flops"]["rl_breakdown"]["loss_backward"] == pytest.approx(
         2 * s["flops"]["rl_breakdown"]["loss_forward"]
     )
+    assert s["rl_summary"]["reward"] == "prefix_match" and s["rl_summary"]["loss_tokens"] == "all"
+    assert set(s["information_gain"]) == set(s["models"]) and s["information_gain"]["rl"]["n"] > 0
     assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1
     v = s["verdict"]
     assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"])
@@ -70,6 +66,7 @@ def test_main_job_outputs(micro_run):
     assert [r["step"] for r in rl_rows] == list(range(1, cfg.rl.steps + 1))
     assert rl_rows[-1]["flops/total"] == pytest.approx(s["flops"]["rl"])
     html = (out / "report.html").read_text()
+    assert "information gain" in html and "prefix_match" in html
     assert v["text"].split(":")[0] in html
     assert "RL" in output and "report:" in output
     # The trained policy is a plain Hugging Face model folder.

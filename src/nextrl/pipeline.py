@@ -22,6 +22,7 @@ from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
 from nextrl.eval import perplexity, standard_accuracy, thought_accuracy
+from nextrl.eval.info_gain import evaluate_information_gain
 from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.flops import FlopModel
 from nextrl.model.pretrain import BaseModel, prepare_base
@@ -171,7 +172,7 @@ def eval_stage(
     tasks = index.tasks(env, rows, ctx)
     contexts = [t.meta["context_ids"] for t in tasks]
     heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
-    result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}}
+    result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}, "information_gain": {}}
     counts: dict[str, int] = {"all": len(tasks)}
     for t in tasks:
         counts[t.meta["bucket"]] = counts.get(t.meta["bucket"], 0) + 1
@@ -193,6 +194,18 @@ def eval_stage(
         result["perplexity"][name] = perplexity(
             model, heldout_docs, ctx, cfg.eval.perplexity_tokens, autocast
         )
+        if cfg.env.format == "structured":  # nats per position that the model's own thought buys
+            gain = evaluate_information_gain(
+                model,
+                tokenizer,
+                env,
+                tasks,
+                autocast,
+                cfg.eval.thought_temperature,
+                cfg.eval.batch_size,
+                cfg.seed,
+            )
+            result["information_gain"][name] = {k: gain[k] for k in ("mean", "stderr", "n")}
     return result
 
 
@@ -301,7 +314,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
             "rl": _rl_tokens_per_second(out),
             "baseline": baseline_stats.get("tokens_per_second", 0.0),
         },
-        "selection": index.stats(),
+        "selection": {**index.stats(), "curriculum": cfg.curriculum.model_dump(), **_pool(rl_summary)},
         "rl_summary": {
             k: rl_summary[k]
             for k in (
@@ -316,6 +329,10 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
                 "mfu_training",
                 "mfu_rollout",
                 "matmul_peak_flops",
+                "reward",
+                "advantages",
+                "loss_tokens",
+                "groups_drawn",
             )
         },
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
@@ -326,6 +343,12 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     atomic_write_json(out / "summary.json", summary)
     write_report(out)
     return summary
+
+
+def _pool(rl_summary: dict[str, Any]) -> dict[str, Any]:
+    """Retirement and visit counts of the curriculum's position pool (absent without a curriculum)."""
+    counts = rl_summary.get("positions") or {}
+    return {f"rl_positions_{k}": v for k, v in counts.items()}
 
 
 def _rl_tokens_per_second(out: Path) -> float:

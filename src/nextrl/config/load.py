@@ -68,7 +68,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+# Sections that take a plain value as shorthand for one of their keys (`--set reward=info_gain`).
+SHORTHANDS = {"reward": "spec"}
+
+
 def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    if len(path) == 1 and path[0] in SHORTHANDS and not isinstance(value, dict):
+        path = [path[0], SHORTHANDS[path[0]]]
     node = data
     for part in path[:-1]:
         child = node.get(part)

@@ -147,6 +147,58 @@ class SamplingConfig(_Strict):
     max_tree_nodes: int = Field(4096, ge=16, description="most prompt tokens packed into one prefix tree")
 
 
+class RewardConfig(_Strict):
+    """What the reward is: named components with weights. `--set reward=...` sets `spec` directly.
+
+    Components: `prefix_match` (RPT's byte-level exact match, 0/1), `info_gain` (RLP: log p_θ(x_t | context,
+    thought) − log p_EMA(x_t | context), teacher-forced, no verifier), `likelihood` (mean log-prob of the next
+    `likelihood_tokens` true tokens after the thought minus the EMA's without it, Quiet-STaR's signal) and
+    `format` (−1 when the answer is missing or unparseable, else 0)."""
+
+    spec: str = Field(
+        "prefix_match", description="e.g. 'prefix_match', 'info_gain', 'prefix_match+0.1*info_gain'"
+    )
+    ema_tau: float = Field(
+        0.999, ge=0.0, le=1.0, description="EMA baseline: φ ← τ·φ + (1−τ)·θ per optimizer step"
+    )
+    info_gain_tokens: int = Field(1, ge=1, description="true tokens scored by info_gain (1 = RLP)")
+    likelihood_tokens: int = Field(4, ge=1, description="true tokens k scored by likelihood")
+    copy_guard: bool = Field(
+        True, description="a thought containing the start of the target gets no positive info_gain/likelihood"
+    )
+    copy_min_bytes: int = Field(2, ge=1, description="shortest target start the copy guard looks for")
+
+    @model_validator(mode="after")
+    def _spec(self) -> RewardConfig:
+        from nextrl.env.likelihood import RewardSpec
+
+        RewardSpec.parse(self.spec, known=REWARD_COMPONENTS)
+        return self
+
+
+REWARD_COMPONENTS = ("prefix_match", "info_gain", "likelihood", "format")
+
+
+class CurriculumConfig(_Strict):
+    """Which positions each step trains on, beyond the proxy's selection (self-selection)."""
+
+    schedule: Literal["none", "easy_to_hard"] = Field(
+        "none", description="'easy_to_hard' moves the draw from the easiest entropy bucket to the hardest"
+    )
+    prefer: Literal["uniform", "uncertain"] = Field(
+        "uniform",
+        description="'uncertain' re-scores positions online by the policy's own entropy at its answer and "
+        "draws uncertain ones more often (proxy entropy until a position is visited)",
+    )
+    retire_after: int = Field(
+        0, ge=0, description="retire a position after this many visits in a row without signal (0 = never)"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.schedule != "none" or self.prefer != "uniform" or self.retire_after > 0
+
+
 class RLConfig(_Strict):
     algorithm: Literal["grpo"] = "grpo"
     steps: int = Field(80, ge=0)
@@ -177,6 +229,23 @@ class RLConfig(_Strict):
         False, description="divide advantages by the group's std (GRPO) or not (Dr. GRPO)"
     )
     drop_uniform_groups: bool = Field(True, description="drop groups whose rewards are all equal (no signal)")
+    dynamic_sampling: bool = Field(
+        False, description="refill the batch with fresh positions until every group carries signal (DAPO)"
+    )
+    max_draws: int = Field(4, ge=1, description="rollout rounds per step at most, with dynamic sampling")
+    advantages: Literal["auto", "group", "rlp"] = Field(
+        "auto",
+        description="'group': r − group mean (÷ std if scale_rewards); 'rlp': G/(G−1)·(r − mean); "
+        "'auto': rlp when the reward has no prefix_match term, else group",
+    )
+    loss_tokens: Literal["auto", "all", "thought"] = Field(
+        "auto",
+        description="tokens the loss trains: 'thought' (RLP: the answer is teacher-forced) or 'all'; "
+        "'auto': thought when the reward has no prefix_match term, else all",
+    )
+    entropy_mask_rho: float = Field(
+        1.0, gt=0.0, le=1.0, description="train only the top-ρ fraction of tokens by entropy (1 = all)"
+    )
     updates_per_batch: int = Field(
         1, ge=1, description="optimizer steps per rollout batch (1 = strictly on-policy)"
     )
@@ -204,6 +273,14 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_shorthand(cls, data):
+        # `reward: info_gain` in a YAML preset is short for `reward: {spec: info_gain}` (as `--set reward=...`)
+        if isinstance(data, dict) and isinstance(data.get("reward"), str):
+            data = {**data, "reward": {"spec": data["reward"]}}
+        return data
+
     preset: str = "tiny"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -216,4 +293,6 @@ class RunConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

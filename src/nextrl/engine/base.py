@@ -61,6 +61,9 @@ class Rollout:
     policy_version: int = 0
     # index in completion_ids where each phase starts (phase_starts[0] == 0)
     phase_starts: list[int] = field(default_factory=list)
+    # entropy (nats) of the sampling distribution at each token (0.0 for forced tokens); engines may leave it
+    # empty. Used by the high-entropy token mask and to re-score positions by the policy's own uncertainty.
+    entropies: list[float] = field(default_factory=list)
 
 
 class RolloutEngine(Protocol):

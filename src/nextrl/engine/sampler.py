@@ -39,6 +39,7 @@ class _Seq:
     forced: list[int] | None = None  # pending forced tokens once the budget ran out (None: still sampling)
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
     starts: list[int] = field(default_factory=lambda: [0])
     finish: str | None = None
@@ -62,14 +63,16 @@ class _Seq:
                 return  # needs a forced token
             self.end_phase("length")
 
-    def add(self, token: int, logprob: float, params: SamplingParams) -> None:
+    def add(self, token: int, logprob: float, params: SamplingParams, entropy: float = 0.0) -> None:
         if self.forced:  # forced tokens are not actions: no logprob, no gradient
             self.ids.append(self.forced.pop(0))
             self.logprobs.append(0.0)
+            self.entropies.append(0.0)
             self.mask.append(0)
         else:
             self.ids.append(token)
             self.logprobs.append(logprob)
+            self.entropies.append(entropy)
             self.mask.append(1)
             self.used += 1
             if token in params.eos_token_ids:
@@ -81,8 +84,8 @@ class _Seq:
 
 def _sample(
     logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row; return (tokens, logprobs). The logprob is log_softmax(logits / T) of the chosen
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick one token per row; return (tokens, logprobs, entropies). The logprob (and the entropy) is log_softmax(logits / T) of the chosen
     token under the temperature-scaled distribution BEFORE top-p truncation (T=1 when greedy): this is the
     quantity the trainer recomputes from a plain forward, so it must not depend on the truncation."""
     logits = logits.float()
@@ -98,7 +101,8 @@ def _sample(
             drop[:, 0] = False
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p.masked_fill(drop, 0.0))
         tokens = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
 class TorchSampler:
@@ -205,9 +209,9 @@ class TorchSampler:
                 cache.batch_select_indices(sel)
                 attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
                 live = [live[row] for row in keep]
-            tokens, logps = _sample(logits, params, gen)
-            for i, tok, lp in zip(live, tokens.tolist(), logps.tolist(), strict=True):
-                seqs[i].add(tok, lp, params)
+            tokens, logps, ents = _sample(logits, params, gen)
+            for i, tok, lp, h in zip(live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True):
+                seqs[i].add(tok, lp, params, h)
             if all(seqs[i].finish is not None for i in live):
                 return
             # feed every live row's new token (sampled or forced; finished rows are dropped next round)
@@ -233,4 +237,5 @@ def _rollout(s: _Seq, starts: list[int], version: int) -> Rollout:
         finish_reason=s.finish or "length",
         policy_version=version,
         phase_starts=starts,
+        entropies=s.entropies,
     )

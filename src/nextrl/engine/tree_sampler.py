@@ -110,9 +110,11 @@ class PrefixSharingSampler(TorchSampler):
             )
         while True:
             if live:
-                tokens, logps = _sample(logits, params, gen)
-                for (b, q), tok, lp in zip(live, tokens.tolist(), logps.tolist(), strict=True):
-                    slots[b][q][0].add(tok, lp, params)
+                tokens, logps, ents = _sample(logits, params, gen)
+                for (b, q), tok, lp, h in zip(
+                    live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
+                ):
+                    slots[b][q][0].add(tok, lp, params, h)
             live = [
                 (b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None
             ]

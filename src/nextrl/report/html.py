@@ -145,13 +145,29 @@ def _ppl(summary: dict) -> str:
     ]
     if not names:
         return "<p>not recorded</p>"
+
+    def gain(n: str) -> str:
+        mean, se = (
+            num(get(summary, "information_gain", n, "mean")),
+            num(get(summary, "information_gain", n, "stderr")),
+        )
+        if mean is None:
+            return "-"
+        return f"{mean:+.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
     rows = "".join(
         _row(
-            escape(n), _fmt(num(get(summary, "perplexity", n))), _fmt(num(get(summary, "thought_length", n)))
+            escape(n),
+            _fmt(num(get(summary, "perplexity", n))),
+            _fmt(num(get(summary, "thought_length", n))),
+            gain(n),
         )
         for n in names
     )
-    head = "<tr><th>model</th><th>perplexity</th><th>thought length (tokens)</th></tr>"
+    head = (
+        "<tr><th>model</th><th>perplexity</th><th>thought length (tokens)</th>"
+        "<th>information gain (nats/position that the thought buys, ± s.e.)</th></tr>"
+    )
     return f"<table><thead>{head}</thead>{rows}</table>"
 
 
@@ -230,7 +246,7 @@ def render(summary: dict, records: list[dict], run_dir: Path, warning: str = "")
         _verdict(summary),
         "<h2>Next-token accuracy</h2>",
         _accuracy(summary),
-        "<h2>Perplexity and thought length</h2>",
+        "<h2>Perplexity, thought length and information gain</h2>",
         _ppl(summary),
         "<h2>Compute</h2>",
         _compute(summary),

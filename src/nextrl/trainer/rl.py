@@ -17,23 +17,25 @@ from typing import Any
 
 import torch
 
-from nextrl.algo.advantages import group_advantages, uniform_groups
+from nextrl.algo.advantages import group_advantages, rlp_advantages, uniform_groups
 from nextrl.algo.grpo import PolicyBatch, grpo_loss
 from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
 from nextrl.algo.prefix_tree import group_by_prefix
 from nextrl.config import RunConfig
-from nextrl.data.positions import PositionSampler
 from nextrl.engine.base import Rollout, RolloutEngine
-from nextrl.env.base import Environment, Reward, Task
+from nextrl.env.base import Environment
 from nextrl.model.flops import FlopModel, TokenWork
 from nextrl.model.peak import matmul_peak
 from nextrl.selection.index import PositionIndex
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from nextrl.trainer.dynamic_sampling import Group, fill_batch
 from nextrl.trainer.optim import build_optimizer, build_scheduler, clip_grad
+from nextrl.trainer.rewards import RewardScorer
+from nextrl.trainer.self_selection import answer_entropy, build_positions, loss_token_masks
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
 
-FLOP_STAGES = ("prefill", "decode", "loss_forward", "loss_backward", "reference")
+FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference")
 
 
 @dataclass
@@ -51,6 +53,7 @@ class RLState:
     generation_seconds: float = 0.0
     training_seconds: float = 0.0
     reward_history: list[float] = field(default_factory=list)
+    groups_drawn: int = 0  # with dynamic sampling: every group generated, kept or dropped
 
 
 def plan_micro_batches(
@@ -93,9 +96,16 @@ class RLTrainer:
         self.scheduler = build_scheduler(
             self.optimizer, self.rl.warmup_steps, max(self.rl.steps, 1), self.rl.schedule
         )
-        # Positions of one document stripe share their prompt prefix: they are drawn together (as units).
-        units = index.units("train", cfg.selection.context, self.rl.positions_per_prefix)
-        self.sampler = PositionSampler(units, seed=self.rl.seed)
+        self.sampler = build_positions(cfg, index)
+        self.rewards = RewardScorer(cfg, env, tokenizer, policy, autocast)
+        verifier_free = self.rewards.verifier_free
+        self.advantage_kind = (
+            ("rlp" if verifier_free else "group") if self.rl.advantages == "auto" else self.rl.advantages
+        )
+        self.thought_only = (
+            verifier_free if self.rl.loss_tokens == "auto" else self.rl.loss_tokens == "thought"
+        )
+        self._keep_rate = 1.0  # dynamic sampling: the last step's kept/drawn, to over-sample from the start
         self.reference = None
         if self.rl.kl_coef > 0:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -116,6 +126,8 @@ class RLTrainer:
         s = blob["state"]
         self.state = RLState(**s["rl_state"])
         self.sampler.load_state_dict(s["sampler"])
+        self.rewards.load_state_dict(s.get("reward_baseline"))
+        self._keep_rate = s.get("keep_rate", 1.0)
         if s.get("engine") is not None and hasattr(self.engine, "load_state_dict"):
             self.engine.load_state_dict(s["engine"])
         self.engine.sync_weights(self.policy, self.state.step)
@@ -127,6 +139,8 @@ class RLTrainer:
             "rl_state": self.state.__dict__,
             "sampler": self.sampler.state_dict(),
             "engine": engine_state,
+            "reward_baseline": self.rewards.state_dict(),
+            "keep_rate": self._keep_rate,
         }
         return save_checkpoint(
             self.ckpt_dir, self.state.step, self.policy, self.tokenizer, self.optimizer, self.scheduler, state
@@ -135,32 +149,77 @@ class RLTrainer:
     # ---- one step -----------------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         t0 = time.time()
-        G = self.cfg.sampling.group_size
-        self.work = {}
-        tasks = self.index.tasks(
-            self.env, self.sampler.take(self.rl.positions_per_step), self.cfg.selection.context
+        self.work = {"prefill": TokenWork(), "decode": TokenWork()}
+        self.rewards.work = TokenWork()
+        self.t_gen = 0.0
+        drawn: list[Group] = []
+
+        # 1-2. Positions -> tasks -> G rollouts each -> rewards. With dynamic sampling, groups without signal
+        # are dropped and the batch is refilled from the position stream until it is full.
+        def draw(n: int) -> list[Group]:
+            groups = self.draw_groups(n)
+            drawn.extend(groups)
+            return groups
+
+        P = self.rl.positions_per_step
+        if self.rl.dynamic_sampling:
+            groups, ds = fill_batch(draw, P, self.rl.max_draws, prior_keep_rate=max(self._keep_rate, 0.25))
+            ds.pop("surplus")  # fresh groups beyond the batch: discarded, never reused
+            self._keep_rate = (ds["groups_kept"] + ds["groups_surplus"]) / max(ds["groups_drawn"], 1)
+        else:
+            groups, ds = draw(P), {}
+
+        # 3. Advantages within each group; groups with equal rewards carry no signal.
+        R = torch.tensor([g.rewards for g in groups], dtype=torch.float32).reshape(len(groups), -1)
+        if self.advantage_kind == "rlp":
+            adv = rlp_advantages(R)
+        else:
+            adv = group_advantages(R, scale=self.rl.scale_rewards)
+        keep = (
+            ~uniform_groups(R) if self.rl.drop_uniform_groups else torch.ones(len(groups), dtype=torch.bool)
         )
+        kept = [(i, j) for i in range(len(groups)) if keep[i] for j in range(len(groups[i].rollouts))]
+        self.last_batch = (
+            [g.task[1] for g in groups],
+            [g.rollouts for g in groups],
+            [g.task[2] for g in groups],
+        )  # for inspection and benchmarks; replaced every step
 
-        # 1. Rollouts: G samples per task, with the sampling policy's log-probs.
-        t_gen = time.time()
-        rollouts = self.engine.generate([t.prompt_ids for t in tasks], self.params)
-        t_gen = time.time() - t_gen
-
-        # 2. Rewards, then group-relative advantages; groups with equal rewards carry no signal.
-        rewards = self.env.score(tasks, rollouts)
-        self.last_batch = (tasks, rollouts, rewards)  # for inspection and benchmarks; replaced every step
-        R = torch.tensor([[r.total for r in group] for group in rewards], dtype=torch.float32)
-        adv = group_advantages(R, scale=self.rl.scale_rewards)
-        keep = ~uniform_groups(R) if self.rl.drop_uniform_groups else torch.ones(len(tasks), dtype=torch.bool)
-        kept = [(i, j) for i in range(len(tasks)) if keep[i] for j in range(G)]
-
-        # 3. Clipped policy-gradient update on the kept groups.
+        # 4. Clipped policy-gradient update on the kept groups, on the tokens the loss trains.
         t_train = time.time()
-        train_metrics = self.update([rollouts[i][j] for i, j in kept], [float(adv[i, j]) for i, j in kept])
+        batch = loss_token_masks(
+            [groups[i].rollouts[j] for i, j in kept], self.thought_only, self.rl.entropy_mask_rho
+        )
+        train_metrics = self.update(batch, [float(adv[i, j]) for i, j in kept])
         t_train = time.time() - t_train
         self.engine.sync_weights(self.policy, self.state.step + 1)
+        return self.account(drawn, groups, R, keep, train_metrics, ds, t0, t_train)
 
-        return self.account(tasks, rollouts, rewards, R, keep, train_metrics, t0, t_gen, t_train)
+    def draw_groups(self, n: int) -> list[Group]:
+        """Tasks for the next `n` positions (whole prefix units), G rollouts each, scored."""
+        rows = self.sampler.take(n, self.state.step)
+        tasks = self.index.tasks(self.env, rows, self.cfg.selection.context)
+        t = time.time()
+        rollouts = self.engine.generate([t.prompt_ids for t in tasks], self.params)
+        self.t_gen += time.time() - t
+        gen = getattr(self.engine, "last_work", None)
+        for k in ("prefill", "decode"):
+            if gen is not None:
+                self.work[k].add(gen[k].tokens, gen[k].attended)
+            else:  # an engine that does not report: estimate a plain prefill + decode per sample
+                for r in (r for g in rollouts for r in g):
+                    if k == "prefill":
+                        self.work[k].add_sequence(len(r.prompt_ids))
+                    else:
+                        self.work[k].add_sequence(len(r.completion_ids), len(r.prompt_ids))
+        rewards = self.rewards.score(tasks, rollouts)
+        groups = []
+        for row, task, ro, rw in zip(rows, tasks, rollouts, rewards, strict=True):
+            totals = [r.total for r in rw]
+            signal = max(totals) - min(totals) > 1e-8
+            self.sampler.visit(row, totals, signal, answer_entropy(ro))
+            groups.append(Group((row, task, rw), ro, totals))
+        return groups
 
     def update(self, rollouts: list[Rollout], advantages: list[float]) -> dict[str, float]:
         """`updates_per_batch` optimizer steps over the batch, in micro-batches whose losses are weighted so that
@@ -190,6 +249,7 @@ class RLTrainer:
                 + clip_grad(self.policy.parameters(), self.rl.grad_clip) / self.rl.updates_per_batch
             )
             self.optimizer.step()
+            self.rewards.update_baseline()  # RLP's EMA follows every optimizer step
         self.scheduler.step()
         return totals
 
@@ -245,28 +305,30 @@ class RLTrainer:
     # ---- bookkeeping --------------------------------------------------------------------------------------
     def account(
         self,
-        tasks: list[Task],
-        rollouts: list[list[Rollout]],
-        rewards: list[list[Reward]],
+        drawn: list[Group],
+        groups: list[Group],
         R: torch.Tensor,
         keep: torch.Tensor,
         train: dict[str, float],
+        ds: dict[str, Any],
         t0: float,
-        t_gen: float,
         t_train: float,
     ) -> dict[str, Any]:
-        st = self.state
-        flat = [r for group in rollouts for r in group]
+        st, t_gen = self.state, self.t_gen
+        flat = [r for g in drawn for r in g.rollouts]
+        rewards = [g.task[2] for g in drawn]
         prompt_tokens = sum(len(r.prompt_ids) for r in flat)
         gen_tokens = sum(len(r.completion_ids) for r in flat)
-        flops = self.step_flops(flat)
+        flops = self.step_flops()
         for k, v in flops.items():
-            st.flops[k] += v
+            st.flops[k] = st.flops.get(k, 0.0) + v
         train_tokens = self.work["loss"].tokens if "loss" in self.work else 0
         st.step += 1
         n_kept = int(keep.sum())
+        n_dropped = len(drawn) - n_kept  # dropped by dynamic sampling or by the uniform-group filter
         st.groups_kept += n_kept
-        st.groups_dropped += len(tasks) - n_kept
+        st.groups_dropped += n_dropped
+        st.groups_drawn += len(drawn)
         st.samples += len(flat)
         st.rollout_tokens += gen_tokens
         dt = time.time() - t0
@@ -275,14 +337,17 @@ class RLTrainer:
         st.training_seconds += t_train
         f_gen = flops["prefill"] + flops["decode"]
         f_train = flops["loss_forward"] + flops["loss_backward"] + flops["reference"]
-        mean_reward = float(R.mean())
+        all_totals = [x for g in drawn for x in g.rewards]
+        mean_reward = sum(all_totals) / max(len(all_totals), 1)
         st.reward_history.append(mean_reward)
         thought = [r.phase_starts[1] if len(r.phase_starts) > 1 else len(r.completion_ids) for r in flat]
         metrics: dict[str, Any] = {
             "reward/mean": mean_reward,
-            "reward/std": float(R.std()) if R.numel() > 1 else 0.0,
+            "reward/std": float(torch.tensor(all_totals).std()) if len(all_totals) > 1 else 0.0,
+            "reward/batch_mean": float(R.mean()) if R.numel() else 0.0,
             "groups/kept": n_kept,
-            "groups/dropped": len(tasks) - n_kept,
+            "groups/dropped": n_dropped,
+            "groups/drawn": len(drawn),
             "thought/len_mean": sum(thought) / max(len(thought), 1),
             "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
             "lr": self.scheduler.get_last_lr()[0],
@@ -298,6 +363,16 @@ class RLTrainer:
             "mfu/training": f_train / max(t_train, 1e-9) / self.peak,
             "mfu/step": sum(flops.values()) / max(dt, 1e-9) / self.peak,
         }
+        for k in ("draws", "short_by"):
+            if k in ds:
+                metrics[f"dynamic/{k}"] = ds[k]
+        for k, v in self.sampler.counts().items():
+            if isinstance(v, int | float):
+                metrics[f"positions/{k}"] = v
+            elif isinstance(v, dict):
+                metrics.update(
+                    {f"positions/{k}/{kk}": vv for kk, vv in v.items() if isinstance(vv, int | float)}
+                )
         for name in sorted({k for g in rewards for r in g for k in r.components}):
             vals = [r.components.get(name, 0.0) for g in rewards for r in g]
             metrics[f"reward/{name}"] = sum(vals) / len(vals)
@@ -306,23 +381,17 @@ class RLTrainer:
             self.logger.log("rl", st.step, metrics)
         return metrics
 
-    def step_flops(self, flat: list[Rollout]) -> dict[str, float]:
+    def step_flops(self) -> dict[str, float]:
         """Model FLOPs this step really spent, from the tokens each pass processed (shared prefixes count once
-        on the prefix-sharing paths). Engines that do not report their work are estimated as plain prefill +
-        decode of every sample."""
+        on the prefix-sharing paths)."""
         fm = self.flop_model
-        gen = getattr(self.engine, "last_work", None)
-        if gen is None:
-            gen = {"prefill": TokenWork(), "decode": TokenWork()}
-            for r in flat:
-                gen["prefill"].add_sequence(len(r.prompt_ids))
-                gen["decode"].add_sequence(len(r.completion_ids), len(r.prompt_ids))
         # recorded by every pass (updates_per_batch passes over the batch each add theirs)
         loss = fm.forward_work(self.work["loss"]) if "loss" in self.work else 0.0
         ref = fm.forward_work(self.work["reference"]) if "reference" in self.work else 0.0
         return {
-            "prefill": fm.forward_work(gen["prefill"]),
-            "decode": fm.forward_work(gen["decode"]),
+            "prefill": fm.forward_work(self.work["prefill"]),
+            "decode": fm.forward_work(self.work["decode"]),
+            "scoring": fm.forward_work(self.rewards.work),
             "loss_forward": loss,
             "loss_backward": 2.0 * loss,
             "reference": ref,
@@ -355,6 +424,11 @@ class RLTrainer:
             "flops_total": sum(st.flops.values()),
             "groups_kept": st.groups_kept,
             "groups_dropped": st.groups_dropped,
+            "groups_drawn": st.groups_drawn,
+            "reward": str(self.rewards.spec),
+            "advantages": self.advantage_kind,
+            "loss_tokens": "thought" if self.thought_only else "all",
+            "positions": self.sampler.counts(),
             "samples": st.samples,
             "seconds": st.seconds,
             "samples_per_second": st.samples / max(st.seconds, 1e-9),
