@@ -85,13 +85,21 @@ def analytic_min_flops(fm: FlopModel, tasks, rollouts) -> float:
     prompts = [t.prompt_ids for t in tasks]
     prefill = TokenWork()
     t = build_tree(prompts)
-    prefill.add(len(t), sum(t.depth) + len(t))
+    prefill.add(len(t), sum(t.depth) + len(t), logits=len({tuple(p) for p in prompts}))
     decode, loss = TokenWork(), TokenWork()
     flat = [r for g in rollouts for r in g]
     for r in flat:
-        decode.add_sequence(max(len(r.completion_ids) - 1, 0), len(r.prompt_ids) + 1)
-    full = build_tree([r.prompt_ids + r.completion_ids for r in flat])
-    loss.add(len(full), sum(full.depth) + len(full))
+        n = max(len(r.completion_ids) - 1, 0)
+        decode.add_sequence(n, len(r.prompt_ids) + 1, logits=n)
+    seqs = [r.prompt_ids + r.completion_ids for r in flat]
+    full = build_tree(seqs)
+    # each distinct node that predicts a completion token is projected once
+    predicting = {
+        nodes[len(r.prompt_ids) + j - 1]
+        for r, nodes in zip(flat, full.seq_nodes, strict=True)
+        for j in range(len(r.completion_ids))
+    }
+    loss.add(len(full), sum(full.depth) + len(full), logits=len(predicting))
     return fm.forward_work(prefill) + fm.forward_work(decode) + 3 * fm.forward_work(loss)
 
 
@@ -165,12 +173,13 @@ def run_trl(base, index, context, args, out: Path) -> dict:
     # TRL prefills every sample's prompt and trains every sample's full sequence: the plain count
     plen = float(np.mean([len(t.prompt_ids) for t in tasks]))
     c = args.thought + 2
+    # TRL's CPU loss projects every position to the vocabulary (its chunked head), generation only the last
     work = TokenWork()
-    work.add_sequence(int(plen))  # prefill
+    work.add_sequence(int(plen), logits=1)  # prefill
     gen = TokenWork()
-    gen.add_sequence(c - 1, int(plen) + 1)
+    gen.add_sequence(c - 1, int(plen) + 1, logits=c - 1)
     loss = TokenWork()
-    loss.add_sequence(int(plen) + c)
+    loss.add_sequence(int(plen) + c, logits=int(plen) + c)
     res["flops_per_sample"] = fm.forward_work(work) + fm.forward_work(gen) + 3 * fm.forward_work(loss)
     return res
 

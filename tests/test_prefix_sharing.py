@@ -163,9 +163,15 @@ def test_work_counts_the_prefix_once():
     # attention: the prefix's causal triangle once, then each branch token sees P + its index + 1 keys
     assert tree.attended == P * (P + 1) // 2 + G * sum(P + j + 1 for j in range(c))
     assert plain.attended == G * (P + c) * (P + c + 1) // 2
-    fm = FlopModel(matmul_params=1000, num_layers=2, hidden_size=8)
-    assert fm.forward_work(tree) == 2 * 1000 * tree.tokens + 2 * 2 * 8 * tree.attended
-    assert fm.forward_work(plain) == pytest.approx(fm.forward(G * (P + c), (P + c + 1) / 2))
+    # logits: the plain path projects every completion token; the tree projects each distinct node once: the
+    # shared last prompt node (for the G first tokens), then each branch's own c - 1
+    assert plain.logits == G * c
+    assert tree.logits == 1 + G * (c - 1)
+    fm = FlopModel(matmul_params=1000, num_layers=2, hidden_size=8, unembed_params=300)
+    assert fm.forward_work(tree) == 2 * 700 * tree.tokens + 2 * 300 * tree.logits + 2 * 2 * 8 * tree.attended
+    full = TokenWork()
+    full.add_sequence(P + c, logits=P + c)  # every position projected: the pretraining count
+    assert fm.forward_work(full) == pytest.approx(fm.forward(P + c, (P + c + 1) / 2))
 
 
 # ---------------------------------------------------------------- generation

@@ -45,8 +45,8 @@ def completion_logprobs(
     device = next(model.parameters()).device
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
     if work is not None:
-        for s in seqs:
-            work.add_sequence(len(s))
+        for s, c in zip(seqs, completions, strict=True):
+            work.add_sequence(len(s), logits=len(c))
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), L), dtype=torch.long)
@@ -89,38 +89,40 @@ def tree_completion_logprobs(
         raise ValueError("empty prompt: there is no token to condition the first completion token on")
     groups = group_by_prefix(seqs, max_nodes)
     trees = [build_tree([seqs[i] for i in g]) for g in groups]
-    if work is not None:
-        for t in trees:
-            work.add(len(t), sum(t.depth) + len(t))
     ids, pos, mask = tree_batch(trees, pad_id, device)
-    # For each (sequence, completion token) the predicting node is the node of the token before it. Distinct
-    # (node, target) pairs are projected once: the G samples of a prompt share the node of its last token.
+    # For each (sequence, completion token) the predicting node is the node of the token before it. Each distinct
+    # node is projected to the vocabulary once: the G samples of a prompt share the node of its last token.
     Tc = max((len(c) for c in completions), default=0)
-    key_of: dict[tuple[int, int, int], int] = {}
-    rows, cols, tgts, where, slot = [], [], [], [], []
+    row_of: dict[tuple[int, int], int] = {}
+    rows, cols, where, slot, tgts = [], [], [], [], []
     for b, (g, t) in enumerate(zip(groups, trees, strict=True)):
         for k, i in enumerate(g):
             nodes, p = t.seq_nodes[k], len(prompts[i])
             for j in range(len(completions[i])):
-                node = nodes[p + j - 1]
-                key = (b, node, seqs[i][p + j])
-                if key not in key_of:
-                    key_of[key] = len(rows)
+                key = (b, nodes[p + j - 1])
+                if key not in row_of:
+                    row_of[key] = len(rows)
                     rows.append(b)
-                    cols.append(node)
-                    tgts.append(seqs[i][p + j])
+                    cols.append(key[1])
                 where.append((i, j))
-                slot.append(key_of[key])
+                slot.append(row_of[key])
+                tgts.append(seqs[i][p + j])
+    if work is not None:
+        for t in trees:
+            work.add(len(t), sum(t.depth) + len(t))
+        work.add(0, 0, logits=len(rows))
     with _autocast(device, autocast):
         dtype = autocast or next(model.parameters()).dtype
         hidden = model.base_model(
             input_ids=ids, attention_mask=attention_mask_for(model, mask, dtype), position_ids=pos
         ).last_hidden_state
         r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        picked = _picked_logprobs(model, hidden[r, c], torch.tensor(tgts, device=device), temperature)
-    out = torch.zeros((len(seqs), Tc), dtype=picked.dtype, device=device)
+        logits = model.get_output_embeddings()(hidden[r, c])
+    logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    out = torch.zeros((len(seqs), Tc), dtype=logp.dtype, device=device)
     if where:
+        picked = logp[torch.tensor(slot, device=device), torch.tensor(tgts, device=device)]
         wi = torch.tensor([w[0] for w in where], device=device)
         wj = torch.tensor([w[1] for w in where], device=device)
-        out = out.index_put((wi, wj), picked[torch.tensor(slot, device=device)])
+        out = out.index_put((wi, wj), picked)
     return out

@@ -189,11 +189,16 @@ class TorchSampler:
         )
         pos = (attn.cumsum(-1) - 1).clamp(min=0)  # pads get 0; real tokens 0..len-1 as if unpadded
         for s in seqs:
-            self.last_work["prefill"].add_sequence(len(s.prompt))
+            self.last_work["prefill"].add_sequence(len(s.prompt), logits=1)
         cache = DynamicCache()
         with _autocast(device, self.autocast_dtype):
             logits = model(
-                input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,  # only the last prompt token is sampled from
             ).logits[:, -1]
         next_pos = attn.sum(-1)  # position of each sequence's next token
         for s in seqs:
@@ -216,7 +221,7 @@ class TorchSampler:
                 return
             # feed every live row's new token (sampled or forced; finished rows are dropped next round)
             attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=-1)
-            self.last_work["decode"].add(len(live), int(next_pos.sum()) + len(live))
+            self.last_work["decode"].add(len(live), int(next_pos.sum()) + len(live), logits=len(live))
             with _autocast(device, self.autocast_dtype):
                 logits = model(
                     input_ids=torch.tensor([seqs[i].ids[-1] for i in live], device=device)[:, None],

@@ -72,6 +72,8 @@ class PrefixSharingSampler(TorchSampler):
         trees: list[PackedTree] = [build_tree([prompts[i] for i in g]) for g in groups]
         for t in trees:
             self.last_work["prefill"].add(len(t), sum(t.depth) + len(t))
+        # logits: once per distinct prompt (its samples share the first distribution; projected below)
+        self.last_work["prefill"].add(0, 0, logits=sum(len({s[-1] for s in t.seq_nodes}) for t in trees))
         ids, pos, mask = tree_batch(trees, self.pad_token_id, device)
         dtype = self.autocast_dtype or next(model.parameters()).dtype
         cache = DynamicCache()
@@ -104,10 +106,14 @@ class PrefixSharingSampler(TorchSampler):
                 s.settle()
         # The first token of every sample of a prompt comes from the same logits: project each node once.
         live = [(b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None]
+        nodes = [(b, slots[b][q][1]) for b, q in live]
+        distinct = sorted(set(nodes))
+        slot_of = {n: k for k, n in enumerate(distinct)}
+        which = torch.tensor([slot_of[n] for n in nodes], device=device, dtype=torch.long)
         with _autocast(device, self.autocast_dtype):
             logits = model.get_output_embeddings()(
-                hidden[[b for b, _ in live], [slots[b][q][1] for b, q in live]]
-            )
+                hidden[[b for b, _ in distinct], [n for _, n in distinct]]
+            )[which]
         while True:
             if live:
                 tokens, logps, ents = _sample(logits, params, gen)
@@ -143,7 +149,8 @@ class PrefixSharingSampler(TorchSampler):
                     qpos[r, c] = plen + len(s.ids) - 1
                     qslot[r, c] = q
             n_real = sum(len(qs) for qs in per_row)
-            self.last_work["decode"].add(n_real, int(qpos.sum()) + n_real)  # dummy queries have position 0
+            # dummy queries have position 0 and are not counted
+            self.last_work["decode"].add(n_real, int(qpos.sum()) + n_real, logits=n_real)
             real = torch.tensor([[c < len(qs) for c in range(width)] for qs in per_row], device=device)
             inp, qpos, qslot = inp.to(device), qpos.to(device), qslot.to(device)
             old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
