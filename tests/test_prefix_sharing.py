@@ -127,26 +127,17 @@ def test_tree_logprobs_and_gradients_equal_plain(attn, docs, positions, G, max_l
         assert (a - b).norm() <= 1e-4 * b.norm() + 1e-12
 
 
-def test_tree_logprobs_catch_a_wrong_position():
-    # mutation check: the same tree with the position ids of a plain packed row (no restart per branch) differs
+def test_tree_logprobs_catch_a_wrong_mask(monkeypatch):
+    # mutation check: a plain causal mask over the packed prompt tree (a node also sees the other positions'
+    # tails packed before it) changes the numbers, so the exactness test above can fail
     model = tiny_llama().float().eval()
-    prompts, comps = workload(5, 1, 2, 3, 5)
+    prompts, comps = workload(5, 1, 3, 3, 5)
     ref = completion_logprobs(model, prompts, comps, 1.0, 0)
-    got = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
-    assert (got - ref).abs().max() < 1e-5
-    import nextrl.algo.logprobs as lp_mod
+    assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
+    from nextrl.algo.prefix_tree import PackedTree
 
-    real = lp_mod.tree_batch
-
-    def wrong_positions(trees, pad, device):
-        ids, pos, mask = real(trees, pad, device)
-        return ids, torch.arange(ids.shape[1]).expand_as(ids).clone(), mask
-
-    lp_mod.tree_batch = wrong_positions
-    try:
-        bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
-    finally:
-        lp_mod.tree_batch = real
+    monkeypatch.setattr(PackedTree, "ancestor_mask", lambda t: np.tril(np.ones((len(t), len(t)), dtype=bool)))
+    bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
     assert (bad - ref).abs().max() > 1e-3
 
 
@@ -159,9 +150,9 @@ def test_work_counts_the_prefix_once():
     completion_logprobs(model, prompts, comps, 1.0, 0, work=plain)
     tree_completion_logprobs(model, prompts, comps, 1.0, 0, work=tree)
     assert plain.tokens == G * (P + c)
-    assert tree.tokens == P + G * c
+    assert tree.tokens == P + G * (c - 1)  # a completion's last token is a target only, never an input
     # attention: the prefix's causal triangle once, then each branch token sees P + its index + 1 keys
-    assert tree.attended == P * (P + 1) // 2 + G * sum(P + j + 1 for j in range(c))
+    assert tree.attended == P * (P + 1) // 2 + G * sum(P + j + 1 for j in range(c - 1))
     assert plain.attended == G * (P + c) * (P + c + 1) // 2
     # logits: the plain path projects every completion token; the tree projects each distinct node once: the
     # shared last prompt node (for the G first tokens), then each branch's own c - 1
@@ -254,3 +245,16 @@ def test_position_sampler_units():
     assert sorted(PositionSampler([5, 7], seed=1).take(2)) == [5, 7]  # single rows still work
     with pytest.raises(ValueError, match="no positions"):
         PositionSampler([[], []], seed=0)
+
+
+def test_tree_logprobs_single_token_completions_and_gqa():
+    # completions of one token have no branch inputs at all (the prompt's last node predicts them)
+    model = tiny_llama().float()
+    prompts, _ = workload(7, 2, 3, 4, 1)
+    comps = [[5 + i % 7] for i in range(len(prompts))]
+    ref = completion_logprobs(model, prompts, comps, 1.0, 0)
+    assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
+    prompts, comps = workload(8, 2, 2, 3, 6)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+    ref = completion_logprobs(model, prompts, comps, 0.7, 0)
+    assert (tree_completion_logprobs(model, prompts, comps, 0.7, 0) - ref).abs().max() < 1e-5

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
-from nextrl.algo.prefix_tree import attention_mask_for, build_tree, group_by_prefix, tree_batch
+from nextrl.algo.branch_attention import BranchLayout, branch_attention
+from nextrl.algo.prefix_tree import build_tree, group_by_prefix
 from nextrl.model.flops import TokenWork
 
 
@@ -81,45 +83,82 @@ def tree_completion_logprobs(
     max_nodes: int = 4096,
     work: TokenWork | None = None,
 ) -> torch.Tensor:
-    """Same result as `completion_logprobs`, computed over prefix trees of at most `max_nodes` nodes each
-    (all trees of the call go through one batched forward). A node attends to its ancestors only."""
+    """Same result as `completion_logprobs`, computed with each shared prompt prefix encoded once: the prompts
+    of a group (at most `max_nodes` prompt tokens) form a prefix tree, and every completion is a branch from
+    its prompt's last node (`branch_attention`). All groups of the call go through one batched forward."""
     device = next(model.parameters()).device
-    seqs = [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: there is no token to condition the first completion token on")
-    groups = group_by_prefix(seqs, max_nodes)
-    trees = [build_tree([seqs[i] for i in g]) for g in groups]
-    ids, pos, mask = tree_batch(trees, pad_id, device)
-    # For each (sequence, completion token) the predicting node is the node of the token before it. Each distinct
-    # node is projected to the vocabulary once: the G samples of a prompt share the node of its last token.
-    Tc = max((len(c) for c in completions), default=0)
+    groups = group_by_prefix(prompts, max_nodes)
+    trees = [build_tree([prompts[i] for i in g]) for g in groups]
+    B, Np, nb = len(groups), max(len(t) for t in trees), max(len(g) for g in groups)
+    Tb = max((len(c) - 1 for c in completions), default=0)
+    Tb = max(Tb, 0)
+    ids = torch.full((B, Np + nb * Tb), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, Np + nb * Tb), dtype=torch.long)
+    prefix_mask = np.zeros((B, 1, Np, Np), dtype=bool)
+    branch_mask = np.zeros((B * nb, 1, max(Tb, 1), Np + Tb), dtype=bool)
+    causal = np.tril(np.ones((Tb, Tb), dtype=bool))
+    diag = np.arange(Np)
+    # For each (sequence, completion token): the row of the hidden state that predicts it. A prompt's last node
+    # predicts the first token of each of its samples and is projected to the vocabulary once for all of them.
     row_of: dict[tuple[int, int], int] = {}
     rows, cols, where, slot, tgts = [], [], [], [], []
     for b, (g, t) in enumerate(zip(groups, trees, strict=True)):
+        n = len(t)
+        ids[b, :n] = torch.tensor(t.tokens)
+        pos[b, :n] = torch.tensor(t.depth)
+        anc = t.ancestor_mask()
+        prefix_mask[b, 0, :n, :n] = anc
+        prefix_mask[b, 0, diag[n:], diag[n:]] = True  # padding nodes see themselves only
+        if work is not None:
+            work.add(n, sum(t.depth) + n)
         for k, i in enumerate(g):
-            nodes, p = t.seq_nodes[k], len(prompts[i])
-            for j in range(len(completions[i])):
-                key = (b, nodes[p + j - 1])
+            last, plen, comp = t.seq_nodes[k][-1], len(prompts[i]), list(completions[i])
+            m = max(len(comp) - 1, 0)  # branch inputs: the completion without its last token
+            off = Np + k * Tb
+            if m:
+                ids[b, off : off + m] = torch.tensor(comp[:m])
+                pos[b, off : off + m] = torch.arange(plen, plen + m)
+            bm = branch_mask[b * nb + k, 0]
+            bm[:m, :n] = anc[last]
+            bm[:m, Np : Np + m] = causal[:m, :m]
+            if work is not None:
+                work.add(m, m * plen + m * (m + 1) // 2)
+            for j, tok in enumerate(comp):
+                key = (b, last if j == 0 else off + j - 1)
                 if key not in row_of:
                     row_of[key] = len(rows)
                     rows.append(b)
                     cols.append(key[1])
                 where.append((i, j))
                 slot.append(row_of[key])
-                tgts.append(seqs[i][p + j])
+                tgts.append(tok)
+    # rows that are no real query (padding) see their own column only: a fully masked row would be NaN
+    if Tb:
+        r_idx, _, q_idx = np.nonzero(~branch_mask.any(-1))
+        branch_mask[r_idx, 0, q_idx, Np + q_idx] = True
     if work is not None:
-        for t in trees:
-            work.add(len(t), sum(t.depth) + len(t))
         work.add(0, 0, logits=len(rows))
-    with _autocast(device, autocast):
-        dtype = autocast or next(model.parameters()).dtype
+    layout = BranchLayout(
+        Np,
+        nb if Tb else 0,
+        Tb,
+        torch.from_numpy(prefix_mask).to(device),
+        torch.from_numpy(branch_mask[:, :, :Tb]).to(device),
+    )
+    with _autocast(device, autocast), branch_attention(model):
         hidden = model.base_model(
-            input_ids=ids, attention_mask=attention_mask_for(model, mask, dtype), position_ids=pos
+            input_ids=ids.to(device),
+            position_ids=pos.to(device),
+            attention_mask=layout.prefix_mask,
+            layout=layout,
         ).last_hidden_state
         r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
         logits = model.get_output_embeddings()(hidden[r, c])
     logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
-    out = torch.zeros((len(seqs), Tc), dtype=logp.dtype, device=device)
+    Tc = max((len(c) for c in completions), default=0)
+    out = torch.zeros((len(prompts), Tc), dtype=logp.dtype, device=device)
     if where:
         picked = logp[torch.tensor(slot, device=device), torch.tensor(tgts, device=device)]
         wi = torch.tensor([w[0] for w in where], device=device)
