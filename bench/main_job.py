@@ -44,6 +44,7 @@ def main() -> None:
         wall = time.time() - t0
     cmd = "python bench/main_job.py " + " ".join(sys.argv[1:])
     v = summary.get("verdict", {})
+    rl = summary.get("rl_summary", {})
     lines = [
         f"### main job, preset `{args.preset}` ({time.strftime('%Y-%m-%d')})",
         "",
@@ -61,6 +62,15 @@ def main() -> None:
             f"{m} standard {a['standard']['all']:.1%} / with thought {a['with_thought']['all']:.1%}"
             for m, a in summary["accuracy"].items()
         ),
+        "- information gain of the model's own thought (nats/position, ± s.e.): "
+        + "; ".join(
+            f"{m} {g['mean']:+.3f} ± {g['stderr']:.3f}"
+            for m, g in summary.get("information_gain", {}).items()
+        ),
+        f"- RL: reward `{rl.get('reward')}`, advantages {rl.get('advantages')}, loss on {rl.get('loss_tokens')} "
+        f"tokens, groups kept/drawn {rl.get('groups_kept')}/{rl.get('groups_drawn')}, reward first/last "
+        f"{rl.get('reward_first', 0):.3f} / {rl.get('reward_last', 0):.3f}, training MFU "
+        f"{rl.get('mfu_training', 0):.1%}, generation MFU {rl.get('mfu_rollout', 0):.1%}",
         f"- verdict: {v.get('text', 'n/a')}",
         "",
     ]

@@ -13,7 +13,7 @@ thought of up to `--thought` tokens and one answer token, the RPT prefix-match r
 
 The analytic minimum FLOPs of a step is computed here from the tasks, independently of the trainer's counters:
 each distinct prompt token once (the trie of the step's prompts), each generated token once in decoding, and the
-loss forward + backward (3x) over the same trie plus the completions. nextrl's reported FLOPs come from the
+loss forward + backward (3x) over the trie of prompt + completion without its last token (a target only). nextrl's reported FLOPs come from the
 tokens its passes really processed.
 """
 
@@ -91,14 +91,15 @@ def analytic_min_flops(fm: FlopModel, tasks, rollouts) -> float:
     for r in flat:
         n = max(len(r.completion_ids) - 1, 0)
         decode.add_sequence(n, len(r.prompt_ids) + 1, logits=n)
-    seqs = [r.prompt_ids + r.completion_ids for r in flat]
+    # a completion's last token is only a target: the inputs are prompt + completion[:-1]
+    seqs = [r.prompt_ids + r.completion_ids[:-1] for r in flat]
     full = build_tree(seqs)
     # each distinct node that predicts a completion token is projected once
     predicting = {
         nodes[len(r.prompt_ids) + j - 1]
         for r, nodes in zip(flat, full.seq_nodes, strict=True)
         for j in range(len(r.completion_ids))
-    }
+    }  # (identical completion prefixes share nodes here; nextrl's branches do not, so it may exceed this)
     loss.add(len(full), sum(full.depth) + len(full), logits=len(predicting))
     return fm.forward_work(prefill) + fm.forward_work(decode) + 3 * fm.forward_work(loss)
 

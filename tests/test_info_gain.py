@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from nextrl.config.schema import EnvConfig
 from nextrl.engine.base import Rollout
 from nextrl.env import NextTokenEnv
-from nextrl.eval.info_gain import _closed_thought, evaluate_information_gain, information_gain_nats
+from nextrl.env.formats import closed_thought
+from nextrl.eval.info_gain import evaluate_information_gain, information_gain_nats
 from nextrl.model.tokenizer import train_bpe_tokenizer
 
 TEXT = "the cat sat on the mat. the dog ran to the river. a bird looked at the big house."
@@ -62,15 +63,15 @@ def test_information_gain_nats_by_hand():
         information_gain_nats([1.0], [1.0, 2.0])
 
 
-def test_closed_thought():
+def testclosed_thought():
     close, eos = 9, (2,)
 
     def ro(ids, starts):
         return Rollout([], ids, [0.0] * len(ids), [1] * len(ids), "stop", phase_starts=starts)
 
-    assert _closed_thought(ro([5, 6, close, 7], [0, 3]), close, eos) == ([5, 6, close], False)
-    assert _closed_thought(ro([5, 6, close], [0]), close, eos) == ([5, 6, close], False)
-    assert _closed_thought(ro([5, 2], [0, 2]), close, eos) == (
+    assert closed_thought(ro([5, 6, close, 7], [0, 3]), close, eos) == ([5, 6, close], False)
+    assert closed_thought(ro([5, 6, close], [0]), close, eos) == ([5, 6, close], False)
+    assert closed_thought(ro([5, 2], [0, 2]), close, eos) == (
         [5, close],
         True,
     )  # ended by eos in the thought

@@ -12,9 +12,9 @@ from nextrl.config import load_config
 from nextrl.engine import build_engine
 from nextrl.engine.base import Rollout
 from nextrl.env import NextTokenEnv
+from nextrl.env.formats import closed_thought
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import select_stage
-from nextrl.trainer.rewards import closed_thought
 from nextrl.trainer.rl import RLTrainer
 from nextrl.trainer.self_selection import answer_entropy, loss_token_masks
 
@@ -59,7 +59,7 @@ def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
     for task, group, rw in zip(tasks, rollouts, rewards, strict=True):
         base = plain_logp(t.rewards.ema.model, task.meta["context_ids"], task.meta["target_ids"])
         for ro, r in zip(group, rw, strict=True):
-            th = closed_thought(ro, env.think_close, env.eos_ids)
+            th, _ = closed_thought(ro, env.think_close, env.eos_ids)
             want = plain_logp(t.policy, task.prompt_ids + th, task.meta["target_ids"]) - base
             assert r.components["info_gain"] == pytest.approx(want, abs=1e-4)
             assert r.components["format"] == (0.0 if r.parsed else -1.0)

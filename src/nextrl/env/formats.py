@@ -115,3 +115,19 @@ def parse_boxed_answer(completion_text: str, max_answer_chars: int | None = None
     if last is None or (max_answer_chars is not None and len(last) > max_answer_chars):
         return None
     return last
+
+
+def closed_thought(rollout: Rollout, think_close: int, eos_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The thought tokens including `</think>`, and whether `</think>` had to be added.
+
+    The thought ends at `phase_starts[1]` when there is a second phase, else it is the whole completion (only
+    the thought phase was sampled). It normally ends with `</think>` (sampled, or forced when the budget ran
+    out); a thought cut by eos gets its eos dropped and `</think>` appended, so the answer is still scored after
+    a closed thought, as the RL reward would be."""
+    end = rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)
+    thought = list(rollout.completion_ids[:end])
+    if thought and thought[-1] == think_close:
+        return thought, False
+    while thought and thought[-1] in eos_ids:
+        thought.pop()
+    return [*thought, think_close], True

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from nextrl.algo.logprobs import completion_logprobs
-from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
+from nextrl.env.formats import closed_thought
 
 
 def information_gain_nats(
@@ -40,22 +40,6 @@ def information_gain_nats(
     return {"mean": mean, "stderr": stderr, "n": n}
 
 
-def _closed_thought(rollout: Rollout, think_close: int, eos_ids: Sequence[int]) -> tuple[list[int], bool]:
-    """The thought tokens including `</think>`, and whether `</think>` had to be added.
-
-    The thought ends at `phase_starts[1]` when there is a second phase, else it is the whole completion (only
-    the thought phase was sampled). It normally ends with `</think>` (sampled, or forced when the budget ran
-    out); a thought cut by eos gets its eos dropped and `</think>` appended, so the answer is still scored after
-    a closed thought, as the RL reward would be."""
-    end = rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)
-    thought = list(rollout.completion_ids[:end])
-    if thought and thought[-1] == think_close:
-        return thought, False
-    while thought and thought[-1] in eos_ids:
-        thought.pop()
-    return [*thought, think_close], True
-
-
 def _thoughts(
     model, pad_id: int, env, tasks: Sequence[Task], autocast, temperature: float, batch_size: int, seed: int
 ) -> list[tuple[list[int], bool]]:
@@ -67,7 +51,7 @@ def _thoughts(
     params = dataclasses.replace(params, phases=params.phases[:1])
     sampler = TorchSampler(model, pad_id, batch_size=batch_size, autocast_dtype=autocast, seed=seed)
     outs = sampler.generate([t.prompt_ids for t in tasks], params)
-    return [_closed_thought(group[0], env.think_close, env.eos_ids) for group in outs]
+    return [closed_thought(group[0], env.think_close, env.eos_ids) for group in outs]
 
 
 def _first_target_logprobs(

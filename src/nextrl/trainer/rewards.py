@@ -18,21 +18,11 @@ from nextrl.config import RunConfig
 from nextrl.config.schema import REWARD_COMPONENTS
 from nextrl.engine.base import Rollout
 from nextrl.env.base import Reward, Task
+from nextrl.env.formats import closed_thought
 from nextrl.env.likelihood import RewardSpec, copies_target, information_gain, likelihood_gain
 from nextrl.model.flops import TokenWork
 
 MODEL_SCORED = ("info_gain", "likelihood")
-
-
-def closed_thought(rollout: Rollout, think_close: int, eos_ids: Sequence[int]) -> list[int]:
-    """The thought tokens up to and including `</think>` (appended when the thought ended at EOS instead)."""
-    end = rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)
-    thought = list(rollout.completion_ids[:end])
-    if thought and thought[-1] == think_close:
-        return thought
-    while thought and thought[-1] in eos_ids:
-        thought.pop()
-    return [*thought, think_close]
 
 
 class RewardScorer:
@@ -86,7 +76,7 @@ class RewardScorer:
         prompts, comps, thoughts = [], [], []
         for t, group, tgt in zip(tasks, rollouts, targets, strict=True):
             for r in group:
-                th = closed_thought(r, env.think_close, env.eos_ids)
+                th, _ = closed_thought(r, env.think_close, env.eos_ids)
                 prompts.append(list(t.prompt_ids) + th)
                 comps.append(tgt)
                 thoughts.append(th[:-1])
