@@ -15,7 +15,7 @@ from nextrl.env import NextTokenEnv
 from nextrl.env.formats import closed_thought
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import select_stage
-from nextrl.trainer.rl import RLTrainer
+from nextrl.trainer.rl import FLOP_STAGES, RLTrainer
 from nextrl.trainer.self_selection import answer_entropy, loss_token_masks
 
 pytestmark = pytest.mark.slow
@@ -168,3 +168,15 @@ def test_ema_baseline_resumes(micro, tmp_path):
     assert c.state.reward_history == a.state.reward_history
     for x, y in zip(a.rewards.ema.model.parameters(), c.rewards.ema.model.parameters(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_step_flops_follow_the_recorded_work(micro, tmp_path):
+    t = trainer(micro, tmp_path, ["rl.drop_uniform_groups=false"])
+    m = t.step()
+    fm, gen = t.flop_model, t.engine.last_work
+    assert gen["decode"].logits == gen["decode"].tokens > 0  # every decoded token is sampled from
+    assert m["flops/prefill"] == pytest.approx(fm.forward_work(gen["prefill"]))
+    assert m["flops/decode"] == pytest.approx(fm.forward_work(gen["decode"]))
+    assert m["flops/loss_forward"] == pytest.approx(fm.forward_work(t.work["loss"]))
+    assert m["flops/loss_backward"] == pytest.approx(2 * m["flops/loss_forward"])
+    assert m["flops/step"] == pytest.approx(sum(m[f"flops/{k}"] for k in FLOP_STAGES))

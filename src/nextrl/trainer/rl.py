@@ -203,15 +203,14 @@ class RLTrainer:
         rollouts = self.engine.generate([t.prompt_ids for t in tasks], self.params)
         self.t_gen += time.time() - t
         gen = getattr(self.engine, "last_work", None)
-        for k in ("prefill", "decode"):
-            if gen is not None:
-                self.work[k].add(gen[k].tokens, gen[k].attended)
-            else:  # an engine that does not report: estimate a plain prefill + decode per sample
-                for r in (r for g in rollouts for r in g):
-                    if k == "prefill":
-                        self.work[k].add_sequence(len(r.prompt_ids))
-                    else:
-                        self.work[k].add_sequence(len(r.completion_ids), len(r.prompt_ids))
+        if gen is not None:
+            for k in ("prefill", "decode"):
+                self.work[k].add(gen[k].tokens, gen[k].attended, gen[k].logits)
+        else:  # an engine that does not report: estimate a plain prefill + decode per sample
+            for r in (r for g in rollouts for r in g):
+                self.work["prefill"].add_sequence(len(r.prompt_ids), logits=1)
+                n = len(r.completion_ids)
+                self.work["decode"].add_sequence(n, len(r.prompt_ids), logits=n)
         rewards = self.rewards.score(tasks, rollouts)
         groups = []
         for row, task, ro, rw in zip(rows, tasks, rollouts, rewards, strict=True):
