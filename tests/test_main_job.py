@@ -159,3 +159,21 @@ def test_shared_and_plain_loss_give_the_same_update(tmp_path):
     for (name, a), b in pairs:
         assert a.grad is not None and b.grad is not None, name
         assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-9, name
+
+
+@pytest.mark.parametrize("reward", ["info_gain", "likelihood-format"])
+def test_main_job_with_verifier_free_rewards(tmp_path, reward):
+    out = tmp_path / "run"
+    args = ["run", "--preset", "micro", "--out", str(out), "--set", f"reward={reward}"]
+    args += ["--set", "baseline.enabled=false", "--set", "rl.dynamic_sampling=true"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "summary.json").read_text())
+    rl = s["rl_summary"]
+    assert (rl["reward"], rl["advantages"], rl["loss_tokens"]) == (reward, "rlp", "thought")
+    assert s["flops"]["rl_breakdown"]["scoring"] > 0  # the teacher-forced reward passes are counted
+    assert s["information_gain"]["rl"]["n"] > 0
+    assert reward in (out / "report.html").read_text()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    names = {k for r in rows if r["stage"] == "rl" for k in r}
+    assert {"reward/likelihood" if "likelihood" in reward else "reward/info_gain", "groups/drawn"} <= names
