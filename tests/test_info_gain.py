@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextrl.config.schema import EnvConfig
 from nextrl.engine.base import Rollout
@@ -14,6 +13,7 @@ from nextrl.env import NextTokenEnv
 from nextrl.env.formats import closed_thought
 from nextrl.eval.info_gain import evaluate_information_gain, information_gain_nats
 from nextrl.model.tokenizer import train_bpe_tokenizer
+from tiny_models import tiny_llama
 
 TEXT = "the cat sat on the mat. the dog ran to the river. a bird looked at the big house."
 
@@ -28,20 +28,9 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tok):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.2,  # logits far from uniform: a conditioning error shows well above tolerance
-    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops gain nothing from threads on a busy 2-core machine
-    m = LlamaForCausalLM(cfg).eval()
+    m = tiny_llama(len(tok), max_positions=128).eval()
     # make </think> the greedy choice after some tokens, so both closings (stop and forced) are exercised
     close = tok.convert_tokens_to_ids("</think>")
     with torch.no_grad():

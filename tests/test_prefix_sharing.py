@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
 from nextrl.algo.prefix_tree import build_tree, group_by_prefix
@@ -16,24 +15,9 @@ from nextrl.data.positions import PositionSampler
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
 from nextrl.model.flops import FlopModel, TokenWork
 from nextrl.trainer.rl import plan_micro_batches
+from tiny_models import tiny_llama
 
 V = 64
-
-
-def tiny_llama(attn: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,  # peaked logits, so a wrong position or key shows well above tolerance
-    )
-    cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg)
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +93,7 @@ def test_group_by_prefix_budget_and_cover():
     [(1, 1, 1, 4, 4096), (2, 3, 4, 7, 4096), (3, 4, 8, 17, 4096), (2, 3, 4, 7, 90)],
 )
 def test_tree_logprobs_and_gradients_equal_plain(attn, docs, positions, G, max_len, max_nodes):
-    model = tiny_llama(attn).float()
+    model = tiny_llama(V, attn).float()
     prompts, comps = workload(docs * 10 + G, docs, positions, G, max_len)
     weights = torch.randn(len(prompts), max_len, generator=torch.Generator().manual_seed(0))
 
@@ -130,7 +114,7 @@ def test_tree_logprobs_and_gradients_equal_plain(attn, docs, positions, G, max_l
 def test_tree_logprobs_catch_a_wrong_mask(monkeypatch):
     # mutation check: a plain causal mask over the packed prompt tree (a node also sees the other positions'
     # tails packed before it) changes the numbers, so the exactness test above can fail
-    model = tiny_llama().float().eval()
+    model = tiny_llama(V).float().eval()
     prompts, comps = workload(5, 1, 3, 3, 5)
     ref = completion_logprobs(model, prompts, comps, 1.0, 0)
     assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
@@ -142,7 +126,7 @@ def test_tree_logprobs_catch_a_wrong_mask(monkeypatch):
 
 
 def test_work_counts_the_prefix_once():
-    model = tiny_llama().float()
+    model = tiny_llama(V).float()
     P, G, c = 20, 8, 5
     prompts = [list(range(1, P + 1))] * G
     comps = [[40 + g] + [50] * (c - 1) for g in range(G)]  # distinct first tokens: no shared completion node
@@ -173,7 +157,7 @@ PARAMS = dict(phases=(Phase(6, (5,), (5,)), Phase(2)), eos_token_ids=(9,))
 
 @pytest.mark.parametrize("batch_size", [4, 64])
 def test_shared_sampler_greedy_equals_plain(batch_size):
-    model = tiny_llama().eval()
+    model = tiny_llama(V).eval()
     prompts, _ = workload(3, 2, 3, 1, 1)
     params = SamplingParams(n=3, temperature=0.0, **PARAMS)
     plain = TorchSampler(model, 0, batch_size=64).generate(prompts, params)
@@ -190,7 +174,7 @@ def test_shared_sampler_greedy_equals_plain(batch_size):
 
 
 def test_shared_sampler_logprobs_and_work():
-    model = tiny_llama().eval()
+    model = tiny_llama(V).eval()
     prompts, _ = workload(4, 2, 3, 1, 1)
     params = SamplingParams(n=4, temperature=1.0, **PARAMS)
     engine = PrefixSharingSampler(model, 0, batch_size=16, seed=3)
@@ -249,7 +233,7 @@ def test_position_sampler_units():
 
 def test_tree_logprobs_single_token_completions_and_gqa():
     # completions of one token have no branch inputs at all (the prompt's last node predicts them)
-    model = tiny_llama().float()
+    model = tiny_llama(V).float()
     prompts, _ = workload(7, 2, 3, 4, 1)
     comps = [[5 + i % 7] for i in range(len(prompts))]
     ref = completion_logprobs(model, prompts, comps, 1.0, 0)

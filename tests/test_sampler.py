@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextrl.algo.logprobs import completion_logprobs
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
+from tiny_models import tiny_llama
 
 V = 64
 ALL = tuple(range(V))  # as stop/eos set: whatever is sampled ends the phase/completion
@@ -22,24 +22,11 @@ def Engine(request):  # noqa: N802 - a class
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    # initializer_range 0.2 (not 0.02) so logits are far from uniform and a conditioning error shows up
-    # well above the 1e-4 tolerance
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-    )
     # one thread: tiny ops gain nothing from two, and OpenMP threads spinning against other processes on a
     # busy 2-core machine made this file 100x slower
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield LlamaForCausalLM(cfg).eval()
+    yield tiny_llama(V, max_positions=128).eval()
     torch.set_num_threads(threads)
 
 
