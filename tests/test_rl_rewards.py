@@ -102,12 +102,13 @@ def test_rlp_step_trains_thought_only_and_moves_the_ema(micro, tmp_path):
     assert m["flops/scoring"] > 0
     # the loss only saw thought tokens
     groups = t.last_batch[1]
-    masked = loss_token_masks([r for g in groups for r in g], True, 1.0)
-    for r in masked:
-        assert sum(r.action_mask[r.phase_starts[1] :]) == 0
-        assert sum(r.action_mask[: r.phase_starts[1]]) == sum(
-            a for a, i in zip(r.action_mask, range(len(r.action_mask)), strict=False) if i < r.phase_starts[1]
-        )
+    original = [r for g in groups for r in g]
+    masked = loss_token_masks(original, True, 1.0)
+    for r, o in zip(masked, original, strict=True):
+        cut = r.phase_starts[1]
+        assert sum(r.action_mask[cut:]) == 0  # answer tokens are not trained
+        assert r.action_mask[:cut] == o.action_mask[:cut]  # thought tokens keep their sampled/forced mask
+    assert any(sum(o.action_mask[o.phase_starts[1] :]) for o in original)  # there was an answer to mask
 
 
 def test_entropy_mask_fraction_and_answer_entropy():
