@@ -3,6 +3,7 @@
 import copy
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -61,9 +62,29 @@ def test_main_job_outputs(micro_run):
     v = s["verdict"]
     assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"])
     assert ("did not beat" in v["text"]) != v["rl_beats_baseline"]
+    assert 0.0 < v["p_value"] <= 1.0 and v["ci_low"] <= v["diff"] <= v["ci_high"]
+    assert v["significant"] == (v["p_value"] < 0.01) and f"{v['p_value']:.2g}" in v["text"]
+    rl = s["rl_summary"]
+    assert rl["signal_fraction"] == pytest.approx(rl["groups_with_signal"] / rl["groups_drawn"])
+    assert 0.0 <= rl["signal_fraction"] <= 1.0
+    for m in s["models"]:  # per bucket, with standard errors and the paired thought-vs-standard test
+        assert set(s["thought_length"][m]) == set(s["eval_counts"])
+        assert set(s["accuracy_stderr"][m]["standard"]) == set(s["eval_counts"])
+        assert 0.0 <= s["thought_vs_standard"][m]["all"]["p_value"] <= 1.0
+    outcomes = pq.read_table(out / "eval" / "outcomes.parquet").to_pydict()
+    n = s["eval_counts"]["all"]
+    assert len(outcomes["correct"]) == len(s["models"]) * 2 * n
+    rl_std = [
+        c
+        for c, m, md in zip(outcomes["correct"], outcomes["model"], outcomes["mode"], strict=True)
+        if m == "rl" and md == "standard"
+    ]
+    assert sum(rl_std) / n == pytest.approx(s["accuracy"]["rl"]["standard"]["all"])
     rl_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rl_rows = [r for r in rl_rows if r["stage"] == "rl"]
     assert [r["step"] for r in rl_rows] == list(range(1, cfg.rl.steps + 1))
+    with_signal = sum(r["groups/signal_fraction"] * r["groups/drawn"] for r in rl_rows)
+    assert with_signal == pytest.approx(rl["groups_with_signal"])
     assert rl_rows[-1]["flops/total"] == pytest.approx(s["flops"]["rl"])
     html = (out / "report.html").read_text()
     assert "information gain" in html and "prefix_match" in html

@@ -186,9 +186,14 @@ def test_shared_sampler_logprobs_and_work():
         m = torch.tensor(r.action_mask, dtype=torch.bool)
         got = torch.tensor(r.logprobs)
         assert (got[m] - ref[i, : len(m)][m]).abs().max() < 1e-4
-    # prefill: each distinct prompt token once (the trie of the prompts), not once per sample
-    distinct = {tuple(p[: k + 1]) for p in prompts for k in range(len(p))}
-    assert engine.last_work["prefill"].tokens == len(distinct)
+    # prefill: each distinct prompt token of a tree once (the trie of its prompts), not once per sample;
+    # prompts that share fewer than MIN_SHARED leading tokens are separate trees
+    groups = group_by_prefix(prompts, 4096)
+    assert len(groups) < len(prompts)
+    distinct = sum(
+        len({tuple(prompts[i][: k + 1]) for i in g for k in range(len(prompts[i]))}) for g in groups
+    )
+    assert engine.last_work["prefill"].tokens == distinct
     # decode: every completion token but the last is fed back (a finished branch is never fed again)
     assert engine.last_work["decode"].tokens == sum(len(r.completion_ids) - 1 for r in flat)
     plain = TorchSampler(model, 0, batch_size=16, seed=3)

@@ -76,10 +76,18 @@ def test_score_document_uses_left_context():
 
 
 class _CharTok:
-    """A stand-in tokenizer: one token per character code mod 50."""
+    """A stand-in tokenizer: one token per character code mod 50; '{' and '}' stand for <think> and </think>."""
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) % 50 for c in text]}
+    all_special_ids = [ord("{") % 50, ord("}") % 50]
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        out = {"input_ids": [ord(c) % 50 for c in text]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return out
+
+    def convert_tokens_to_ids(self, token):
+        return {"<think>": ord("{") % 50, "</think>": ord("}") % 50}[token]
 
 
 def test_select_positions_and_roundtrip(tmp_path):
@@ -100,3 +108,18 @@ def test_select_positions_and_roundtrip(tmp_path):
     assert back.position == index.position and back.bucket == index.bucket and back.doc_id == index.doc_id
     assert all((back.doc_tokens[d] == index.doc_tokens[d]).all() for d in index.doc_tokens)
     assert back.stats()["positions"] == index.stats()["positions"]
+
+
+def test_computed_positions_are_kept_and_shown_thoughts_skipped():
+    """The first token of each computed span is a `computed` position whatever the proxy's entropy; nothing
+    inside a shown thought and no special token is a position."""
+    text = "abcdefghij total {steps} 47 and more text here, then 85 and 9 to end the line of text"
+    a, b, c = text.index("47"), text.index("85"), text.index(" 9 ") + 1
+    docs = [Document("d0", text, "synthetic", ((a, a + 2), (b, b + 2), (c, c + 1)))]
+    cfg = SelectionConfig(context=16, min_entropy=0.0, skip_first=4, max_positions_per_doc=1000, top_k=8)
+    index = select_positions(docs, _CharTok(), _model(), cfg, DataConfig(), None, torch.device("cpu"))
+    got = {p: bkt for p, bkt in zip(index.position, index.bucket, strict=True)}
+    assert {p for p, bkt in got.items() if bkt == "computed"} == {a, b, c}
+    thought = range(text.index("{"), text.index("}") + 1)
+    assert not set(thought) & set(got)
+    assert a + 1 in got and got[a + 1] != "computed"  # the second digit is an ordinary position

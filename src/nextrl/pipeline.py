@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,7 @@ from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
-from nextrl.eval import perplexity, standard_accuracy, thought_accuracy
-from nextrl.eval.info_gain import evaluate_information_gain
+from nextrl.eval.heldout import control_check, evaluate_models, verdict
 from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.flops import FlopModel
 from nextrl.model.pretrain import BaseModel, prepare_base
@@ -162,88 +160,10 @@ def baseline_stage(
 
 
 def eval_stage(
-    cfg: RunConfig, models: dict[str, Any], tokenizer, index: PositionIndex, device, autocast
+    cfg: RunConfig, models: dict[str, Any], tokenizer, index: PositionIndex, device, autocast, out: Path
 ) -> dict[str, Any]:
     env = NextTokenEnv(cfg.env, tokenizer)
-    rows = index.rows("heldout")
-    rng = np.random.default_rng(cfg.seed + 2)
-    rows = [rows[i] for i in rng.permutation(len(rows))[: cfg.eval.positions]]
-    ctx = cfg.selection.context
-    tasks = index.tasks(env, rows, ctx)
-    contexts = [t.meta["context_ids"] for t in tasks]
-    heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
-    result: dict[str, Any] = {"accuracy": {}, "perplexity": {}, "thought_length": {}, "information_gain": {}}
-    counts: dict[str, int] = {"all": len(tasks)}
-    for t in tasks:
-        counts[t.meta["bucket"]] = counts.get(t.meta["bucket"], 0) + 1
-    result["eval_counts"] = dict(sorted(counts.items()))
-    for name, model in models.items():
-        model.to(device)
-        engine = build_engine(
-            cfg.sampling,
-            model,
-            tokenizer.pad_token_id,
-            autocast,
-            seed=cfg.seed,
-            batch_size=cfg.eval.batch_size,
-        )
-        standard = standard_accuracy(env, engine, tasks, contexts)
-        with_thought, length = thought_accuracy(env, engine, tasks, cfg.eval.thought_temperature)
-        result["accuracy"][name] = {"standard": standard, "with_thought": with_thought}
-        result["thought_length"][name] = length
-        result["perplexity"][name] = perplexity(
-            model, heldout_docs, ctx, cfg.eval.perplexity_tokens, autocast
-        )
-        if cfg.env.format == "structured":  # nats per position that the model's own thought buys
-            gain = evaluate_information_gain(
-                model,
-                tokenizer,
-                env,
-                tasks,
-                autocast,
-                cfg.eval.thought_temperature,
-                cfg.eval.batch_size,
-                cfg.seed,
-            )
-            result["information_gain"][name] = {k: gain[k] for k in ("mean", "stderr", "n")}
-    return result
-
-
-def verdict(accuracy: dict[str, Any], n: int) -> dict[str, Any]:
-    """Compare each model at its best mode on all held-out positions; call a gap within 2 standard errors a tie."""
-
-    def best(model: str) -> tuple[float, str]:
-        modes = accuracy[model]
-        return max((modes[m].get("all", 0.0), m) for m in modes)
-
-    rl, rl_mode = best("rl")
-    bl, bl_mode = best("baseline")
-    base, base_mode = best("base")
-    se = math.sqrt(max(rl * (1 - rl), bl * (1 - bl), 1e-9) * 2 / max(n, 1))
-    beats = rl > bl
-    within = abs(rl - bl) < 2 * se
-    outcome = "beat" if beats else "did not beat"
-    text = (
-        f"At this scale RL {outcome} the FLOP-matched baseline: RL {rl:.1%} ({rl_mode}) vs baseline "
-        f"{bl:.1%} ({bl_mode}) next-token accuracy on {n} held-out positions (base model {base:.1%}, "
-        f"{base_mode})."
-    )
-    text += (
-        f" The gap is within two standard errors (±{2 * se:.1%}), so it is not significant."
-        if within
-        else f" The gap exceeds two standard errors (±{2 * se:.1%})."
-    )
-    return {
-        "rl_beats_baseline": bool(beats),
-        "significant": not within,
-        "metric": "best mode, all buckets",
-        "rl": rl,
-        "rl_mode": rl_mode,
-        "baseline": bl,
-        "baseline_mode": bl_mode,
-        "base": base,
-        "text": text,
-    }
+    return evaluate_models(cfg, models, tokenizer, env, index, device, autocast, out)
 
 
 def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -253,7 +173,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     prepare_run_folder(out, cfg, resume)
     check_sources(cfg.data)
     seed_everything(cfg.seed)
-    device, autocast = resolve_device(cfg.device), autocast_dtype(cfg.model)
+    device = resolve_device(cfg.device)
+    autocast = autocast_dtype(cfg.model, device)
     logger = MetricsLogger(out)
     stage_seconds: dict[str, float] = {}
     try:
@@ -284,7 +205,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
         stage_seconds["baseline"] = time.time() - t
 
         t = time.time()
-        evaluation = eval_stage(cfg, models, base.tokenizer, index, device, autocast)
+        evaluation = eval_stage(cfg, models, base.tokenizer, index, device, autocast, out)
         stage_seconds["eval"] = time.time() - t
     finally:
         logger.close()
@@ -333,13 +254,20 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
                 "advantages",
                 "loss_tokens",
                 "groups_drawn",
+                "groups_with_signal",
+                "signal_fraction",
+                "empty_thought_samples",
+                "lm_coef",
             )
         },
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
         "config": cfg.model_dump(mode="json"),
     }
+    outcomes, buckets = summary.pop("_outcomes"), summary.pop("_buckets")
     if "baseline" in models:
-        summary["verdict"] = verdict(evaluation["accuracy"], evaluation["eval_counts"]["all"])
+        summary["verdict"] = verdict(outcomes, buckets, seed=cfg.seed)
+    if (control := control_check(outcomes, buckets, seed=cfg.seed)) is not None:
+        summary["control"] = control
     atomic_write_json(out / "summary.json", summary)
     write_report(out)
     return summary

@@ -71,10 +71,17 @@ def build_tree(seqs: Sequence[Sequence[int]]) -> PackedTree:
     return PackedTree(tokens, parent, depth, seq_nodes)
 
 
-def group_by_prefix(seqs: Sequence[Sequence[int]], max_nodes: int, min_shared: int = 1) -> list[list[int]]:
+MIN_SHARED = 16  # leading tokens two sequences must share to be packed into one tree
+
+
+def group_by_prefix(
+    seqs: Sequence[Sequence[int]], max_nodes: int, min_shared: int = MIN_SHARED
+) -> list[list[int]]:
     """Split sequence indices into groups, each packed as one tree of at most `max_nodes` nodes (a single longer
     sequence gets a group of its own). Neighbours in sorted order sharing fewer than `min_shared` leading
-    tokens start a new group: unrelated documents gain nothing from one tree and only grow its mask."""
+    tokens start a new group (an identical or nested sequence always joins): unrelated documents that merely
+    start alike gain a few tokens from one tree but grow its dense mask, and every tree of a batch is padded
+    to the largest, so attention cost grows with the square of the biggest tree."""
     order = sorted(range(len(seqs)), key=lambda i: list(seqs[i]))
     groups: list[list[int]] = []
     size, prev = 0, None
@@ -82,7 +89,8 @@ def group_by_prefix(seqs: Sequence[Sequence[int]], max_nodes: int, min_shared: i
         s = seqs[i]
         shared = _lcp(prev, s) if prev is not None else 0
         new = len(s) - shared
-        if prev is None or shared < min_shared or size + new > max_nodes:
+        nested = prev is not None and shared == min(len(prev), len(s))
+        if prev is None or (shared < min_shared and not nested) or size + new > max_nodes:
             groups.append([i])
             size = len(s)
         else:

@@ -15,10 +15,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SYNTHETIC_TASKS = ("add", "multiply", "running_total", "count", "reverse", "sort")
+
+
+class SyntheticConfig(_Strict):
+    """The positive control's document generator (`kind: synthetic`, see `nextrl.data.synthetic`): pages of
+    sentences whose results (sums, products, running totals, counts, reversed and sorted lists) are tokens a
+    small model cannot compute in one forward pass but can with written steps."""
+
+    documents: int = Field(2000, ge=1, description="documents generated")
+    tasks: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(SYNTHETIC_TASKS, 1.0),
+        description=f"task -> weight; tasks: {', '.join(SYNTHETIC_TASKS)}",
+    )
+    worked_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="fraction of documents that show the steps in <think> … </think>"
+    )
+    guess_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of documents whose <think> … </think> holds a guess ('about 47') instead of "
+        "steps, as unhelpful reasoning appears on the web: a model pretrained on both can compute with steps "
+        "but does not always choose to",
+    )
+    digits: int = Field(2, ge=1, le=6, description="digits of the operands (add, multiply)")
+    items: int = Field(5, ge=3, le=12, description="most list items (running_total, count, reverse, sort)")
+    problems: int = Field(4, ge=1, le=64, description="problems per document")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _tasks(self) -> SyntheticConfig:
+        unknown = sorted(set(self.tasks) - set(SYNTHETIC_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown} in 'tasks'; known: {', '.join(SYNTHETIC_TASKS)}")
+        if any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
+            raise ValueError("'tasks' weights must be >= 0 with a positive sum")
+        if self.worked_fraction + self.guess_fraction > 1.0 + 1e-9:
+            raise ValueError("'worked_fraction' + 'guess_fraction' must be at most 1")
+        return self
+
+
 class SourceConfig(_Strict):
     """One document source. `kind` picks the reader; the other fields apply to the kinds that name them."""
 
-    kind: Literal["stdlib", "text", "jsonl", "parquet", "hf"] = "stdlib"
+    kind: Literal["stdlib", "text", "jsonl", "parquet", "hf", "synthetic"] = "stdlib"
     path: str | None = Field(
         None, description="file, folder or glob (text/jsonl/parquet); dataset path or hub id (hf)"
     )
@@ -26,16 +67,29 @@ class SourceConfig(_Strict):
     split: str = Field("train", description="split name (hf)")
     streaming: bool = Field(False, description="stream a hub dataset instead of downloading it (hf)")
     max_documents: int | None = Field(None, ge=1, description="stop after this many usable documents")
+    weight: float = Field(
+        1.0, gt=0.0, description="share of this source when data.mix is 'interleave' (relative to the others)"
+    )
+    synthetic: SyntheticConfig | None = Field(
+        None, description="generator settings (synthetic; defaults of SyntheticConfig when left out)"
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> SourceConfig:
-        if self.kind != "stdlib" and not self.path:
+        if self.kind not in ("stdlib", "synthetic") and not self.path:
             raise ValueError(f"source kind '{self.kind}' needs 'path'")
+        if self.kind != "synthetic" and self.synthetic is not None:
+            raise ValueError(f"'synthetic' settings given for a source of kind '{self.kind}'")
         return self
 
 
 class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    mix: Literal["sequential", "interleave"] = Field(
+        "sequential",
+        description="'sequential' reads the sources one after another; 'interleave' alternates them in "
+        "proportion to their weights (deterministically), continuing with the others when one runs out",
+    )
     min_chars: int = Field(64, ge=1, description="documents shorter than this are skipped as empty")
     max_chars: int = Field(
         20_000,
@@ -52,6 +106,7 @@ class TokenizerConfig(_Strict):
     path: str | None = Field(None, description="Hugging Face tokenizer folder or hub id; None trains one")
     vocab_size: int = Field(4096, ge=300, description="size of a trained byte-level BPE vocabulary")
     train_documents: int = Field(2000, ge=1, description="documents used to train the BPE vocabulary")
+    split_digits: bool = Field(True, description="every digit its own token in a trained vocabulary")
 
 
 class ModelConfig(_Strict):
@@ -62,7 +117,11 @@ class ModelConfig(_Strict):
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(1024, ge=16)
-    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="autocast dtype for matmuls")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="autocast dtype for matmuls; 'auto' takes bf16 on a GPU that supports it and on a CPU "
+        "whose measured bf16 matmul peak beats fp32 (CPUs without native bf16 run it ~100x slower), else fp32",
+    )
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
@@ -193,10 +252,30 @@ class CurriculumConfig(_Strict):
     retire_after: int = Field(
         0, ge=0, description="retire a position after this many visits in a row without signal (0 = never)"
     )
+    bucket_weights: dict[str, float] | None = Field(
+        None,
+        description="bucket -> share of the positions drawn (with schedule 'none'); a bucket left out is "
+        "never drawn, e.g. {computed: 3, hard: 1}; units are then bucket-pure stripes",
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> CurriculumConfig:
+        w = self.bucket_weights
+        if w is not None:
+            if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+                raise ValueError("'bucket_weights' must be >= 0 with a positive sum")
+            if self.schedule != "none":
+                raise ValueError("'bucket_weights' sets the draw itself: use it with schedule 'none'")
+        return self
 
     @property
     def enabled(self) -> bool:
-        return self.schedule != "none" or self.prefer != "uniform" or self.retire_after > 0
+        return (
+            self.schedule != "none"
+            or self.prefer != "uniform"
+            or self.retire_after > 0
+            or self.bucket_weights is not None
+        )
 
 
 class RLConfig(_Strict):
@@ -249,6 +328,19 @@ class RLConfig(_Strict):
     updates_per_batch: int = Field(
         1, ge=1, description="optimizer steps per rollout batch (1 = strictly on-policy)"
     )
+    empty_thought_samples: int = Field(
+        0,
+        ge=0,
+        description="samples of each group that close the thought at once (`</think>` first, trained as the "
+        "policy's action): the other samples' advantages are then measured against not thinking, and the "
+        "policy learns where thinking pays (structured format)",
+    )
+    lm_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of a plain next-token loss on the contexts of the step's positions (Quiet-STaR's "
+        "joint NLL term), so that RL on thoughts does not cost the model its next-token prediction",
+    )
     micro_batch_size: int = Field(
         64, ge=1, description="sequences per forward/backward (memory bound; exact accumulation)"
     )
@@ -267,7 +359,7 @@ class BaselineConfig(_Strict):
 
 class EvalConfig(_Strict):
     positions: int = Field(256, ge=1, description="held-out positions evaluated per model")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(256, ge=1, description="sequences decoded together in evaluation")
     perplexity_tokens: int = Field(20_000, ge=1, description="held-out tokens for perplexity")
     thought_temperature: float = Field(0.0, ge=0.0, description="0 = greedy thought in the with-thought mode")
 
@@ -296,3 +388,18 @@ class RunConfig(_Strict):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        k = self.rl.empty_thought_samples
+        if k and k >= self.sampling.group_size:
+            raise ValueError(
+                f"config key 'rl.empty_thought_samples': {k} empty-thought samples leave no thinking sample in a "
+                f"group of sampling.group_size={self.sampling.group_size}"
+            )
+        if k and (self.env.format != "structured" or self.env.thought_tokens == 0):
+            raise ValueError(
+                "config key 'rl.empty_thought_samples': needs env.format=structured and env.thought_tokens > 0 "
+                "(an empty thought is `</think>` as the first thought token)"
+            )
+        return self

@@ -12,3 +12,6 @@ class Document:
     doc_id: str
     text: str
     source: str
+    # [start, end) character ranges whose tokens are the result of a computation (synthetic documents): the
+    # positions of the `computed` evaluation bucket. Empty for ordinary text.
+    spans: tuple[tuple[int, int], ...] = ()

@@ -257,12 +257,20 @@ def read_hf(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
             yield Document(f"hf:{path}:{row}", text, "hf")
 
 
+def read_synthetic_source(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
+    from nextrl.config.schema import SyntheticConfig
+    from nextrl.data.synthetic import read_synthetic
+
+    return read_synthetic(src.synthetic or SyntheticConfig())
+
+
 READERS: dict[str, Callable[[SourceConfig, str, SkipLog], Iterator[Document]]] = {
     "stdlib": read_stdlib,
     "text": read_text,
     "jsonl": read_jsonl,
     "parquet": read_parquet,
     "hf": read_hf,
+    "synthetic": read_synthetic_source,
 }
 
 

@@ -43,6 +43,8 @@ def split_text(text: str, max_chars: int) -> list[str]:
 def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
     """Strip NULs, skip near-empty documents, split long ones (pieces get doc_id suffix `#1`, `#2`, ...)."""
     if "\x00" in doc.text:
+        if doc.spans:
+            raise DataError(f"{doc.doc_id}: a document with computed spans must not contain NUL characters")
         doc = Document(doc.doc_id, doc.text.replace("\x00", ""), doc.source)
     text = doc.text
     if len(text.strip()) < cfg.min_chars:
@@ -53,8 +55,15 @@ def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
     if len(text) <= cfg.max_chars:
         return [doc]
     # A too-short piece (often the tail) is dropped silently: it is a fragment, not a bad input.
-    kept = [p for p in split_text(text, cfg.max_chars) if len(p.strip()) >= cfg.min_chars]
-    return [Document(f"{doc.doc_id}#{k}", p, doc.source) for k, p in enumerate(kept, start=1)]
+    out, start = [], 0
+    for p in split_text(text, cfg.max_chars):
+        end = start + len(p)
+        # spans move with their piece; one cut by the split is dropped (its result is no longer whole)
+        spans = tuple((a - start, b - start) for a, b in doc.spans if start <= a and b <= end)
+        if len(p.strip()) >= cfg.min_chars:
+            out.append(Document(f"{doc.doc_id}#{len(out) + 1}", p, doc.source, spans))
+        start = end
+    return out
 
 
 def source_documents(cfg: DataConfig, index: int, log: SkipLog) -> Iterator[Document]:
@@ -75,12 +84,37 @@ def _describe(src: SourceConfig, index: int) -> str:
 
 
 def iter_documents(cfg: DataConfig, stats: SkipStats | None = None) -> Iterator[Document]:
-    """All sources in config order as one sequence; skips are counted in `stats`."""
+    """All sources as one sequence (in config order, or interleaved by weight); skips are counted in `stats`."""
     stats = stats if stats is not None else SkipStats()
+    if cfg.mix == "interleave" and len(cfg.sources) > 1:
+        yield from _interleave(cfg, stats)
+        return
     for i, src in enumerate(cfg.sources):
         log = SkipLog(stats, _describe(src, i))
         yield from source_documents(cfg, i, log)
         log.finish()
+
+
+def _interleave(cfg: DataConfig, stats: SkipStats) -> Iterator[Document]:
+    """Smooth weighted round-robin: the next document comes from the source furthest behind its share
+    (fewest documents taken per unit of weight; ties to the earlier source), so any prefix of the stream holds
+    the sources in proportion to their weights. A source that runs out leaves the rotation."""
+    logs = [SkipLog(stats, _describe(src, i)) for i, src in enumerate(cfg.sources)]
+    iters = {i: source_documents(cfg, i, logs[i]) for i in range(len(cfg.sources))}
+    taken = dict.fromkeys(iters, 0)
+    try:
+        while iters:
+            i = min(iters, key=lambda k: ((taken[k] + 1) / cfg.sources[k].weight, k))
+            doc = next(iters[i], None)
+            if doc is None:
+                del iters[i]
+                logs[i].finish()
+                continue
+            taken[i] += 1
+            yield doc
+    finally:
+        for it in iters.values():
+            it.close()
 
 
 class DocumentStream:

@@ -1,5 +1,6 @@
-"""Next-token accuracy on held-out positions, per entropy bucket, in RPT's two modes:
-*standard* (greedy next token, no thought) and *with_thought* (write a thought, then answer)."""
+"""Next-token accuracy on held-out positions, in RPT's two modes: *standard* (greedy next token, no thought)
+and *with_thought* (write a thought, then answer). Outcomes are kept per position, so that two models (or two
+modes) can be compared on the same positions with a paired test (`nextrl.eval.stats`)."""
 
 from __future__ import annotations
 
@@ -8,44 +9,39 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nextrl.engine.base import RolloutEngine, SamplingParams
+from nextrl.engine.base import Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Task
 
 
-def _per_bucket(buckets: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
-    by: dict[str, list[bool]] = defaultdict(list)
-    for b, c in zip(buckets, correct, strict=True):
-        by[b].append(c)
-        by["all"].append(c)
+def per_bucket(buckets: Sequence[str], values: Sequence[float]) -> dict[str, float]:
+    """Mean of `values` per bucket and over all ("all")."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for b, v in zip(buckets, values, strict=True):
+        by[b].append(float(v))
+        by["all"].append(float(v))
     return {b: float(np.mean(v)) for b, v in sorted(by.items())}
 
 
-def standard_accuracy(
-    env,
-    engine: RolloutEngine,
-    tasks: Sequence[Task],
-    contexts: Sequence[Sequence[int]],
-) -> dict[str, float]:
+def standard_correct(env, engine: RolloutEngine, tasks: Sequence[Task]) -> list[bool]:
     """Greedy next token from the bare context, scored with the same byte rule as RL answers."""
-    outs = engine.generate(list(contexts), SamplingParams.simple(1, temperature=0.0))
-    correct = [
+    contexts = [t.meta["context_ids"] for t in tasks]
+    outs = engine.generate(contexts, SamplingParams.simple(1, temperature=0.0))
+    return [
         env.standard_prediction_correct(t, o[0].completion_ids[0]) if o[0].completion_ids else False
         for t, o in zip(tasks, outs, strict=True)
     ]
-    return _per_bucket([t.meta["bucket"] for t in tasks], correct)
 
 
-def thought_accuracy(
-    env,
-    engine: RolloutEngine,
-    tasks: Sequence[Task],
-    temperature: float,
-) -> tuple[dict[str, float], float]:
-    """Thought then answer (greedy by default); returns per-bucket accuracy and the mean thought length."""
+def thought_rollouts(
+    env, engine: RolloutEngine, tasks: Sequence[Task], temperature: float
+) -> tuple[list[bool], list[Rollout]]:
+    """Thought then answer (greedy by default): whether each answer is right, and the rollouts (one per task)."""
     outs = engine.generate([t.prompt_ids for t in tasks], env.sampling_params(1, temperature, 1.0))
     rewards = env.score(tasks, outs)
     correct = [r[0].components.get("prefix_match", r[0].total) > 0 for r in rewards]
-    lengths = [o[0].phase_starts[1] if len(o[0].phase_starts) > 1 else len(o[0].completion_ids) for o in outs]
-    return _per_bucket([t.meta["bucket"] for t in tasks], correct), float(
-        np.mean(lengths)
-    ) if lengths else 0.0
+    return correct, [o[0] for o in outs]
+
+
+def thought_length(rollout: Rollout) -> int:
+    """Tokens of the thought phase, `</think>` included (0 for a format without a thought phase)."""
+    return rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from nextrl.algo.logprobs import completion_logprobs
+from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
 from nextrl.env.formats import closed_thought
@@ -63,6 +64,48 @@ def _first_target_logprobs(
         chunk_t = [[t] for t in targets[i : i + batch_size]]
         logp = completion_logprobs(model, prompts[i : i + batch_size], chunk_t, 1.0, pad_id, autocast)
         out += logp[:, 0].tolist()
+    return out
+
+
+@torch.no_grad()
+def gains_of_thoughts(
+    model,
+    pad_id: int,
+    env,
+    tasks: Sequence[Task],
+    thoughts: Sequence[Rollout],
+    autocast,
+    max_nodes: int = 4096,
+) -> list[float]:
+    """Per task, log p(x_t | context, <think> thought </think>) − log p(x_t | context) for the thought of the
+    given rollout (one per task, e.g. the greedy with-thought evaluation's), both teacher-forced through the
+    prefix-tree path: a stripe's shared prefix is encoded once per pass. NaN for a task with no context."""
+    prompts, with_t, bare, targets, idx = [], [], [], [], []
+    for i, (t, r) in enumerate(zip(tasks, thoughts, strict=True)):
+        if not t.meta["context_ids"]:
+            continue
+        th = closed_thought(r, env.think_close, env.eos_ids)[0] if env.cfg.thought_tokens > 0 else []
+        target = int(t.meta["target_ids"][0])
+        # the thought is a branch of the shared prompt, the target its last token: one tree for the stripe
+        prompts.append(list(t.prompt_ids))
+        with_t.append([*th, target])
+        bare.append(list(t.meta["context_ids"]))
+        targets.append([target])
+        idx.append(i)
+    out = [math.nan] * len(tasks)
+    if not idx:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        a = tree_completion_logprobs(model, prompts, with_t, 1.0, pad_id, autocast, max_nodes=max_nodes)
+        b = tree_completion_logprobs(model, bare, targets, 1.0, pad_id, autocast, max_nodes=max_nodes)
+    finally:
+        model.train(was_training)
+    last = torch.tensor([len(c) - 1 for c in with_t], device=a.device)
+    gain = a.gather(1, last[:, None])[:, 0] - b[:, 0]
+    for k, v in zip(idx, gain.tolist(), strict=True):
+        out[k] = v
     return out
 
 

@@ -97,7 +97,9 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
     if not docs:
         raise ValueError("the corpus has no training documents (data.sources)")
     tok = train_bpe_tokenizer(
-        (d.text for d in docs[: cfg.tokenizer.train_documents]), cfg.tokenizer.vocab_size
+        (d.text for d in docs[: cfg.tokenizer.train_documents]),
+        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.split_digits,
     )
     encoded = []
     for d in progress(desc="tokenize", unit="doc", total=len(docs), iterable=docs):
@@ -115,7 +117,8 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
         masks = np.ones((tokens.shape[0], tokens.shape[1] - 1), dtype=bool)
         rng = np.random.default_rng([cfg.seed, 7, step])
         for i in range(len(tokens)):
-            if rng.random() < pc.think_insert_prob:
+            # a window that already shows a thought (worked steps in the corpus) gets no second one inside it
+            if rng.random() < pc.think_insert_prob and not np.isin(tokens[i], (open_id, close_id)).any():
                 tokens[i], masks[i] = insert_thought(
                     tokens[i], rng, open_id, close_id, cfg.env.thought_tokens
                 )
@@ -132,7 +135,7 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
         optimizer=opt,
         scheduler=sched,
         grad_clip=1.0,
-        autocast=autocast_dtype(cfg.model),
+        autocast=autocast_dtype(cfg.model, device),
         device=device,
         flops_per_step=flops_step,
         stage="pretrain",

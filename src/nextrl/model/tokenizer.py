@@ -16,12 +16,22 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = [EOS, PAD, THINK_OPEN, THINK_CLOSE]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2 style pre-tokenizer) whose special tokens include the thought delimiters."""
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, split_digits: bool = True
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2 style pre-tokenizer) whose special tokens include the thought delimiters.
+
+    With `split_digits` every digit is a token of its own (as in Llama and Qwen): numbers then share one
+    digit vocabulary, so arithmetic is learnable digit by digit instead of per merged number."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

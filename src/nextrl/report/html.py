@@ -117,14 +117,15 @@ def _accuracy(summary: dict) -> str:
         if any(c[0] == md for c in cols)
     )
     head2 = "".join(f"<th>{escape(b)}</th>" for _, b in cols)
+    se = summary.get("accuracy_stderr")
+
+    def cell(n: str, c: tuple[str, str], v: float | None, top: str) -> str:
+        text = f"<b>{pct(v)}</b>" if v is not None and pct(v) == top else pct(v)
+        e = num(get(se, n, *c))
+        return text + (f"<small> ±{100 * e:.1f}</small>" if v is not None and e is not None else "")
+
     rows = [
-        _row(
-            escape(n),
-            *(
-                f"<b>{pct(v)}</b>" if v is not None and pct(v) == top else pct(v)
-                for v, top in zip(vals, best, strict=True)
-            ),
-        )
+        _row(escape(n), *(cell(n, c, v, top) for c, v, top in zip(cols, vals, best, strict=True)))
         for n, vals in grid.items()
     ]
     counts = summary.get("eval_counts")
@@ -136,12 +137,74 @@ def _accuracy(summary: dict) -> str:
     )
 
 
+def _control(summary: dict) -> str:
+    """The positive control's pass rule, with both paired tests (only when the run had `computed` positions)."""
+    c = summary.get("control")
+    if not isinstance(c, dict):
+        return ""
+    passed = c.get("passed") is True
+    rows = []
+    for key, label in (("vs_base", "base model, with thought"), ("vs_baseline", "FLOP-matched baseline")):
+        v = c.get(key)
+        if isinstance(v, dict):
+            ci = f"{pct(v.get('ci_low'))} to {pct(v.get('ci_high'))}"
+            rows.append(
+                _row(
+                    escape(label) + f" ({escape(str(v.get('mode')))})",
+                    f"{100 * (num(v.get('diff')) or 0):+.1f} pts",
+                    ci,
+                    _fmt(v.get("p_value")),
+                    "yes" if v.get("passed") else "no",
+                )
+            )
+    head = "<tr><th>RL with thought vs</th><th>difference</th><th>95% interval</th><th>McNemar p</th><th>passed</th></tr>"
+    text = (
+        f"Positive control {'passed' if passed else 'FAILED'}: RL's with-thought accuracy on the "
+        f"{_fmt(c.get('n'))} held-out '{escape(str(c.get('bucket')))}' positions is {pct(c.get('rl_with_thought'))}; "
+        f"the rule is at least {100 * (num(c.get('margin')) or 0):.0f} points above each, p < 0.01."
+    )
+    return (
+        f"<h2>Positive control</h2><div class='verdict {'win' if passed else 'loss'}'>{text}</div>"
+        f"<table><thead>{head}</thead>{''.join(rows)}</table>"
+    )
+
+
+def _thinking(summary: dict) -> str:
+    """Per model and bucket: thought length, and whether the model's thought helps its own prediction."""
+    tv, tl = summary.get("thought_vs_standard"), summary.get("thought_length")
+    if not isinstance(tv, dict):
+        return ""
+    names = [m for m in models(summary) if isinstance(tv.get(m), dict)]
+    buckets = [b for b in BUCKET_ORDER if any(isinstance(get(tv, m, b), dict) for m in names)]
+    head = "<tr><th>model</th>" + "".join(f"<th>{escape(b)}</th>" for b in buckets) + "</tr>"
+    rows = []
+    for m in names:
+        cells = []
+        for b in buckets:
+            v, n = get(tv, m, b), num(get(tl, m, b))
+            if not isinstance(v, dict):
+                cells.append("-")
+                continue
+            d, p = num(v.get("diff")), num(v.get("p_value"))
+            mark = "" if p is None or p >= 0.01 else (" ▲" if (d or 0) > 0 else " ▼")
+            length = "" if n is None else f"{n:.1f} tok · "
+            cells.append(f"{length}{100 * (d or 0):+.1f} pts{mark}")
+        rows.append(_row(escape(m), *cells))
+    return (
+        "<h2>Does thinking pay?</h2><p>Per bucket: mean thought length (tokens, <code>&lt;/think&gt;</code> "
+        "included), and with-thought minus standard accuracy of the same model on the same positions "
+        "(▲/▼: significant, McNemar p &lt; 0.01).</p>"
+        f"<table><thead>{head}</thead>{''.join(rows)}</table>"
+    )
+
+
 def _ppl(summary: dict) -> str:
+    def length(n: str) -> float | None:  # per bucket now ({"all": ...}); a plain number in older summaries
+        v = get(summary, "thought_length", n)
+        return num(v.get("all")) if isinstance(v, dict) else num(v)
+
     names = [
-        m
-        for m in models(summary)
-        if num(get(summary, "perplexity", m)) is not None
-        or num(get(summary, "thought_length", m)) is not None
+        m for m in models(summary) if num(get(summary, "perplexity", m)) is not None or length(m) is not None
     ]
     if not names:
         return "<p>not recorded</p>"
@@ -159,7 +222,7 @@ def _ppl(summary: dict) -> str:
         _row(
             escape(n),
             _fmt(num(get(summary, "perplexity", n))),
-            _fmt(num(get(summary, "thought_length", n))),
+            _fmt(length(n)),
             gain(n),
         )
         for n in names
@@ -244,8 +307,10 @@ def render(summary: dict, records: list[dict], run_dir: Path, warning: str = "")
         _header(summary, run_dir),
         f"<p class='verdict none'>{escape(warning)}</p>" if warning else "",
         _verdict(summary),
+        _control(summary),
         "<h2>Next-token accuracy</h2>",
         _accuracy(summary),
+        _thinking(summary),
         "<h2>Perplexity, thought length and information gain</h2>",
         _ppl(summary),
         "<h2>Compute</h2>",

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nextrl.report.table import models as model_names  # noqa: E402
 from nextrl.report.table import num  # noqa: E402
 
-BUCKET_ORDER = ["easy", "medium", "hard", "all"]
+BUCKET_ORDER = ["easy", "medium", "hard", "computed", "all"]
 MODE_ORDER = ["standard", "with_thought"]
 MODE_LABELS = {"standard": "standard", "with_thought": "with thought"}
 STAGE_COLORS = {"pretrain": "tab:blue", "baseline": "tab:orange", "rl": "tab:green"}
@@ -194,7 +194,13 @@ def groups_plot(records: list[dict]) -> bytes | None:
     ax.plot(*dropped, label="dropped (all rewards equal)", color="tab:red")
     ax.set(title="GRPO groups per RL step", xlabel="RL step", ylabel="groups")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    signal = series(records, "rl", "groups/signal_fraction")
+    if signal[0]:  # on its own axis: a fraction, next to counts
+        ax2 = ax.twinx()
+        ax2.plot(signal[0], _smooth(signal[1]), color="tab:blue", lw=1.5, label="signal fraction (smoothed)")
+        ax2.set(ylabel="drawn groups with signal", ylim=(0, 1))
+        ax2.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
 
 

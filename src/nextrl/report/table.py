@@ -51,7 +51,8 @@ def verdict_text(summary: dict) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    cols = ["std/all", "thought/all", *(f"th/{b}" for b in BUCKETS), "ppl"]
+    buckets = BUCKETS + (["computed"] if "computed" in (summary.get("eval_counts") or {}) else [])
+    cols = ["std/all", "thought/all", *(f"th/{b}" for b in buckets), "ppl"]
     names = models(summary)
     w0 = max([5, *map(len, names)])
     lines = [f"{'model':<{w0}}" + "".join(f"{c:>12}" for c in cols)]
@@ -59,7 +60,7 @@ def summary_table(summary: dict) -> str:
         acc = get(summary, "accuracy", m)
         ppl = num(get(summary, "perplexity", m))
         cells = [pct(get(acc, "standard", "all")), pct(get(acc, "with_thought", "all"))]
-        cells += [pct(get(acc, "with_thought", b)) for b in BUCKETS]
+        cells += [pct(get(acc, "with_thought", b)) for b in buckets]
         cells.append("-" if ppl is None else f"{ppl:.2f}")
         lines.append(f"{m:<{w0}}" + "".join(f"{c:>12}" for c in cells))
     rl, base = num(get(summary, "flops", "rl")), num(get(summary, "flops", "baseline"))
@@ -68,4 +69,17 @@ def summary_table(summary: dict) -> str:
     wall_s = "-" if wall is None else f"{wall:.1f} s"
     lines.append(f"FLOPs rl {sci(rl)} vs baseline {sci(base)}{ratio} | wall {wall_s}")
     lines.append(f"Verdict: {verdict_text(summary)}")
+    control = summary.get("control")
+    if isinstance(control, dict):
+        parts = [
+            f"{k.removeprefix('vs_')} {100 * (num(get(control, k, 'diff')) or 0):+.1f} pts "
+            f"(p = {num(get(control, k, 'p_value')) or 0:.2g})"
+            for k in ("vs_base", "vs_baseline")
+            if isinstance(control.get(k), dict)
+        ]
+        state = "PASSED" if control.get("passed") is True else "FAILED"
+        lines.append(
+            f"Positive control {state}: RL with thought on '{control.get('bucket')}' "
+            f"{pct(control.get('rl_with_thought'))}; vs {', vs '.join(parts)}"
+        )
     return "\n".join(lines)

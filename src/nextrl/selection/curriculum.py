@@ -35,11 +35,15 @@ MIN_WEIGHT = 1e-6
 
 
 def bucket_weights(
-    buckets: Sequence[str], step: int, total_steps: int, schedule: Schedule
+    buckets: Sequence[str],
+    step: int,
+    total_steps: int,
+    schedule: Schedule,
+    fixed: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Sampling weight of each bucket (listed easy → hard) at `step`; the weights sum to 1.
 
-    uniform: 1/n each.
+    uniform: 1/n each, or in proportion to `fixed` (bucket -> weight; a bucket it leaves out gets 0).
     easy_to_hard: a point c = p·(n−1) slides along the bucket list with the run's progress
     p = clamp(step / (total_steps − 1), 0, 1); bucket i gets w_i = max(0, 1 − |i − c|). So step 0 is all
     easiest, the last step (total_steps − 1) all hardest, and in between the weight passes linearly from each
@@ -49,6 +53,11 @@ def bucket_weights(
         raise ValueError(f"buckets must be a non-empty list of distinct names, got {list(buckets)}")
     n = len(buckets)
     if schedule == "uniform":
+        if fixed is not None:
+            w = {b: max(float(fixed.get(b, 0.0)), 0.0) for b in buckets}
+            total = sum(w.values())
+            if total > 0:
+                return {b: v / total for b, v in w.items()}
         return {b: 1.0 / n for b in buckets}
     if schedule != "easy_to_hard":
         raise ValueError(f"unknown curriculum schedule {schedule!r} (known: uniform, easy_to_hard)")
@@ -82,8 +91,10 @@ class PositionPool:
         retire_after: int = 0,
         prefer: Prefer = "uniform",
         initial_score: dict[int, float] | None = None,
+        fixed_weights: dict[str, float] | None = None,
     ):
         bucket_weights(buckets, 0, total_steps, schedule)  # validates buckets and schedule
+        self.fixed_weights = fixed_weights
         if retire_after < 0:
             raise ValueError(f"retire_after must be >= 0 (0 = never retire), got {retire_after}")
         if prefer not in ("uniform", "policy_entropy"):
@@ -146,13 +157,17 @@ class PositionPool:
         return out
 
     def _draw_unit(self, step: int) -> int:
-        live = [b for b in self.buckets if self._n_units[b] > 0]
+        live = [
+            b
+            for b in self.buckets
+            if self._n_units[b] > 0 and (self.fixed_weights is None or self.fixed_weights.get(b, 0) > 0)
+        ]
         if not live:
             raise RuntimeError(
                 f"all positions retired: {self._retired_summary()} after {sum(self._visits.values())} visits; "
                 "raise retire_after (or set it to 0) or add positions"
             )
-        w = bucket_weights(live, step, self.total_steps, self.schedule)
+        w = bucket_weights(live, step, self.total_steps, self.schedule, self.fixed_weights)
         probs = np.array([w[b] for b in live])
         bucket = live[int(self._rng.choice(len(live), p=probs / probs.sum()))]
         pending = self._pending[bucket]

@@ -16,9 +16,12 @@ import torch
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
 from nextrl.data.positions import context_start
+from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN
 from nextrl.selection.entropy import bucket_of, topk_entropy
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
+
+COMPUTED = "computed"  # the bucket of positions whose next token is the result of a computation (synthetic)
 
 
 @dataclass
@@ -39,12 +42,17 @@ class PositionIndex:
     def rows(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.split) if s == split]
 
-    def units(self, split: str, context: int, per_unit: int) -> list[list[int]]:
+    def units(self, split: str, context: int, per_unit: int, by_bucket: bool = False) -> list[list[int]]:
         """Rows of `split` grouped by shared prompt prefix: same document and same context stripe (see
-        `context_start`), at most `per_unit` rows per group, each group in position order."""
-        groups: dict[tuple[str, int], list[int]] = {}
+        `context_start`) and, with `by_bucket`, same bucket; at most `per_unit` rows per group, each group in
+        position order."""
+        groups: dict[tuple[str, int, str], list[int]] = {}
         for r in self.rows(split):
-            key = (self.doc_id[r], context_start(self.position[r], context))
+            key = (
+                self.doc_id[r],
+                context_start(self.position[r], context),
+                self.bucket[r] if by_bucket else "",
+            )
             groups.setdefault(key, []).append(r)
         out = []
         for rows in groups.values():
@@ -159,27 +167,67 @@ def select_positions(
     index = PositionIndex(doc_tokens={}, doc_split={})
     rng = np.random.default_rng(seed)
     proxy.eval()
+    special = set(tokenizer.all_special_ids)
     for doc in progress(desc="select", unit="doc", total=len(docs), iterable=docs):
-        tokens = np.asarray(
-            tokenizer(doc.text, add_special_tokens=False)["input_ids"][: cfg.max_doc_tokens], dtype=np.int64
-        )
+        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=bool(doc.spans))
+        tokens = np.asarray(enc["input_ids"][: cfg.max_doc_tokens], dtype=np.int64)
         if len(tokens) < cfg.skip_first + 2:
             continue
         split = split_of(doc.doc_id, data.heldout_fraction, data.seed)
         index.doc_tokens[doc.doc_id] = tokens
         index.doc_split[doc.doc_id] = split
         ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
+        computed = computed_positions(doc, enc.get("offset_mapping"), len(tokens)) if doc.spans else []
+        inside = inside_thoughts(tokens, tokenizer)
         cand = [
             t
             for t in range(max(cfg.skip_first, 1), len(tokens))
-            if not np.isnan(ent[t]) and ent[t] > cfg.min_entropy and bucket_of(float(ent[t]), cfg.buckets)
+            if not np.isnan(ent[t])
+            and ent[t] > cfg.min_entropy
+            and bucket_of(float(ent[t]), cfg.buckets)
+            and int(tokens[t]) not in special  # a special token is not a next token of the text
+            and not inside[t]  # a position inside a shown thought would nest thoughts in its prompt
+            and t not in computed
         ]
         if len(cand) > cfg.max_positions_per_doc:
             cand = sorted(rng.choice(cand, cfg.max_positions_per_doc, replace=False).tolist())
-        for t in cand:
+        rows = [(t, bucket_of(float(ent[t]), cfg.buckets)) for t in cand]
+        rows += [(t, COMPUTED) for t in computed]  # always kept, whatever the proxy's entropy
+        for t, bucket in sorted(rows):
             index.doc_id.append(doc.doc_id)
             index.position.append(int(t))
             index.entropy.append(float(ent[t]))
-            index.bucket.append(bucket_of(float(ent[t]), cfg.buckets))
+            index.bucket.append(bucket)
             index.split.append(split)
     return index
+
+
+def computed_positions(doc: Document, offsets, n_tokens: int) -> list[int]:
+    """For each computed span, the first token that starts inside it and is not whitespace alone (a space
+    before a number is not computed): the position where the result begins. Position 0 has no context and is
+    never one; a span past the scored tokens gives none."""
+    out = []
+    for s, e in doc.spans:
+        for t, (a, b) in enumerate(offsets[:n_tokens]):
+            if s <= a < e and b > a and doc.text[a:b].strip():
+                if t > 0:
+                    out.append(t)
+                break
+    return sorted(set(out))
+
+
+def inside_thoughts(tokens: np.ndarray, tokenizer) -> np.ndarray:
+    """Bool per token: True from a `<think>` up to and including its `</think>` (a shown thought)."""
+    open_id, close_id = (
+        tokenizer.convert_tokens_to_ids(THINK_OPEN),
+        tokenizer.convert_tokens_to_ids(THINK_CLOSE),
+    )
+    out = np.zeros(len(tokens), dtype=bool)
+    depth = 0
+    for t, tok in enumerate(tokens.tolist()):
+        if tok == open_id:
+            depth = 1
+        out[t] = depth > 0
+        if tok == close_id:
+            depth = 0
+    return out

@@ -8,6 +8,7 @@ domains, rewards and engines plug in without touching the loop.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -28,14 +29,16 @@ from nextrl.model.flops import FlopModel, TokenWork
 from nextrl.model.peak import matmul_peak
 from nextrl.selection.index import PositionIndex
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from nextrl.trainer.dynamic_sampling import Group, fill_batch
+from nextrl.trainer.dynamic_sampling import UNIFORM_ATOL, Group, fill_batch, is_uniform
+from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
+from nextrl.trainer.lm import lm_loss
 from nextrl.trainer.optim import build_optimizer, build_scheduler, clip_grad
 from nextrl.trainer.rewards import RewardScorer
 from nextrl.trainer.self_selection import answer_entropy, build_positions, loss_token_masks
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
 
-FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference")
+FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference", "lm")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RLState:
     training_seconds: float = 0.0
     reward_history: list[float] = field(default_factory=list)
     groups_drawn: int = 0  # with dynamic sampling: every group generated, kept or dropped
+    groups_with_signal: int = 0  # drawn groups whose rewards differ (the others carry no gradient)
 
 
 def plan_micro_batches(
@@ -190,7 +194,8 @@ class RLTrainer:
         batch = loss_token_masks(
             [groups[i].rollouts[j] for i, j in kept], self.thought_only, self.rl.entropy_mask_rho
         )
-        train_metrics = self.update(batch, [float(adv[i, j]) for i, j in kept])
+        lm_seqs = lm_sequences([g.task[1] for g in groups]) if self.rl.lm_coef > 0 else []
+        train_metrics = self.update(batch, [float(adv[i, j]) for i, j in kept], lm_seqs)
         t_train = time.time() - t_train
         self.engine.sync_weights(self.policy, self.state.step + 1)
         return self.account(drawn, groups, R, keep, train_metrics, ds, t0, t_train)
@@ -200,8 +205,42 @@ class RLTrainer:
         rows = self.sampler.take(n, self.state.step)
         tasks = self.index.tasks(self.env, rows, self.cfg.selection.context)
         t = time.time()
-        rollouts = self.engine.generate([t.prompt_ids for t in tasks], self.params)
+        prompts = [t.prompt_ids for t in tasks]
+        k = self.rl.empty_thought_samples
+        rollouts = self._generate(prompts, dataclasses.replace(self.params, n=self.params.n - k))
+        if k:  # k samples per group close the thought at once (see trainer/empty_thought.py)
+            close = self.env.think_close
+            answers = self._generate(closed_prompts(prompts, close), answer_params(self.params, k))
+            entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
+            empty = join_empty_thought(prompts, answers, self._close_logprobs(prompts), entropies, close)
+            rollouts = [list(a) + list(b) for a, b in zip(rollouts, empty, strict=True)]
         self.t_gen += time.time() - t
+        rewards = self.rewards.score(tasks, rollouts)
+        groups = []
+        for row, task, ro, rw in zip(rows, tasks, rollouts, rewards, strict=True):
+            totals = [r.total for r in rw]
+            signal = max(totals) - min(totals) > UNIFORM_ATOL
+            self.state.groups_with_signal += int(signal)
+            self.sampler.visit(row, totals, signal, answer_entropy(ro))
+            groups.append(Group((row, task, rw), ro, totals))
+        return groups
+
+    @torch.no_grad()
+    def _close_logprobs(self, prompts) -> list[float]:
+        """log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought."""
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            lp = self.logprobs(
+                self.policy, prompts, [[self.env.think_close]] * len(prompts), self.work["prefill"]
+            )
+        finally:
+            self.policy.train(was_training)
+        return lp[:, 0].tolist()
+
+    def _generate(self, prompts, params) -> list[list[Rollout]]:
+        """The engine's rollouts, with the work it reports added to this step's prefill/decode counts."""
+        rollouts = self.engine.generate(prompts, params)
         gen = getattr(self.engine, "last_work", None)
         if gen is not None:
             for k in ("prefill", "decode"):
@@ -211,26 +250,23 @@ class RLTrainer:
                 self.work["prefill"].add_sequence(len(r.prompt_ids), logits=1)
                 n = len(r.completion_ids)
                 self.work["decode"].add_sequence(n, len(r.prompt_ids), logits=n)
-        rewards = self.rewards.score(tasks, rollouts)
-        groups = []
-        for row, task, ro, rw in zip(rows, tasks, rollouts, rewards, strict=True):
-            totals = [r.total for r in rw]
-            signal = max(totals) - min(totals) > 1e-8
-            self.sampler.visit(row, totals, signal, answer_entropy(ro))
-            groups.append(Group((row, task, rw), ro, totals))
-        return groups
+        return rollouts
 
-    def update(self, rollouts: list[Rollout], advantages: list[float]) -> dict[str, float]:
+    def update(
+        self, rollouts: list[Rollout], advantages: list[float], lm_seqs: list[list[int]] | None = None
+    ) -> dict[str, float]:
         """`updates_per_batch` optimizer steps over the batch, in micro-batches whose losses are weighted so that
-        the sum is exactly the loss of the whole batch under the chosen normalisation."""
-        if not rollouts:  # every group was uniform: no update, but the schedule still advances one step
+        the sum is exactly the loss of the whole batch under the chosen normalisation; plus, with `rl.lm_coef`,
+        the next-token loss on the step's contexts (`lm_seqs`)."""
+        lm_seqs = lm_seqs or []
+        if not rollouts and not lm_seqs:  # every group was uniform: no update, the schedule still advances
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.scheduler.step()
             return {}
         n_tok = sum(sum(r.action_mask) for r in rollouts)
         totals: dict[str, float] = {}
-        chunks = self.plan_chunks(rollouts)
+        chunks = self.plan_chunks(rollouts) if rollouts else []
         for _ in range(self.rl.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             for idx in chunks:
@@ -243,6 +279,9 @@ class RLTrainer:
                 (loss * weight).backward()
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * weight / self.rl.updates_per_batch
+            if lm_seqs:
+                nll = self.lm_term(lm_seqs)
+                totals["lm_loss"] = totals.get("lm_loss", 0.0) + nll / self.rl.updates_per_batch
             totals["grad_norm"] = (
                 totals.get("grad_norm", 0.0)
                 + clip_grad(self.policy.parameters(), self.rl.grad_clip) / self.rl.updates_per_batch
@@ -251,6 +290,28 @@ class RLTrainer:
             self.rewards.update_baseline()  # RLP's EMA follows every optimizer step
         self.scheduler.step()
         return totals
+
+    def lm_term(self, seqs: list[list[int]]) -> float:
+        """Backward of `rl.lm_coef` × the mean next-token loss over `seqs`, in micro-batches weighted by their
+        share of the predicted tokens (exactly the whole batch's mean); returns that mean (nats/token)."""
+        n_pred = sum(len(q) - 1 for q in seqs)
+        work = self.work.setdefault("lm", TokenWork())
+        size, total = self.rl.micro_batch_size, 0.0
+        self.policy.train()
+        for s in range(0, len(seqs), size):
+            chunk = seqs[s : s + size]
+            width = max(len(q) for q in chunk)
+            tokens = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
+            for r, q in enumerate(chunk):
+                tokens[r, : len(q)] = torch.tensor(q)
+                mask[r, : len(q) - 1] = True
+                work.add_sequence(len(q) - 1, logits=len(q) - 1)
+            share = int(mask.sum()) / max(n_pred, 1)
+            loss = lm_loss(self.policy, tokens.to(self.device), mask.to(self.device), self.autocast)
+            (self.rl.lm_coef * share * loss).backward()
+            total += float(loss.detach()) * share
+        return total
 
     def plan_chunks(self, rollouts: list[Rollout]) -> list[list[int]]:
         prompts = [r.prompt_ids for r in rollouts]
@@ -335,7 +396,7 @@ class RLTrainer:
         st.generation_seconds += t_gen
         st.training_seconds += t_train
         f_gen = flops["prefill"] + flops["decode"]
-        f_train = flops["loss_forward"] + flops["loss_backward"] + flops["reference"]
+        f_train = flops["loss_forward"] + flops["loss_backward"] + flops["reference"] + flops["lm"]
         all_totals = [x for g in drawn for x in g.rewards]
         mean_reward = sum(all_totals) / max(len(all_totals), 1)
         st.reward_history.append(mean_reward)
@@ -347,6 +408,8 @@ class RLTrainer:
             "groups/kept": n_kept,
             "groups/dropped": n_dropped,
             "groups/drawn": len(drawn),
+            # groups whose rewards differ: the only ones that carry a policy gradient
+            "groups/signal_fraction": sum(not is_uniform(g) for g in drawn) / max(len(drawn), 1),
             "thought/len_mean": sum(thought) / max(len(thought), 1),
             "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
             "lr": self.scheduler.get_last_lr()[0],
@@ -387,6 +450,7 @@ class RLTrainer:
         # recorded by every pass (updates_per_batch passes over the batch each add theirs)
         loss = fm.forward_work(self.work["loss"]) if "loss" in self.work else 0.0
         ref = fm.forward_work(self.work["reference"]) if "reference" in self.work else 0.0
+        lm = 3.0 * fm.forward_work(self.work["lm"]) if "lm" in self.work else 0.0  # forward + backward
         return {
             "prefill": fm.forward_work(self.work["prefill"]),
             "decode": fm.forward_work(self.work["decode"]),
@@ -394,6 +458,7 @@ class RLTrainer:
             "loss_forward": loss,
             "loss_backward": 2.0 * loss,
             "reference": ref,
+            "lm": lm,
         }
 
     # ---- the loop -----------------------------------------------------------------------------------------
@@ -424,9 +489,13 @@ class RLTrainer:
             "groups_kept": st.groups_kept,
             "groups_dropped": st.groups_dropped,
             "groups_drawn": st.groups_drawn,
+            "groups_with_signal": st.groups_with_signal,
+            "signal_fraction": st.groups_with_signal / max(st.groups_drawn, 1),
             "reward": str(self.rewards.spec),
             "advantages": self.advantage_kind,
             "loss_tokens": "thought" if self.thought_only else "all",
+            "empty_thought_samples": self.rl.empty_thought_samples,
+            "lm_coef": self.rl.lm_coef,
             "positions": self.sampler.counts(),
             "samples": st.samples,
             "seconds": st.seconds,
@@ -434,7 +503,9 @@ class RLTrainer:
             "generation_seconds": st.generation_seconds,
             "training_seconds": st.training_seconds,
             "matmul_peak_flops": self.peak,
-            "mfu_training": (st.flops["loss_forward"] + st.flops["loss_backward"] + st.flops["reference"])
+            "mfu_training": (
+                st.flops["loss_forward"] + st.flops["loss_backward"] + st.flops["reference"] + st.flops["lm"]
+            )
             / max(st.training_seconds, 1e-9)
             / self.peak,
             "mfu_rollout": (st.flops["prefill"] + st.flops["decode"])
@@ -443,3 +514,11 @@ class RLTrainer:
             "reward_first": sum(h[:k]) / k if h else None,
             "reward_last": sum(h[-k:]) / k if h else None,
         }
+
+
+def lm_sequences(tasks) -> list[list[int]]:
+    """The text the step's positions read, once: each position's context plus its true next token, minus those
+    that are a prefix of another (positions of one stripe nest), for the next-token term of `rl.lm_coef`."""
+    seqs = sorted({(*t.meta["context_ids"], t.meta["target_ids"][0]) for t in tasks if t.meta["target_ids"]})
+    out = [s for a, s in enumerate(seqs) if not (a + 1 < len(seqs) and seqs[a + 1][: len(s)] == s)]
+    return [list(s) for s in out if len(s) > 1]

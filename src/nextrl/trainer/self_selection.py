@@ -20,7 +20,7 @@ from nextrl.config import RunConfig
 from nextrl.data.positions import PositionSampler
 from nextrl.engine.base import Rollout
 from nextrl.selection.curriculum import PositionPool
-from nextrl.selection.index import PositionIndex
+from nextrl.selection.index import COMPUTED, PositionIndex
 
 
 class PlainPositions(PositionSampler):
@@ -47,12 +47,24 @@ class CurriculumPositions(PositionPool):
 
 def build_positions(cfg: RunConfig, index: PositionIndex) -> PlainPositions | CurriculumPositions:
     # Positions of one document stripe share their prompt prefix: they are drawn together (as units).
-    units = index.units("train", cfg.selection.context, cfg.rl.positions_per_prefix)
     cur = cfg.curriculum
+    weights = cur.bucket_weights
+    units = index.units(
+        "train", cfg.selection.context, cfg.rl.positions_per_prefix, by_bucket=weights is not None
+    )
+    if weights is not None:
+        units = [u for u in units if weights.get(index.bucket[u[0]], 0) > 0]
+        if not units:
+            raise ValueError(
+                f"config key 'curriculum.bucket_weights': no training position in the weighted buckets "
+                f"{sorted(b for b, w in weights.items() if w > 0)} (present: {sorted(set(index.bucket))})"
+            )
     if not cur.enabled:
         return PlainPositions(units, seed=cfg.rl.seed)
     rows = [r for u in units for r in u]
     buckets = sorted(cfg.selection.buckets, key=cfg.selection.buckets.get)  # easy -> hard by entropy bound
+    if COMPUTED in {index.bucket[r] for r in rows}:
+        buckets.append(COMPUTED)  # results of a computation: the hardest (they need written steps)
     return CurriculumPositions(
         units,
         bucket_of={r: index.bucket[r] for r in rows},
@@ -63,6 +75,7 @@ def build_positions(cfg: RunConfig, index: PositionIndex) -> PlainPositions | Cu
         retire_after=cur.retire_after,
         prefer="policy_entropy" if cur.prefer == "uncertain" else "uniform",
         initial_score={r: float(index.entropy[r]) for r in rows},
+        fixed_weights=weights,
     )
 
 

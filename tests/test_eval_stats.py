@@ -1,0 +1,134 @@
+"""Paired statistics (McNemar's exact test, paired bootstrap) against slow, obvious references."""
+
+import math
+
+import numpy as np
+import pytest
+
+from nextrl.eval.heldout import control_check, summarize, verdict
+from nextrl.eval.stats import compare, mcnemar_exact, paired_bootstrap_ci, stderr
+
+
+def reference_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact binomial test with p = 1/2: the probability of a split at least as uneven."""
+    m = a_only + b_only
+    if m == 0:
+        return 1.0
+    dev = abs(a_only - m / 2)
+    return min(1.0, sum(math.comb(m, k) for k in range(m + 1) if abs(k - m / 2) >= dev - 1e-12) / 2**m)
+
+
+@pytest.mark.parametrize("a_only,b_only", [(0, 0), (1, 0), (5, 5), (10, 2), (0, 13), (40, 25), (3, 60)])
+def test_mcnemar_matches_reference(a_only, b_only):
+    both, neither = 7, 11
+    a = [True] * a_only + [False] * b_only + [True] * both + [False] * neither
+    b = [False] * a_only + [True] * b_only + [True] * both + [False] * neither
+    got = mcnemar_exact(a, b)
+    assert got["a_only"] == a_only and got["b_only"] == b_only and got["n"] == len(a)
+    assert got["p_value"] == pytest.approx(reference_p(a_only, b_only), rel=1e-9)
+    assert got["diff"] == pytest.approx((a_only - b_only) / len(a))
+
+
+def test_mcnemar_known_value_and_symmetry():
+    # 10 vs 2 discordant: p = 2 * sum_{k<=2} C(12,k) / 2^12 = 2 * 79 / 4096
+    a = [True] * 10 + [False] * 2
+    b = [not x for x in a]
+    assert mcnemar_exact(a, b)["p_value"] == pytest.approx(158 / 4096)
+    assert mcnemar_exact(b, a)["p_value"] == pytest.approx(158 / 4096)
+    with pytest.raises(ValueError, match="same positions"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_bootstrap_interval_covers_the_difference_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.6
+    b = rng.random(400) < 0.5
+    lo, hi = paired_bootstrap_ci(a, b, seed=1)
+    d = a.mean() - b.mean()
+    assert lo < d < hi
+    lo2, hi2 = paired_bootstrap_ci(np.tile(a, 4), np.tile(b, 4), seed=1)
+    assert hi2 - lo2 < hi - lo
+    # identical outcomes: no spread at all
+    assert paired_bootstrap_ci(a, a) == (0.0, 0.0)
+
+
+def test_stderr():
+    assert stderr([True, False, True, False]) == pytest.approx(0.25)
+    assert math.isnan(stderr([]))
+
+
+def _outcomes(n=300, seed=0, rl_gain=0.4):
+    rng = np.random.default_rng(seed)
+    base_std = rng.random(n) < 0.3
+    base_th = rng.random(n) < 0.2
+    rl_th = base_th | (rng.random(n) < rl_gain)
+    return {
+        "base": {"standard": base_std.tolist(), "with_thought": base_th.tolist()},
+        "baseline": {
+            "standard": (base_std | (rng.random(n) < 0.02)).tolist(),
+            "with_thought": base_th.tolist(),
+        },
+        "rl": {"standard": base_std.tolist(), "with_thought": rl_th.tolist()},
+    }
+
+
+def test_verdict_and_control_use_best_modes_and_paired_tests():
+    out = _outcomes()
+    buckets = ["computed"] * 150 + ["hard"] * 150
+    v = verdict(out, buckets)
+    assert v["rl_mode"] == "with_thought" and v["baseline_mode"] == "standard"
+    ref = compare(out["rl"]["with_thought"], out["baseline"]["standard"])
+    assert v["p_value"] == ref["p_value"] and v["diff"] == pytest.approx(ref["diff"])
+    assert "McNemar p" in v["text"]
+    c = control_check(out, buckets)
+    sel = slice(0, 150)
+    want = compare(out["rl"]["with_thought"][sel], out["base"]["with_thought"][sel])
+    assert c["n"] == 150 and c["vs_base"]["p_value"] == want["p_value"]
+    assert c["passed"] == (
+        c["vs_base"]["diff"] >= 0.05
+        and c["vs_base"]["p_value"] < 0.01
+        and c["vs_baseline"]["diff"] >= 0.05
+        and c["vs_baseline"]["p_value"] < 0.01
+    )
+    assert c["passed"]
+    # no improvement: the control fails
+    flat = _outcomes(rl_gain=0.0)
+    assert not control_check(flat, buckets)["passed"]
+    assert control_check(out, ["hard"] * 300) is None
+
+
+def test_summarize_counts_and_thought_vs_standard():
+    out = _outcomes(n=10)
+    buckets = ["easy"] * 4 + ["hard"] * 6
+    s = summarize(out, buckets, {m: [3] * 10 for m in out}, {m: [0.5] * 10 for m in out})
+    assert s["eval_counts"] == {"all": 10, "easy": 4, "hard": 6}
+    assert s["accuracy"]["rl"]["with_thought"]["easy"] == pytest.approx(
+        np.mean(out["rl"]["with_thought"][:4])
+    )
+    assert s["thought_length"]["base"] == {"all": 3.0, "easy": 3.0, "hard": 3.0}
+    tv = s["thought_vs_standard"]["rl"]["hard"]
+    assert tv == compare(out["rl"]["with_thought"][4:], out["rl"]["standard"][4:])
+    assert s["information_gain"]["rl"]["mean"] == pytest.approx(0.5)
+
+
+def test_eval_rows_balance_buckets():
+    from nextrl.eval.heldout import eval_rows
+    from nextrl.selection.index import PositionIndex
+
+    buckets = ["hard"] * 500 + ["easy"] * 40 + ["computed"] * 100
+    index = PositionIndex(
+        doc_tokens={},
+        doc_split={},
+        doc_id=[f"d{i % 7}" for i in range(len(buckets))],
+        position=list(range(len(buckets))),
+        entropy=[1.0] * len(buckets),
+        bucket=buckets,
+        split=["heldout"] * 600 + ["train"] * 40,
+    )
+    rows = eval_rows(index, 300, seed=0)
+    got = {b: sum(index.bucket[r] == b for r in rows) for b in ("hard", "easy", "computed")}
+    # a third each, but easy has only 40 held-out rows and computed 60 (the rest are train): hard takes the rest
+    assert got == {"hard": 200, "easy": 40, "computed": 60} and len(set(rows)) == 300
+    assert rows == sorted(rows, key=lambda r: (index.doc_id[r], index.position[r]))
+    assert eval_rows(index, 300, seed=0) == rows
+    assert len(eval_rows(index, 10_000, seed=0)) == 600  # never more than there are
