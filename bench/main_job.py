@@ -68,12 +68,29 @@ def main() -> None:
             for m, g in summary.get("information_gain", {}).items()
         ),
         f"- RL: reward `{rl.get('reward')}`, advantages {rl.get('advantages')}, loss on {rl.get('loss_tokens')} "
-        f"tokens, groups kept/drawn {rl.get('groups_kept')}/{rl.get('groups_drawn')}, reward first/last "
+        f"tokens, empty-thought samples {rl.get('empty_thought_samples')}, lm_coef {rl.get('lm_coef')}, "
+        f"groups kept/drawn {rl.get('groups_kept')}/{rl.get('groups_drawn')}, signal fraction "
+        f"{rl.get('signal_fraction', 0):.2f}, reward first/last "
         f"{rl.get('reward_first', 0):.3f} / {rl.get('reward_last', 0):.3f}, training MFU "
         f"{rl.get('mfu_training', 0):.1%}, generation MFU {rl.get('mfu_rollout', 0):.1%}",
+        "- perplexity: " + ", ".join(f"{m} {p:.2f}" for m, p in summary.get("perplexity", {}).items()),
         f"- verdict: {v.get('text', 'n/a')}",
         "",
+        *bucket_table(summary),
     ]
+    if summary.get("control"):
+        c = summary["control"]
+        lines += [
+            f"- positive control {'PASSED' if c['passed'] else 'FAILED'}: RL with thought on "
+            f"{c['n']} '{c['bucket']}' positions {c['rl_with_thought']:.1%}; "
+            + "; ".join(
+                f"vs {k.removeprefix('vs_')} ({c[k]['mode']}) {c[k]['diff']:+.1%} "
+                f"[{c[k]['ci_low']:+.1%}, {c[k]['ci_high']:+.1%}], McNemar p = {c[k]['p_value']:.2g}"
+                for k in ("vs_base", "vs_baseline")
+                if k in c
+            ),
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
@@ -85,6 +102,29 @@ def main() -> None:
         with path.open("a") as f:
             f.write(text + "\n")
     json.dump({"wall_seconds": wall, **{k: summary[k] for k in ("stage_seconds", "steps")}}, sys.stderr)
+
+
+def bucket_table(summary: dict) -> list[str]:
+    """Accuracy (± s.e.) per model, mode and bucket, thought length, and with-thought minus standard (paired)."""
+    counts = summary["eval_counts"]
+    buckets = [b for b in ("easy", "medium", "hard", "computed", "all") if b in counts]
+    head = "| model | mode | " + " | ".join(f"{b} (n={counts[b]})" for b in buckets) + " |"
+    rows = [head, "|---|---|" + "---|" * len(buckets)]
+    for m, modes in summary["accuracy"].items():
+        for md, acc in modes.items():
+            se = summary.get("accuracy_stderr", {}).get(m, {}).get(md, {})
+            cells = [f"{acc[b]:.1%} ± {se.get(b, 0):.1%}" for b in buckets]
+            rows.append(f"| {m} | {md} | " + " | ".join(cells) + " |")
+        tl, tv = (
+            summary.get("thought_length", {}).get(m, {}),
+            summary.get("thought_vs_standard", {}).get(m, {}),
+        )
+        cells = [
+            f"{tl.get(b, 0):.1f} tok, {tv[b]['diff']:+.1%} (p={tv[b]['p_value']:.2g})" if b in tv else "-"
+            for b in buckets
+        ]
+        rows.append(f"| {m} | thought length, with − standard | " + " | ".join(cells) + " |")
+    return [*rows, ""]
 
 
 if __name__ == "__main__":

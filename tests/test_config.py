@@ -6,7 +6,7 @@ from nextrl.config.load import parse_override
 
 def test_shipped_presets_load():
     names = available_presets()
-    assert {"micro", "tiny", "qwen-gpu"} <= set(names)
+    assert {"micro", "tiny", "control", "qwen-gpu"} <= set(names)
     for name in names:
         assert load_config(name).preset == name
 
@@ -39,6 +39,13 @@ def test_parse_override_needs_equals():
         ("rl.loss_norm=ppo", "rl.loss_norm"),
         ("data.heldout_fraction=1.0", "data.heldout_fraction"),
         ("model.num_heads=3", "model"),
+        ("rl.empty_thought_samples=8", "rl.empty_thought_samples"),
+        ("curriculum.bucket_weights={hard: -1}", "curriculum.bucket_weights"),
+        (
+            "data.sources=[{kind: synthetic, synthetic: {tasks: {divide: 1}}}]",
+            "data.sources.0.synthetic.tasks",
+        ),
+        ("data.sources=[{kind: stdlib, synthetic: {documents: 3}}]", "data.sources.0"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -71,3 +78,9 @@ def test_dump_roundtrip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(str(path)) == cfg
+
+
+def test_empty_thoughts_need_the_structured_format():
+    with pytest.raises(ConfigError, match="rl.empty_thought_samples"):
+        load_config("micro", ["rl.empty_thought_samples=1", "env.thought_tokens=0"])
+    assert load_config("micro", ["rl.empty_thought_samples=1"]).rl.empty_thought_samples == 1

@@ -256,3 +256,39 @@ def test_corrupt_compressed_file_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl.zst").write_bytes(b"this is not zstd")
     with pytest.raises(DataError, match=r"data\.sources\[0\]: cannot read .*a\.jsonl\.zst"):
         collect(data_cfg({"kind": "jsonl", "path": str(tmp_path)}))
+
+
+def test_format_warm_up_inserts_empty_and_draft_thoughts():
+    import numpy as np
+
+    from nextrl.data.windows import insert_thought
+
+    window = np.arange(100, 164)
+    rng = np.random.default_rng(0)
+    empty = drafts = 0
+    for _ in range(400):
+        tokens, mask = insert_thought(window, rng, 1, 2, max_thought=6, empty_prob=0.5)
+        p = int(np.flatnonzero(tokens == 1)[0])
+        q = int(np.flatnonzero(tokens == 2)[0])
+        draft = tokens[p + 1 : q]
+        assert (draft == window[p : p + len(draft)]).all()  # a draft is the text that follows
+        assert (tokens[q + 1 :] == window[p : p + len(tokens) - q - 1]).all()  # then the text goes on
+        assert not mask[p - 1] and mask.sum() == len(mask) - 1  # <think> itself is never a target
+        empty += len(draft) == 0
+        drafts += len(draft) > 0
+    # several thoughts per window: removing them gives back a prefix of the window
+    for _ in range(50):
+        tokens, mask = insert_thought(window, rng, 1, 2, max_thought=6, empty_prob=0.5, n=4)
+        assert len(tokens) == len(window) and 1 <= (tokens == 1).sum() <= 4
+        plain, skip = [], False
+        for t in tokens.tolist():
+            if t == 1:
+                skip = True
+            elif t == 2:
+                skip = False
+            elif not skip:
+                plain.append(t)
+        assert plain == window[: len(plain)].tolist()
+        assert (~mask).sum() == (tokens[1:] == 1).sum()
+    # half forced empty, plus the uniform draw's own 1/7 chance of 0
+    assert 0.5 < empty / 400 < 0.64 and drafts > 0

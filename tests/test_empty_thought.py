@@ -1,13 +1,14 @@
 """Empty-thought samples and the next-token term: the rollouts they make, what the loss trains on them, and
 the contexts the LM term reads."""
 
+import pytest
 import torch
 
 from nextrl.config import load_config
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Task
 from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
-from nextrl.trainer.rl import RLTrainer, lm_sequences
+from nextrl.trainer.rl import RLTrainer, empty_thought_targets, lm_sequences
 from nextrl.trainer.self_selection import loss_token_masks
 from tiny_models import tiny_llama
 
@@ -51,6 +52,13 @@ def test_lm_sequences_keep_each_stripe_once():
     assert lm_sequences([_task([], 4)]) == []  # a lone token predicts nothing
 
 
+def test_empty_thought_targets_train_only_the_true_token():
+    tasks = [_task([5, 6, 7], 8), _task([], 4), _task([9], 3)]
+    seqs, starts = empty_thought_targets(tasks, 1, 2)
+    assert seqs == [[5, 6, 7, 1, 2, 8], [9, 1, 2, 3]]
+    assert starts == [4, 2]  # target index 4 predicts token 5 (= 8): only the token after </think>
+
+
 def test_lm_term_gradient_is_the_mean_nll():
     """The trainer's LM term equals lm_coef × the mean next-token NLL over all predicted tokens, whatever the
     micro-batch size (a slow reference: one sequence at a time, summed)."""
@@ -78,3 +86,60 @@ def test_lm_term_gradient_is_the_mean_nll():
     want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     for g in grads:
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+    # with start indices: only the targets from there on count
+    trainer.work = {}
+    model.zero_grad()
+    trainer.lm_term(seqs, [3, 0, 1])
+    got = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad()
+    total = 0.0
+    for s, a in zip(seqs, [3, 0, 1], strict=True):
+        logits = model(input_ids=torch.tensor([s[:-1]])).logits[0][a:]
+        total = total + torch.nn.functional.cross_entropy(logits, torch.tensor(s[a + 1 :]), reduction="sum")
+    (0.5 * total / 3).backward()  # one target each: 7, 9 and 12
+    want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
+    """One real RL step on the micro preset: the last k samples of every group close the thought at once, with
+    the policy's own log-prob of `</think>` as behaviour log-prob; the LM term is trained and counted."""
+    import copy
+
+    from nextrl.engine import build_engine
+    from nextrl.env import NextTokenEnv
+    from nextrl.model.pretrain import prepare_base
+    from nextrl.pipeline import select_stage
+
+    cfg = load_config(
+        "micro",
+        ["model.dtype=float32", "rl.empty_thought_samples=1", "rl.lm_coef=0.5", "sampling.group_size=4"],
+    )
+    base = prepare_base(cfg)
+    index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
+    policy = copy.deepcopy(base.model)
+    env = NextTokenEnv(cfg.env, base.tokenizer)
+    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, None, seed=0)
+    trainer = RLTrainer(
+        cfg, policy, base.tokenizer, index, env, engine, tmp_path / "rl", torch.device("cpu"), None
+    )
+    before = copy.deepcopy(policy)
+    metrics = trainer.step()
+    prompts, groups, _ = trainer.last_batch
+    close = env.think_close
+    for prompt, group in zip(prompts, groups, strict=True):
+        assert len(group) == 4
+        *thinking, empty = group
+        assert (
+            empty.completion_ids[0] == close
+            and empty.action_mask[0] == 1
+            and empty.phase_starts[:2] == [0, 1]
+        )
+        with torch.no_grad():
+            logits = before(input_ids=torch.tensor([prompt.prompt_ids])).logits[0, -1].float()
+        want = torch.log_softmax(logits / cfg.sampling.temperature, -1)[close]
+        assert empty.logprobs[0] == pytest.approx(float(want), abs=1e-4)
+    assert "reward/empty_thought" in metrics and "reward/thinking" in metrics
+    assert metrics["lm_loss"] > 0 and trainer.state.flops["lm"] > 0
+    assert 0.0 <= metrics["groups/signal_fraction"] <= 1.0

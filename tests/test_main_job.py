@@ -60,7 +60,7 @@ def test_main_job_outputs(micro_run):
     assert set(s["information_gain"]) == set(s["models"]) and s["information_gain"]["rl"]["n"] > 0
     assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1
     v = s["verdict"]
-    assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"])
+    assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"] and v["p_value"] < 0.01)
     assert ("did not beat" in v["text"]) != v["rl_beats_baseline"]
     assert 0.0 < v["p_value"] <= 1.0 and v["ci_low"] <= v["diff"] <= v["ci_high"]
     assert v["significant"] == (v["p_value"] < 0.01) and f"{v['p_value']:.2g}" in v["text"]
@@ -117,7 +117,8 @@ def _trainer(cfg, base, index, out):
 
 
 def test_resumed_rl_equals_uninterrupted(tmp_path):
-    # temperature 1.2 and 8 positions a step so that groups carry signal and the weights really move
+    # temperature 1.2, 8 positions a step and a dense reward term so that groups carry signal and the weights
+    # really move; empty-thought samples, the EMA baseline and the next-token term are all resumed too
     cfg = load_config(
         "micro",
         [
@@ -126,6 +127,9 @@ def test_resumed_rl_equals_uninterrupted(tmp_path):
             "sampling.temperature=1.2",
             "rl.positions_per_step=8",
             "model.dtype=float32",
+            "reward=prefix_match+0.1*info_gain",
+            "rl.empty_thought_samples=1",
+            "rl.lm_coef=0.5",
         ],
     )
     base = prepare_base(cfg)

@@ -155,3 +155,40 @@ def test_plots_skip_missing_data():
     assert plots.all_plots({}, [{"stage": "pretrain", "step": 1}]) == []
     png = plots.reward_plot([{"stage": "rl", "step": s, "reward/mean": s / 30} for s in range(30)])
     assert png is not None and png.startswith(b"\x89PNG")
+
+
+def test_control_and_thinking_sections(tmp_path):
+    s = make_summary()
+    s["eval_counts"]["computed"] = 120
+    s["thought_length"] = {m: {"all": 3.0, "computed": 9.5, "hard": 1.0} for m in s["models"]}
+    cmp = {
+        "diff": 0.12,
+        "p_value": 1e-4,
+        "ci_low": 0.05,
+        "ci_high": 0.19,
+        "n": 120,
+        "a_only": 20,
+        "b_only": 6,
+    }
+    s["thought_vs_standard"] = {
+        m: {"computed": dict(cmp), "hard": {**cmp, "diff": -0.01, "p_value": 0.6}} for m in s["models"]
+    }
+    s["control"] = {
+        "bucket": "computed",
+        "n": 120,
+        "margin": 0.05,
+        "rl_with_thought": 0.71,
+        "vs_base": {"mode": "with_thought", **cmp, "passed": True},
+        "vs_baseline": {"mode": "standard", **cmp, "diff": 0.03, "p_value": 0.2, "passed": False},
+        "passed": False,
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    html = write_report(tmp_path).read_text()
+    assert "Positive control FAILED" in html and "71.0%" in html and "+12.0 pts" in html
+    assert "Does thinking pay?" in html and "9.5 tok · +12.0 pts ▲" in html and "-1.0 pts" in html
+    table = summary_table(s)
+    assert (
+        "th/computed" in table
+        and "Positive control FAILED" in table
+        and "vs baseline +3.0 pts (p = 0.2)" in table
+    )

@@ -161,7 +161,8 @@ def baseline_stage(
 
 def eval_stage(
     cfg: RunConfig, models: dict[str, Any], tokenizer, index: PositionIndex, device, autocast, out: Path
-) -> dict[str, Any]:
+):
+    """Summary figures, per-position outcomes and their buckets (see `nextrl.eval.heldout`)."""
     env = NextTokenEnv(cfg.env, tokenizer)
     return evaluate_models(cfg, models, tokenizer, env, index, device, autocast, out)
 
@@ -205,7 +206,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
         stage_seconds["baseline"] = time.time() - t
 
         t = time.time()
-        evaluation = eval_stage(cfg, models, base.tokenizer, index, device, autocast, out)
+        evaluation, outcomes, buckets = eval_stage(cfg, models, base.tokenizer, index, device, autocast, out)
         stage_seconds["eval"] = time.time() - t
     finally:
         logger.close()
@@ -263,7 +264,6 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
         "config": cfg.model_dump(mode="json"),
     }
-    outcomes, buckets = summary.pop("_outcomes"), summary.pop("_buckets")
     if "baseline" in models:
         summary["verdict"] = verdict(outcomes, buckets, seed=cfg.seed)
     if (control := control_check(outcomes, buckets, seed=cfg.seed)) is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -44,13 +44,18 @@ class SyntheticConfig(_Strict):
     problems: int = Field(4, ge=1, le=64, description="problems per document")
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _tasks(self) -> SyntheticConfig:
-        unknown = sorted(set(self.tasks) - set(SYNTHETIC_TASKS))
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, tasks: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(tasks) - set(SYNTHETIC_TASKS))
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown} in 'tasks'; known: {', '.join(SYNTHETIC_TASKS)}")
-        if any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
-            raise ValueError("'tasks' weights must be >= 0 with a positive sum")
+            raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(SYNTHETIC_TASKS)}")
+        if any(w < 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
+            raise ValueError("task weights must be >= 0 with a positive sum")
+        return tasks
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SyntheticConfig:
         if self.worked_fraction + self.guess_fraction > 1.0 + 1e-9:
             raise ValueError("'worked_fraction' + 'guess_fraction' must be at most 1")
         return self
@@ -146,6 +151,16 @@ class PretrainConfig(_Strict):
         ge=0.0,
         le=1.0,
         description="fraction of training windows with a <think> span inserted (format warm-up for the structured format)",
+    )
+    think_empty_prob: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="share of the inserted thoughts that are empty (<think></think>), so that closing the "
+        "thought at once costs the base model nothing",
+    )
+    thoughts_per_window: int = Field(
+        8, ge=1, le=64, description="thoughts inserted into a warm-up window (at distinct random points)"
     )
     cache_dir: str | None = Field(
         None, description="cache of pretrained base models; default $NEXTRL_CACHE or ~/.cache/nextrl"
@@ -258,14 +273,17 @@ class CurriculumConfig(_Strict):
         "never drawn, e.g. {computed: 3, hard: 1}; units are then bucket-pure stripes",
     )
 
+    @field_validator("bucket_weights")
+    @classmethod
+    def _weights_positive(cls, w: dict[str, float] | None) -> dict[str, float] | None:
+        if w is not None and (any(v < 0 for v in w.values()) or sum(w.values()) <= 0):
+            raise ValueError("bucket weights must be >= 0 with a positive sum")
+        return w
+
     @model_validator(mode="after")
     def _weights(self) -> CurriculumConfig:
-        w = self.bucket_weights
-        if w is not None:
-            if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-                raise ValueError("'bucket_weights' must be >= 0 with a positive sum")
-            if self.schedule != "none":
-                raise ValueError("'bucket_weights' sets the draw itself: use it with schedule 'none'")
+        if self.bucket_weights is not None and self.schedule != "none":
+            raise ValueError("'bucket_weights' sets the draw itself: use it with schedule 'none'")
         return self
 
     @property
@@ -339,7 +357,9 @@ class RLConfig(_Strict):
         0.0,
         ge=0.0,
         description="weight of a plain next-token loss on the contexts of the step's positions (Quiet-STaR's "
-        "joint NLL term), so that RL on thoughts does not cost the model its next-token prediction",
+        "joint NLL term), so that RL on thoughts does not cost the model its next-token prediction, plus the "
+        "same weight on the true next token after an empty thought at each position (structured format), so "
+        "that closing the thought at once costs nothing",
     )
     micro_batch_size: int = Field(
         64, ge=1, description="sequences per forward/backward (memory bound; exact accumulation)"

@@ -168,7 +168,13 @@ def synthetic_document(cfg: SyntheticConfig, index: int) -> Document:
     w = np.array([cfg.tasks[n] for n in names], dtype=np.float64)
     kinds = [names[int(i)] for i in rng.choice(len(names), cfg.problems, p=w / w.sum())]
     u = rng.random()
-    style = "worked" if u < cfg.worked_fraction else "guess" if u < cfg.worked_fraction + cfg.guess_fraction else ""
+    style = (
+        "worked"
+        if u < cfg.worked_fraction
+        else "guess"
+        if u < cfg.worked_fraction + cfg.guess_fraction
+        else ""
+    )
     text = rng.choice(_TITLES[kinds[0]]) + f" {int(rng.integers(1, 1000))}\n"
     spans: list[tuple[int, int]] = []
     for kind in kinds:

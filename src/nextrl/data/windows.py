@@ -57,17 +57,29 @@ def insert_thought(
     close_id: int,
     max_thought: int,
     min_pos: int = 8,
+    empty_prob: float = 0.0,
+    n: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Format warm-up for the structured format: put `<think> draft </think>` at a random point of a window,
-    where the draft is the next 0..max_thought true tokens, then the text continues. The base model learns the
+    """Format warm-up for the structured format: put `<think> draft </think>` at `n` random points of a window,
+    where each draft is the next 0..max_thought true tokens, then the text continues. The base model learns the
     format (after `</think>` the text goes on; a thought is a draft of what follows) without being taught to
-    open thoughts by itself: the `<think>` target is masked out. Returns (tokens, loss mask over targets)."""
+    open thoughts by itself: `<think>` targets are masked out. With probability `empty_prob` a thought is empty
+    (`<think></think>`): the model learns that an empty thought changes nothing, so closing the thought at once
+    is always an option that costs it no accuracy. The result is cut to the window's length. Returns (tokens,
+    loss mask over targets)."""
     L = len(window)
-    j = int(rng.integers(0, max_thought + 1))
-    if min_pos + j + 4 > L:
+    if min_pos + max_thought + 4 > L:
         return window, np.ones(L - 1, dtype=bool)
-    p = int(rng.integers(min_pos, L - j - 2))
-    tokens = np.concatenate([window[:p], [open_id], window[p : p + j], [close_id], window[p:]])[:L]
-    mask = np.ones(L - 1, dtype=bool)
-    mask[p - 1] = False  # target at index p is <think>
+    points = sorted(set(int(p) for p in rng.integers(min_pos, L - max_thought - 3, size=n)))
+    out: list[int] = []
+    prev = 0
+    for p in points:
+        j = 0 if rng.random() < empty_prob else int(rng.integers(0, max_thought + 1))
+        if len(out) + (p - prev) + j + 3 > L:  # no room to close it and go on: no thought here or later
+            break
+        out += [*window[prev:p], open_id, *window[p : p + j], close_id]
+        prev = p
+    out += list(window[prev:])
+    tokens = np.asarray(out[:L], dtype=window.dtype)
+    mask = tokens[1:] != open_id  # `<think>` itself is never a target
     return tokens, mask

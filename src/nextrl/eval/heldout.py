@@ -60,7 +60,9 @@ def eval_rows(index: PositionIndex, positions: int, seed: int) -> list[int]:
 
 def evaluate_models(
     cfg, models: dict[str, Any], tokenizer, env, index: PositionIndex, device, autocast, out: Path | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, dict[str, list[bool]]], list[str]]:
+    """(summary figures, outcomes[model][mode] per position, bucket per position); the outcomes are also
+    written to `out/eval/outcomes.parquet`."""
     rows = eval_rows(index, cfg.eval.positions, cfg.seed + 2)
     tasks = index.tasks(env, rows, cfg.selection.context)
     buckets = [t.meta["bucket"] for t in tasks]
@@ -103,9 +105,7 @@ def evaluate_models(
     result |= summarize(outcomes, buckets, lengths, gains)
     if out is not None:
         write_outcomes(out / "eval" / "outcomes.parquet", tasks, outcomes, lengths, gains)
-    result["_outcomes"] = outcomes  # for the verdict; dropped before the summary is written
-    result["_buckets"] = buckets
-    return result
+    return result, outcomes, buckets
 
 
 def summarize(
@@ -177,7 +177,8 @@ def best_mode(outcomes: dict[str, list[bool]], buckets: list[str], bucket: str) 
 
 def verdict(outcomes, buckets: list[str], bucket: str = "all", seed: int = 0) -> dict[str, Any]:
     """RL against the FLOP-matched baseline, each at its best mode on `bucket`, paired on the same positions
-    (McNemar's exact test, paired-bootstrap 95% interval of the difference); also RL against the base."""
+    (McNemar's exact test, paired-bootstrap 95% interval of the difference); also RL against the base. RL
+    "beats" the baseline only when it is ahead and the test says p < 0.01."""
     sel = {m: {md: _select(v, buckets, bucket) for md, v in modes.items()} for m, modes in outcomes.items()}
     modes = {m: best_mode(outcomes[m], buckets, bucket) for m in outcomes}
     rl, bl = sel["rl"][modes["rl"]], sel["baseline"][modes["baseline"]]
@@ -185,8 +186,8 @@ def verdict(outcomes, buckets: list[str], bucket: str = "all", seed: int = 0) ->
     vs_base = compare(rl, sel["base"][modes["base"]], seed=seed)
     n = len(rl)
     acc = {m: float(np.mean(sel[m][modes[m]])) if n else math.nan for m in sel}
-    beats = acc["rl"] > acc["baseline"]
     significant = vs_baseline["p_value"] < 0.01
+    beats = acc["rl"] > acc["baseline"] and significant  # a gap inside the noise is no win
     where = "all held-out positions" if bucket == "all" else f"the held-out '{bucket}' positions"
     text = (
         f"RL {'beat' if beats else 'did not beat'} the FLOP-matched baseline: RL {acc['rl']:.1%} "

@@ -120,7 +120,13 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
             # a window that already shows a thought (worked steps in the corpus) gets no second one inside it
             if rng.random() < pc.think_insert_prob and not np.isin(tokens[i], (open_id, close_id)).any():
                 tokens[i], masks[i] = insert_thought(
-                    tokens[i], rng, open_id, close_id, cfg.env.thought_tokens
+                    tokens[i],
+                    rng,
+                    open_id,
+                    close_id,
+                    cfg.env.thought_tokens,
+                    empty_prob=pc.think_empty_prob,
+                    n=pc.thoughts_per_window,
                 )
         return torch.from_numpy(tokens), torch.from_numpy(masks)
 

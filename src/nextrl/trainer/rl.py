@@ -194,8 +194,13 @@ class RLTrainer:
         batch = loss_token_masks(
             [groups[i].rollouts[j] for i, j in kept], self.thought_only, self.rl.entropy_mask_rho
         )
-        lm_seqs = lm_sequences([g.task[1] for g in groups]) if self.rl.lm_coef > 0 else []
-        train_metrics = self.update(batch, [float(adv[i, j]) for i, j in kept], lm_seqs)
+        lm_seqs, lm_empty = [], None
+        if self.rl.lm_coef > 0:
+            tasks = [g.task[1] for g in groups]
+            lm_seqs = lm_sequences(tasks)
+            if len(self.params.phases) > 1:  # a thought phase: teach that an empty one costs nothing
+                lm_empty = empty_thought_targets(tasks, self.env.think_open, self.env.think_close)
+        train_metrics = self.update(batch, [float(adv[i, j]) for i, j in kept], lm_seqs, lm_empty)
         t_train = time.time() - t_train
         self.engine.sync_weights(self.policy, self.state.step + 1)
         return self.account(drawn, groups, R, keep, train_metrics, ds, t0, t_train)
@@ -253,13 +258,20 @@ class RLTrainer:
         return rollouts
 
     def update(
-        self, rollouts: list[Rollout], advantages: list[float], lm_seqs: list[list[int]] | None = None
+        self,
+        rollouts: list[Rollout],
+        advantages: list[float],
+        lm_seqs: list[list[int]] | None = None,
+        lm_empty: tuple[list[list[int]], list[int]] | None = None,
     ) -> dict[str, float]:
         """`updates_per_batch` optimizer steps over the batch, in micro-batches whose losses are weighted so that
         the sum is exactly the loss of the whole batch under the chosen normalisation; plus, with `rl.lm_coef`,
-        the next-token loss on the step's contexts (`lm_seqs`)."""
+        the next-token loss on the step's contexts (`lm_seqs`) and on the true next token after an empty
+        thought at each position (`lm_empty`: sequences and the index of their one target), each a mean."""
         lm_seqs = lm_seqs or []
-        if not rollouts and not lm_seqs:  # every group was uniform: no update, the schedule still advances
+        if (
+            not rollouts and not lm_seqs and not lm_empty
+        ):  # every group was uniform: no update, the schedule still advances
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.scheduler.step()
@@ -282,6 +294,11 @@ class RLTrainer:
             if lm_seqs:
                 nll = self.lm_term(lm_seqs)
                 totals["lm_loss"] = totals.get("lm_loss", 0.0) + nll / self.rl.updates_per_batch
+            if lm_empty:
+                nll = self.lm_term(*lm_empty)
+                totals["lm_loss_empty_thought"] = (
+                    totals.get("lm_loss_empty_thought", 0.0) + nll / self.rl.updates_per_batch
+                )
             totals["grad_norm"] = (
                 totals.get("grad_norm", 0.0)
                 + clip_grad(self.policy.parameters(), self.rl.grad_clip) / self.rl.updates_per_batch
@@ -291,22 +308,24 @@ class RLTrainer:
         self.scheduler.step()
         return totals
 
-    def lm_term(self, seqs: list[list[int]]) -> float:
-        """Backward of `rl.lm_coef` × the mean next-token loss over `seqs`, in micro-batches weighted by their
-        share of the predicted tokens (exactly the whole batch's mean); returns that mean (nats/token)."""
-        n_pred = sum(len(q) - 1 for q in seqs)
+    def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
+        """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
+        from index `starts[i]` on, default all), in micro-batches weighted by their share of the predicted
+        tokens (exactly the whole batch's mean); returns that mean (nats/token)."""
+        starts = starts or [0] * len(seqs)
+        n_pred = sum(len(q) - 1 - a for q, a in zip(seqs, starts, strict=True))
         work = self.work.setdefault("lm", TokenWork())
         size, total = self.rl.micro_batch_size, 0.0
         self.policy.train()
         for s in range(0, len(seqs), size):
-            chunk = seqs[s : s + size]
+            chunk, first = seqs[s : s + size], starts[s : s + size]
             width = max(len(q) for q in chunk)
             tokens = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
-            for r, q in enumerate(chunk):
+            for r, (q, a) in enumerate(zip(chunk, first, strict=True)):
                 tokens[r, : len(q)] = torch.tensor(q)
-                mask[r, : len(q) - 1] = True
-                work.add_sequence(len(q) - 1, logits=len(q) - 1)
+                mask[r, a : len(q) - 1] = True
+                work.add_sequence(len(q) - 1, logits=len(q) - 1 - a)
             share = int(mask.sum()) / max(n_pred, 1)
             loss = lm_loss(self.policy, tokens.to(self.device), mask.to(self.device), self.autocast)
             (self.rl.lm_coef * share * loss).backward()
@@ -411,6 +430,8 @@ class RLTrainer:
             # groups whose rewards differ: the only ones that carry a policy gradient
             "groups/signal_fraction": sum(not is_uniform(g) for g in drawn) / max(len(drawn), 1),
             "thought/len_mean": sum(thought) / max(len(thought), 1),
+            # thoughts closed at once (`</think>` first), sampled or forced by rl.empty_thought_samples
+            "thought/empty_frac": sum(n <= 1 for n in thought) / max(len(thought), 1),
             "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_second": len(flat) / max(dt, 1e-9),
@@ -425,6 +446,12 @@ class RLTrainer:
             "mfu/training": f_train / max(t_train, 1e-9) / self.peak,
             "mfu/step": sum(flops.values()) / max(dt, 1e-9) / self.peak,
         }
+        k_empty = self.rl.empty_thought_samples
+        if k_empty:  # the forced empty thoughts are the last k of each group: not thinking vs thinking
+            empty = [x for g in drawn for x in g.rewards[-k_empty:]]
+            think = [x for g in drawn for x in g.rewards[:-k_empty]]
+            metrics["reward/empty_thought"] = sum(empty) / max(len(empty), 1)
+            metrics["reward/thinking"] = sum(think) / max(len(think), 1)
         for k in ("draws", "short_by"):
             if k in ds:
                 metrics[f"dynamic/{k}"] = ds[k]
@@ -522,3 +549,16 @@ def lm_sequences(tasks) -> list[list[int]]:
     seqs = sorted({(*t.meta["context_ids"], t.meta["target_ids"][0]) for t in tasks if t.meta["target_ids"]})
     out = [s for a, s in enumerate(seqs) if not (a + 1 < len(seqs) and seqs[a + 1][: len(s)] == s)]
     return [list(s) for s in out if len(s) > 1]
+
+
+def empty_thought_targets(tasks, think_open: int, think_close: int) -> tuple[list[list[int]], list[int]]:
+    """For each position: `context <think></think> x_t`, trained on x_t only (its index is returned), so the
+    next-token term also teaches that an empty thought changes nothing: closing the thought at once must cost
+    the policy no accuracy, or "not thinking" is no option for it to learn."""
+    seqs, starts = [], []
+    for t in tasks:
+        ctx = list(t.meta["context_ids"])
+        if ctx and t.meta["target_ids"]:
+            seqs.append([*ctx, think_open, think_close, int(t.meta["target_ids"][0])])
+            starts.append(len(seqs[-1]) - 2)
+    return seqs, starts
