@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.algo.logprobs import tree_completion_logprobs
 from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
@@ -55,19 +55,32 @@ def _thoughts(
     return [closed_thought(group[0], env.think_close, env.eos_ids) for group in outs]
 
 
-def _first_target_logprobs(
-    model, prompts: list[list[int]], targets: list[int], pad_id: int, autocast, batch_size: int
-) -> list[float]:
-    """log p(target | prompt) at temperature 1 (the model's own distribution), in chunks of `batch_size`."""
-    out: list[float] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk_t = [[t] for t in targets[i : i + batch_size]]
-        logp = completion_logprobs(model, prompts[i : i + batch_size], chunk_t, 1.0, pad_id, autocast)
-        out += logp[:, 0].tolist()
-    return out
-
-
 @torch.no_grad()
+def _target_logprobs(
+    model, pad_id: int, tasks: Sequence[Task], thoughts: Sequence[list[int]], autocast, max_nodes: int
+) -> tuple[list[float], list[float]]:
+    """Per task (each with a context): log p(x_t | context, <think> thought </think>) and log p(x_t | context)
+    at temperature 1, teacher-forced through the prefix-tree path (the thought is a branch of the shared
+    prompt and the target its last token, so a stripe's prefix is encoded once per pass)."""
+    prompts = [list(t.prompt_ids) for t in tasks]
+    targets = [int(t.meta["target_ids"][0]) for t in tasks]
+    with_t = [[*th, x] for th, x in zip(thoughts, targets, strict=True)]
+    bare = [list(t.meta["context_ids"]) for t in tasks]
+    if not tasks:
+        return [], []
+    was_training = model.training
+    model.eval()
+    try:
+        a = tree_completion_logprobs(model, prompts, with_t, 1.0, pad_id, autocast, max_nodes=max_nodes)
+        b = tree_completion_logprobs(
+            model, bare, [[x] for x in targets], 1.0, pad_id, autocast, max_nodes=max_nodes
+        )
+    finally:
+        model.train(was_training)
+    last = torch.tensor([len(c) - 1 for c in with_t], device=a.device)
+    return a.gather(1, last[:, None])[:, 0].tolist(), b[:, 0].tolist()
+
+
 def gains_of_thoughts(
     model,
     pad_id: int,
@@ -78,34 +91,16 @@ def gains_of_thoughts(
     max_nodes: int = 4096,
 ) -> list[float]:
     """Per task, log p(x_t | context, <think> thought </think>) − log p(x_t | context) for the thought of the
-    given rollout (one per task, e.g. the greedy with-thought evaluation's), both teacher-forced through the
-    prefix-tree path: a stripe's shared prefix is encoded once per pass. NaN for a task with no context."""
-    prompts, with_t, bare, targets, idx = [], [], [], [], []
-    for i, (t, r) in enumerate(zip(tasks, thoughts, strict=True)):
-        if not t.meta["context_ids"]:
-            continue
-        th = closed_thought(r, env.think_close, env.eos_ids)[0] if env.cfg.thought_tokens > 0 else []
-        target = int(t.meta["target_ids"][0])
-        # the thought is a branch of the shared prompt, the target its last token: one tree for the stripe
-        prompts.append(list(t.prompt_ids))
-        with_t.append([*th, target])
-        bare.append(list(t.meta["context_ids"]))
-        targets.append([target])
-        idx.append(i)
+    given rollout (one per task, e.g. the greedy with-thought evaluation's). NaN for a task with no context."""
+    idx = [i for i, t in enumerate(tasks) if t.meta["context_ids"]]
+    closed = [
+        closed_thought(thoughts[i], env.think_close, env.eos_ids)[0] if env.cfg.thought_tokens > 0 else []
+        for i in idx
+    ]
+    with_t, without = _target_logprobs(model, pad_id, [tasks[i] for i in idx], closed, autocast, max_nodes)
     out = [math.nan] * len(tasks)
-    if not idx:
-        return out
-    was_training = model.training
-    model.eval()
-    try:
-        a = tree_completion_logprobs(model, prompts, with_t, 1.0, pad_id, autocast, max_nodes=max_nodes)
-        b = tree_completion_logprobs(model, bare, targets, 1.0, pad_id, autocast, max_nodes=max_nodes)
-    finally:
-        model.train(was_training)
-    last = torch.tensor([len(c) - 1 for c in with_t], device=a.device)
-    gain = a.gather(1, last[:, None])[:, 0] - b[:, 0]
-    for k, v in zip(idx, gain.tolist(), strict=True):
-        out[k] = v
+    for k, a, b in zip(idx, with_t, without, strict=True):
+        out[k] = a - b
     return out
 
 
@@ -118,8 +113,10 @@ def evaluate_information_gain(
     thought_temperature: float = 0.0,
     batch_size: int = 32,
     seed: int = 0,
+    max_nodes: int = 4096,
 ) -> dict[str, Any]:
-    """Information gain of the policy's own thoughts on `tasks` (structured-format next-token tasks).
+    """Information gain of the policy's own thoughts on `tasks` (structured-format next-token tasks): thoughts
+    sampled by the plain sampler, then scored as `gains_of_thoughts` scores them.
 
     Returns information_gain_nats' mean/stderr/n plus logp_with_thought and logp_no_thought (means),
     thought_tokens (mean, `</think>` included), unclosed (thoughts ended by eos, closed here) and skipped
@@ -134,13 +131,9 @@ def evaluate_information_gain(
     try:
         with torch.no_grad():
             closed = _thoughts(model, pad_id, env, usable, autocast, thought_temperature, batch_size, seed)
-            targets = [int(t.meta["target_ids"][0]) for t in usable]
-            with_prompts = [list(t.prompt_ids) + th for t, (th, _) in zip(usable, closed, strict=True)]
-            bare_prompts = [list(t.meta["context_ids"]) for t in usable]
-            with_t = _first_target_logprobs(model, with_prompts, targets, pad_id, autocast, batch_size)
-            without = _first_target_logprobs(model, bare_prompts, targets, pad_id, autocast, batch_size)
     finally:
         model.train(was_training)
+    with_t, without = _target_logprobs(model, pad_id, usable, [th for th, _ in closed], autocast, max_nodes)
     result: dict[str, Any] = information_gain_nats(with_t, without)
     n = len(usable)
     result |= {

@@ -177,7 +177,7 @@ def select_positions(
         index.doc_tokens[doc.doc_id] = tokens
         index.doc_split[doc.doc_id] = split
         ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
-        computed = computed_positions(doc, enc.get("offset_mapping"), len(tokens)) if doc.spans else []
+        computed = set(computed_positions(doc, enc.get("offset_mapping"), len(tokens)) if doc.spans else [])
         inside = inside_thoughts(tokens, tokenizer)
         cand = [
             t

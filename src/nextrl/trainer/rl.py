@@ -269,9 +269,7 @@ class RLTrainer:
         the next-token loss on the step's contexts (`lm_seqs`) and on the true next token after an empty
         thought at each position (`lm_empty`: sequences and the index of their one target), each a mean."""
         lm_seqs = lm_seqs or []
-        if (
-            not rollouts and not lm_seqs and not lm_empty
-        ):  # every group was uniform: no update, the schedule still advances
+        if not rollouts and not lm_seqs and not lm_empty:  # nothing to train: the schedule still advances
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.scheduler.step()
