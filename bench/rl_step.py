@@ -31,18 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextrl.algo.prefix_tree import build_tree
+from nextrl.accounting.flops import FlopModel, TokenWork
+from nextrl.accounting.peak import matmul_peak
 from nextrl.config import load_config
 from nextrl.data import DocumentStream
 from nextrl.data.positions import context_start
-from nextrl.engine import build_engine
 from nextrl.env import NextTokenEnv
 from nextrl.model.build import autocast_dtype
-from nextrl.model.flops import FlopModel, TokenWork
-from nextrl.model.peak import matmul_peak
 from nextrl.model.pretrain import prepare_base
+from nextrl.pipeline import build_rl_trainer
 from nextrl.selection.index import PositionIndex
-from nextrl.trainer.rl import RLTrainer
+from nextrl.sharing.prefix_tree import build_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -114,24 +113,21 @@ def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
         "rl.drop_uniform_groups=false",
         f"rl.micro_batch_size={args.positions * args.group_size}",
         f"sampling.batch_size={args.positions * args.group_size}",
-        f"sampling.share_prefix={str(share).lower()}",
-        f"rl.share_prefix={str(share).lower()}",
+        f"sharing.enabled={str(share).lower()}",
         f"rl.steps={args.steps + 1}",
     ]
     cfg = load_config("tiny", overrides)
     autocast = autocast_dtype(cfg.model)
     policy = base.model.__class__(base.model.config)
     policy.load_state_dict(base.model.state_dict())
-    env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, autocast, seed=0)
-    trainer = RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out, torch.device("cpu"), autocast)
+    trainer = build_rl_trainer(cfg, policy, base.tokenizer, index, out, torch.device("cpu"), autocast)
     fm = FlopModel.from_model(policy)
     steps, minimum = [], []
     for k in range(args.steps + 1):
         m = trainer.step()
         if k == 0:
             continue  # warm-up
-        tasks, rollouts, _ = trainer.last_batch
+        tasks, rollouts = [g.task for g in trainer.last_groups], [g.rollouts for g in trainer.last_groups]
         steps.append(m)
         minimum.append(analytic_min_flops(fm, tasks, rollouts))
     seconds = [m["generation_seconds"] + m["training_seconds"] for m in steps]
@@ -156,7 +152,7 @@ def run_trl(base, index, context, args, out: Path) -> dict:
 
     cfg = load_config("tiny", [f"selection.context={context}", f"env.thought_tokens={args.thought}"])
     env = NextTokenEnv(cfg.env, base.tokenizer)
-    tasks = index.tasks(env, list(range(len(index.position))), context)
+    tasks = index.tasks(env.make_task, list(range(len(index.position))), context)
     res = run_trl_grpo(
         base.model,
         base.tokenizer,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nextrl.algo.ema import EMAModel
+from nextrl.model.ema import EMAModel
 
 
 class Tiny(nn.Module):

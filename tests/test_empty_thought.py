@@ -7,8 +7,10 @@ import torch
 from nextrl.config import load_config
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Task
+from nextrl.env.next_token import empty_thought_targets, lm_sequences
+from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
-from nextrl.trainer.rl import RLTrainer, empty_thought_targets, lm_sequences
+from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import loss_token_masks
 from tiny_models import tiny_llama
 
@@ -65,15 +67,12 @@ def test_lm_term_gradient_is_the_mean_nll():
     model = tiny_llama(40)
     seqs = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
 
-    class Tok:
-        pad_token_id = 0
-
     grads = []
     for size in (1, 2, 8):
         cfg = load_config("micro", ["model.dtype=float32", f"rl.micro_batch_size={size}", "rl.lm_coef=0.5"])
-        trainer = RLTrainer.__new__(RLTrainer)
-        trainer.rl, trainer.policy, trainer.tokenizer = cfg.rl, model, Tok()
-        trainer.device, trainer.autocast, trainer.work = torch.device("cpu"), None, {}
+        trainer = Learner.__new__(Learner)
+        trainer.rl, trainer.policy, trainer.pad_token_id = cfg.rl, model, 0
+        trainer.device, trainer.autocast, trainer.account = torch.device("cpu"), None, StepAccount()
         model.zero_grad()
         trainer.lm_term(seqs)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
@@ -87,7 +86,7 @@ def test_lm_term_gradient_is_the_mean_nll():
     for g in grads:
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
     # with start indices: only the targets from there on count
-    trainer.work = {}
+    trainer.account = StepAccount()
     model.zero_grad()
     trainer.lm_term(seqs, [3, 0, 1])
     got = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -107,10 +106,8 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     the policy's own log-prob of `</think>` as behaviour log-prob; the LM term is trained and counted."""
     import copy
 
-    from nextrl.engine import build_engine
-    from nextrl.env import NextTokenEnv
     from nextrl.model.pretrain import prepare_base
-    from nextrl.pipeline import select_stage
+    from nextrl.pipeline import build_rl_trainer, select_stage
 
     cfg = load_config(
         "micro",
@@ -119,16 +116,12 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     base = prepare_base(cfg)
     index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
     policy = copy.deepcopy(base.model)
-    env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, None, seed=0)
-    trainer = RLTrainer(
-        cfg, policy, base.tokenizer, index, env, engine, tmp_path / "rl", torch.device("cpu"), None
-    )
+    trainer = build_rl_trainer(cfg, policy, base.tokenizer, index, tmp_path / "rl", torch.device("cpu"), None)
+    env = trainer.env
     before = copy.deepcopy(policy)
     metrics = trainer.step()
-    prompts, groups, _ = trainer.last_batch
     close = env.think_close
-    for prompt, group in zip(prompts, groups, strict=True):
+    for prompt, group in ((g.task, g.rollouts) for g in trainer.last_groups):
         assert len(group) == 4
         *thinking, empty = group
         assert (

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
+from nextrl.config.reward_spec import RewardSpec
 from nextrl.env.likelihood import (
-    RewardSpec,
-    apply_copy_guard,
     copies_target,
     copy_key,
     information_gain,
@@ -112,16 +111,6 @@ def test_min_bytes_makes_the_guard_stricter():
     assert copies_target(b"go to school", b" to the")
     assert not copies_target(b"go to school", b" to the", min_bytes=4)
     assert copies_target(b"go to the school", b" to the", min_bytes=4)
-
-
-def test_apply_copy_guard():
-    rewards = torch.tensor([1.0, 2.0, -1.0])
-    got = apply_copy_guard(rewards, [False, True, True], penalty=-5.0)
-    assert torch.equal(got, torch.tensor([1.0, -5.0, -5.0]))
-    assert torch.equal(rewards, torch.tensor([1.0, 2.0, -1.0]))  # not in place
-    assert torch.equal(apply_copy_guard(rewards, [True, False, False]), torch.tensor([0.0, 2.0, -1.0]))
-    with pytest.raises(ValueError, match="len"):
-        apply_copy_guard(rewards, [True])
 
 
 # ---------------------------------------------------------------- reward specs

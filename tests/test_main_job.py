@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,25 +12,17 @@ from typer.testing import CliRunner
 
 from nextrl.cli import app
 from nextrl.config import load_config
-from nextrl.engine import build_engine
-from nextrl.env import NextTokenEnv
+from nextrl.errors import RunFolderError
 from nextrl.model.pretrain import prepare_base
-from nextrl.pipeline import RunFolderError, run, select_stage
-from nextrl.trainer.rl import FLOP_STAGES, RLTrainer
+from nextrl.pipeline import build_rl_trainer, run, select_stage
+from nextrl.summary import RunSummary
+from nextrl.trainer.accounting import FLOP_STAGES
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "micro"
-    result = CliRunner().invoke(app, ["run", "--preset", "micro", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out, result.output
-
-
-def test_main_job_outputs(micro_run):
-    out, output = micro_run
+def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared with test_report.py
+    out = micro_run
     for name in ("summary.json", "metrics.jsonl", "config.yaml", "report.html", "index/positions.parquet"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -47,25 +40,18 @@ def test_main_job_outputs(micro_run):
     assert s["eval_counts"]["all"] <= cfg.eval.positions
     # The baseline gets the RL run's FLOPs, to within one baseline step.
     assert s["flops"]["rl"] > 0
-    assert s["flops"]["rl"] == pytest.approx(sum(s["flops"]["rl_breakdown"].values()))
     step = s["flops"]["baseline"] / s["steps"]["baseline"]
     assert abs(s["flops"]["baseline"] - s["flops"]["rl"]) <= step / 2 + 1e-6
     assert s["wall_seconds"] >= sum(s["stage_seconds"].values()) - 1e-6
     assert s["tokens_per_second"]["rl"] > 0
     assert set(s["flops"]["rl_breakdown"]) == set(FLOP_STAGES)
-    assert s["flops"]["rl_breakdown"]["loss_backward"] == pytest.approx(
-        2 * s["flops"]["rl_breakdown"]["loss_forward"]
-    )
     assert s["rl_summary"]["reward"] == "prefix_match" and s["rl_summary"]["loss_tokens"] == "all"
     assert set(s["information_gain"]) == set(s["models"]) and s["information_gain"]["rl"]["n"] > 0
     assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1
     v = s["verdict"]
-    assert v["rl_beats_baseline"] == (v["rl"] > v["baseline"] and v["p_value"] < 0.01)
     assert ("did not beat" in v["text"]) != v["rl_beats_baseline"]
-    assert 0.0 < v["p_value"] <= 1.0 and v["ci_low"] <= v["diff"] <= v["ci_high"]
-    assert v["significant"] == (v["p_value"] < 0.01) and f"{v['p_value']:.2g}" in v["text"]
+    assert v["ci_low"] <= v["diff"] <= v["ci_high"] and f"{v['p_value']:.2g}" in v["text"]
     rl = s["rl_summary"]
-    assert rl["signal_fraction"] == pytest.approx(rl["groups_with_signal"] / rl["groups_drawn"])
     assert 0.0 <= rl["signal_fraction"] <= 1.0
     for m in s["models"]:  # per bucket, with standard errors and the paired thought-vs-standard test
         assert set(s["thought_length"][m]) == set(s["eval_counts"])
@@ -80,6 +66,20 @@ def test_main_job_outputs(micro_run):
         if m == "rl" and md == "standard"
     ]
     assert sum(rl_std) / n == pytest.approx(s["accuracy"]["rl"]["standard"]["all"])
+    # the verdict, recomputed from the per-position outcomes: McNemar's exact test written out (a two-sided
+    # binomial test at 1/2 on the positions where exactly one model is right)
+    def column(model, mode):
+        rows = zip(outcomes["correct"], outcomes["model"], outcomes["mode"], strict=True)
+        return [c for c, m, md in rows if m == model and md == mode]
+
+    a, b = column("rl", v["rl_mode"]), column("baseline", v["baseline_mode"])
+    a_only = sum(x and not y for x, y in zip(a, b, strict=True))
+    b_only = sum(y and not x for x, y in zip(a, b, strict=True))
+    k, m = min(a_only, b_only), a_only + b_only
+    want_p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    assert v["p_value"] == pytest.approx(want_p)
+    assert v["diff"] == pytest.approx((a_only - b_only) / n)
+    assert v["rl_beats_baseline"] == (a_only > b_only and want_p < 0.01)
     rl_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rl_rows = [r for r in rl_rows if r["stage"] == "rl"]
     assert [r["step"] for r in rl_rows] == list(range(1, cfg.rl.steps + 1))
@@ -89,14 +89,13 @@ def test_main_job_outputs(micro_run):
     html = (out / "report.html").read_text()
     assert "information gain" in html and "prefix_match" in html
     assert v["text"].split(":")[0] in html
-    assert "RL" in output and "report:" in output
     # The trained policy is a plain Hugging Face model folder.
     model = AutoModelForCausalLM.from_pretrained(out / "models" / "rl")
     assert model.config.vocab_size == s["base_model"]["vocab_size"]
 
 
 def test_run_folder_is_never_overwritten(micro_run):
-    out, _ = micro_run
+    out = micro_run
     with pytest.raises(RunFolderError, match="--resume"):
         run(load_config("micro"), out)
     with pytest.raises(RunFolderError, match="config differs"):
@@ -111,9 +110,7 @@ def test_cli_reports_config_errors():
 
 def _trainer(cfg, base, index, out):
     policy = copy.deepcopy(base.model)
-    env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, None, seed=cfg.rl.seed)
-    return RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out, torch.device("cpu"), None)
+    return build_rl_trainer(cfg, policy, base.tokenizer, index, out, torch.device("cpu"), None)
 
 
 def test_resumed_rl_equals_uninterrupted(tmp_path):
@@ -169,31 +166,37 @@ def test_shared_and_plain_loss_give_the_same_update(tmp_path):
     base = prepare_base(cfg)
     index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
     shared = _trainer(cfg, base, index, tmp_path / "s")
-    tasks = index.tasks(shared.env, shared.sampler.take(8), cfg.selection.context)
+    tasks = shared.source.take(8, 0)
     rollouts = [r for g in shared.engine.generate([t.prompt_ids for t in tasks], shared.params) for r in g]
     advantages = [((i * 7) % 5 - 2) / 2 for i in range(len(rollouts))]
     plain = _trainer(
-        load_config("micro", ["model.dtype=float32", "rl.share_prefix=false"]), base, index, tmp_path / "p"
+        load_config("micro", ["model.dtype=float32", "sharing.enabled=false"]), base, index, tmp_path / "p"
     )
     for t in (shared, plain):
-        t.optimizer.step = lambda: None  # keep the accumulated gradients to compare them
-    m_shared, m_plain = shared.update(rollouts, advantages), plain.update(rollouts, advantages)
+        t.learner.optimizer.step = lambda: None  # keep the accumulated gradients to compare them
+    m_shared, m_plain = (
+        shared.learner.update(rollouts, advantages),
+        plain.learner.update(rollouts, advantages),
+    )
     assert m_shared["loss"] == pytest.approx(m_plain["loss"], rel=1e-4, abs=1e-6)
-    assert shared.work["loss"].tokens < plain.work["loss"].tokens  # the prefixes really were shared
+    loss_tokens = [t.learner.account.work["loss"].tokens for t in (shared, plain)]
+    assert loss_tokens[0] < loss_tokens[1]  # the prefixes really were shared
     pairs = zip(shared.policy.named_parameters(), plain.policy.parameters(), strict=True)
     for (name, a), b in pairs:
         assert a.grad is not None and b.grad is not None, name
         assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-9, name
 
 
-@pytest.mark.parametrize("reward", ["info_gain", "likelihood-format"])
+@pytest.mark.parametrize("reward", ["info_gain", "likelihood+format"])
 def test_main_job_with_verifier_free_rewards(tmp_path, reward):
     out = tmp_path / "run"
     args = ["run", "--preset", "micro", "--out", str(out), "--set", f"reward={reward}"]
     args += ["--set", "baseline.enabled=false", "--set", "rl.dynamic_sampling=true"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "Verdict: no verdict" in result.output and "report:" in result.output  # the terminal table
     s = json.loads((out / "summary.json").read_text())
+    assert "verdict" not in s and RunSummary.load(out / "summary.json").verdict is None  # no baseline
     rl = s["rl_summary"]
     assert (rl["reward"], rl["advantages"], rl["loss_tokens"]) == (reward, "rlp", "thought")
     assert s["flops"]["rl_breakdown"]["scoring"] > 0  # the teacher-forced reward passes are counted

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from nextrl.config.schema import EnvConfig
+from nextrl.config.schema import EnvConfig, RewardConfig
 from nextrl.data.positions import context_start
 from nextrl.engine.base import Phase, Rollout
 from nextrl.env import NextTokenEnv, build_prompt, parse_boxed_answer
@@ -111,7 +111,10 @@ def test_sampling_phases(tok):
 
 
 def test_structured_rewards(tok, doc):
-    env = NextTokenEnv(EnvConfig(thought_tokens=3, answer_tokens=1, missing_answer_reward=-0.5), tok)
+    # a missing answer is penalised by the format term (-1) with a positive weight
+    env = NextTokenEnv(
+        EnvConfig(thought_tokens=3, answer_tokens=1), tok, RewardConfig(spec="prefix_match+0.5*format")
+    )
     task = env.make_task("d", doc, position=SAT, context=8)
     close, eos = tid(tok, "</think>"), tok.eos_token_id
     a, b = tid(tok, "Ġcat"), tid(tok, "Ġmat")  # arbitrary thought tokens
@@ -127,6 +130,7 @@ def test_structured_rewards(tok, doc):
     assert [r.total for r in rewards] == [1.0, 1.0, 0.0, 0.0, -0.5, -0.5]
     assert [r.parsed for r in rewards] == [True, True, True, True, False, False]
     assert [r.components["prefix_match"] for r in rewards] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [r.components["format"] for r in rewards] == [0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
     assert [r.answer for r in rewards] == [" sat", " sat", " mat", " ", None, None]
     assert env.answer_bytes(task, rollouts[0]) == b" sat"
     with pytest.raises(ValueError):  # an engine that records no phases is a bug, not a missing answer
@@ -163,7 +167,7 @@ def test_multibyte_target(tok, doc):
 
 
 def test_no_thought_budget(tok, doc):
-    env = NextTokenEnv(EnvConfig(thought_tokens=0, missing_answer_reward=-1.0), tok)
+    env = NextTokenEnv(EnvConfig(thought_tokens=0), tok, RewardConfig(spec="prefix_match+format"))
     task = env.make_task("d", doc, position=SAT, context=2)
     assert task.prompt_ids == doc[:2] + [tid(tok, "<think>"), tid(tok, "</think>")]
     sat = tid(tok, "Ġsat")
@@ -183,7 +187,9 @@ def test_standard_prediction(tok, doc):
 
 
 def test_prompted_task_and_rewards(tok, doc):
-    env = NextTokenEnv(EnvConfig(format="prompted", max_answer_chars=8, missing_answer_reward=-0.25), tok)
+    env = NextTokenEnv(
+        EnvConfig(format="prompted", max_answer_chars=8), tok, RewardConfig(spec="prefix_match+0.25*format")
+    )
     task = env.make_task("d", doc, position=SAT, context=2)
     assert tok.decode(task.prompt_ids) == build_prompt("the cat")
     assert task.prompt_ids == tok(build_prompt("the cat"))["input_ids"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from nextrl.trainer.optim import build_optimizer, build_scheduler, clip_grad
+from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
 
 
 class _Tiny(nn.Module):

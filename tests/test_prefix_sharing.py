@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from nextrl.algo.logprobs import completion_logprobs, tree_completion_logprobs
-from nextrl.algo.prefix_tree import build_tree, group_by_prefix
+from nextrl.accounting.flops import FlopModel, TokenWork
 from nextrl.data.positions import PositionSampler
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
-from nextrl.model.flops import FlopModel, TokenWork
-from nextrl.trainer.rl import plan_micro_batches
+from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
+from nextrl.trainer.learner import plan_micro_batches
 from tiny_models import tiny_llama
 
 V = 64
@@ -118,7 +118,7 @@ def test_tree_logprobs_catch_a_wrong_mask(monkeypatch):
     prompts, comps = workload(5, 1, 3, 3, 5)
     ref = completion_logprobs(model, prompts, comps, 1.0, 0)
     assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
-    from nextrl.algo.prefix_tree import PackedTree
+    from nextrl.sharing.prefix_tree import PackedTree
 
     monkeypatch.setattr(PackedTree, "ancestor_mask", lambda t: np.tril(np.ones((len(t), len(t)), dtype=bool)))
     bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)

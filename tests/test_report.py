@@ -1,56 +1,42 @@
-"""Report stage: HTML report and terminal table from a (possibly partial) run folder."""
+"""Report stage and the summary.json schema: HTML report, terminal table and `nextrl report` from a real micro
+run (the session's `micro_run`, tests/conftest.py), and what happens when summary.json is missing or invalid."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import shutil
+from html import escape
 
 import pytest
+from typer.testing import CliRunner
 
+from nextrl.cli import app
+from nextrl.eval.heldout import control_check, summarize, verdict
 from nextrl.report import plots, read_metrics, summary_table, write_report
+from nextrl.report.table import NO_VERDICT, pct, sci
+from nextrl.summary import SCHEMA_VERSION, RunSummary, SummaryError
 
-VERDICT = "At this scale RL did not beat the FLOP-matched baseline: 31.0% vs 33.0% with thought."
 IMG = '<img src="data:image/png;base64,'
 
 
-def make_summary() -> dict:
-    def acc(s: float) -> dict:
-        return {"easy": 0.41 + s, "medium": 0.3 + s, "hard": 0.2 + s, "all": 0.3 + s}
+@pytest.fixture
+def real(micro_run) -> dict:
+    """A fresh copy of the real run's summary.json, as plain JSON."""
+    return json.loads((micro_run / "summary.json").read_text())
 
-    return {
-        "nextrl_version": "0.1.0",
-        "preset": "tiny",
-        "run_dir": "/runs/tiny",
-        "models": ["base", "baseline", "rl"],
-        "accuracy": {
-            "base": {"standard": acc(0.0), "with_thought": acc(-0.15)},
-            "baseline": {"standard": acc(0.03), "with_thought": acc(0.03)},
-            "rl": {"standard": acc(0.01), "with_thought": acc(0.01)},
-        },
-        "eval_counts": {"easy": 80, "medium": 90, "hard": 86, "all": 256},
-        "perplexity": {"base": 12.3, "baseline": 11.9, "rl": 12.5},
-        "thought_length": {"base": 9.1, "baseline": 8.7, "rl": 6.2},
-        "flops": {
-            "pretrain": 1.2e13,
-            "rl": 3.4e12,
-            "baseline": 3.4e12,
-            "rl_breakdown": {"rollout": 2.0e12, "training": 1.0e12, "reference": 4.0e11},
-        },
-        "wall_seconds": 512.3,
-        "stage_seconds": {"pretrain": 200.1, "selection": 20.3, "rl": 150.2, "baseline": 60.1, "eval": 70.2},
-        "steps": {"pretrain": 300, "rl": 40, "baseline": 55},
-        "tokens_per_second": {"pretrain": 5200.0, "rl": 3100.0, "baseline": 5300.0},
-        "selection": {"documents": 400, "positions": {"train": 5000, "heldout": 600}},
-        "rl_summary": {"reward_first": 0.1, "reward_last": 0.2, "groups_dropped": 120, "groups_kept": 520},
-        "verdict": {
-            "rl_beats_baseline": False,
-            "metric": "with_thought/all",
-            "rl": 0.31,
-            "baseline": 0.33,
-            "text": VERDICT,
-        },
-        "config": {"model": {"d_model": 64, "n_layers": 2}, "rl": {"group_size": 8, "lr": 1e-6}},
-    }
+
+@pytest.fixture
+def run_dir(micro_run, tmp_path):
+    """A copy of the real run's summary and metrics (the tests rewrite report.html, never the shared run)."""
+    for name in ("summary.json", "metrics.jsonl"):
+        shutil.copy(micro_run / name, tmp_path / name)
+    return tmp_path
+
+
+def write_summary(folder, summary: dict) -> None:
+    (folder / "summary.json").write_text(json.dumps(summary))
 
 
 def metrics_lines() -> list[str]:
@@ -82,38 +68,127 @@ def metrics_lines() -> list[str]:
     return lines
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps(make_summary()))
+# --- the schema ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # the micro main job (once per session)
+def test_real_summary_matches_the_schema(micro_run):
+    path = micro_run / "summary.json"
+    s = RunSummary.load(path)
+    assert s.schema_version == SCHEMA_VERSION
+    assert s.models == ["base", "baseline", "rl"] and s.preset == "micro"
+    assert s.verdict is not None and s.verdict.text  # a baseline was trained
+    assert s.control is None  # the micro corpus has no `computed` positions
+    assert set(s.accuracy) == set(s.models) and s.rl_summary.groups_drawn > 0
+    assert s.steps.rl == s.config["rl"]["steps"] and s.flops.rl == pytest.approx(
+        sum(s.flops.rl_breakdown.values())
+    )
+    # what is written is exactly what the model dumps (absent optional blocks stay absent, not null)
+    assert json.loads(path.read_text()) == s.model_dump(mode="json")
+    assert "control" not in json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda d: d["rl_summary"].pop("samples"), "rl_summary.samples"),
+        (lambda d: d.pop("accuracy"), "accuracy"),
+        (lambda d: d["flops"].pop("rl_breakdown"), "flops.rl_breakdown"),
+        (lambda d: d["verdict"].pop("p_value"), "verdict.p_value"),
+    ],
+)
+@pytest.mark.slow  # the micro main job (once per session)
+def test_missing_key_is_rejected(real, tmp_path, edit, key):
+    edit(real)
+    write_summary(tmp_path, real)
+    with pytest.raises(SummaryError, match="Field required") as err:
+        RunSummary.load(tmp_path / "summary.json")
+    assert key in str(err.value) and str(tmp_path / "summary.json") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda d: d.update(bogus=1), "bogus"),
+        (lambda d: d["rl_summary"].update(reward_mean=0.5), "rl_summary.reward_mean"),
+        (lambda d: d["verdict"]["vs_base"].update(z=1.0), "verdict.vs_base.z"),
+    ],
+)
+@pytest.mark.slow  # the micro main job (once per session)
+def test_unknown_key_is_rejected(real, tmp_path, edit, key):
+    edit(real)
+    write_summary(tmp_path, real)
+    with pytest.raises(SummaryError, match="Extra inputs are not permitted") as err:
+        RunSummary.load(tmp_path / "summary.json")
+    assert key in str(err.value) and str(tmp_path / "summary.json") in str(err.value)
+
+
+@pytest.mark.slow  # the micro main job (once per session)
+def test_bad_values_and_files_are_rejected(real, tmp_path):
+    path = tmp_path / "summary.json"
+    bad = copy.deepcopy(real)
+    bad["accuracy"]["ghost"] = bad["accuracy"]["rl"]  # a model that is not in `models`
+    write_summary(tmp_path, bad)
+    with pytest.raises(SummaryError, match="ghost"):
+        RunSummary.load(path)
+    write_summary(tmp_path, real | {"schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(SummaryError, match="schema_version"):
+        RunSummary.load(path)
+    path.write_text('{"preset": "micro", ')  # cut mid-write
+    with pytest.raises(SummaryError, match="not readable as JSON") as err:
+        RunSummary.load(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(SummaryError, match="not found"):
+        RunSummary.load(tmp_path / "missing.json")
+    with pytest.raises(SummaryError, match="rl_summary"):
+        summary_table({k: v for k, v in real.items() if k != "rl_summary"})
+
+
+@pytest.mark.slow  # the micro main job (once per session)
+def test_write_and_load_round_trip(micro_run, tmp_path):
+    s = RunSummary.load(micro_run / "summary.json")
+    s.write(tmp_path / "summary.json")
+    assert RunSummary.load(tmp_path / "summary.json") == s
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- the report from a real run --------------------------------------------------------------------------------
+
+
+def test_read_metrics_skips_truncated_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(metrics_lines()))  # no newline after the cut line
-    return tmp_path
-
-
-def test_read_metrics_skips_truncated_line(run_dir, tmp_path):
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(tmp_path / "metrics.jsonl")
     assert len(records) == 30 + 30 + 11
     assert read_metrics(tmp_path / "missing.jsonl") == []
 
 
-def test_full_report(run_dir):
+@pytest.mark.slow  # the micro main job (once per session)
+def test_full_report(micro_run, run_dir):
+    s = RunSummary.load(run_dir / "summary.json")
     out = write_report(run_dir)
     assert out == run_dir / "report.html"
     text = out.read_text(encoding="utf-8")
-    assert VERDICT in text
-    assert "41.0%" in text and "<b>33.0%</b>" in text  # base/standard/easy; best baseline with_thought/all
+    # the run's own report, re-rendered from the same summary and metrics
+    assert text == (micro_run / "report.html").read_text(encoding="utf-8")
+    assert s.verdict is not None and escape(s.verdict.text) in text and "verdict none" not in text
+    best = max(s.accuracy[m].with_thought["all"] for m in s.models)
+    assert pct(s.accuracy["base"].standard["all"]) in text and f"<b>{pct(best)}</b>" in text
     assert text.count(IMG) >= 3
     assert "<script" not in text and "http" not in text  # no JavaScript, no external assets
-    assert "3.40e+12" in text and "<details>" in text and "group_size" in text
+    assert sci(s.flops.rl) in text and "<details>" in text and "group_size" in text
+    assert s.rl_summary.reward in text and "information gain" in text and "Does thinking pay?" in text
+    assert "not recorded" not in text
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # temp file moved into place
 
 
-def test_partial_run_still_renders(tmp_path):
-    summary = {"preset": "tiny", "models": ["base"], "perplexity": {"base": 12.3}}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    text = write_report(tmp_path).read_text(encoding="utf-8")
-    assert "no verdict: evaluation did not finish" in text
-    assert "12.3" in text and IMG not in text
-    assert "no verdict" in summary_table(summary)
+@pytest.mark.slow  # the micro main job (once per session)
+def test_invalid_summary_still_renders(run_dir, real):
+    del real["accuracy"]
+    write_summary(run_dir, real)
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "accuracy: Field required" in text and "showing what the metrics have" in text
+    assert NO_VERDICT in text and "not recorded (evaluation did not finish)" in text
+    assert IMG in text  # the metrics' plots are still there
 
 
 def test_no_summary_at_all(tmp_path):
@@ -122,24 +197,42 @@ def test_no_summary_at_all(tmp_path):
     assert "summary.json is missing" in text and IMG in text
 
 
-def test_html_escapes_summary_strings(run_dir):
-    summary = make_summary() | {"preset": "<script>alert(1)</script>"}
-    summary["verdict"]["text"] = "RL <b>won</b> & more"
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+@pytest.mark.slow  # the micro main job (once per session)
+def test_html_escapes_summary_strings(run_dir, real):
+    real["preset"] = "<script>alert(1)</script>"
+    real["verdict"]["text"] = "RL <b>won</b> & more"
+    write_summary(run_dir, real)
     text = write_report(run_dir).read_text(encoding="utf-8")
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "RL &lt;b&gt;won&lt;/b&gt; &amp; more" in text
 
 
-def test_summary_table():
-    table = summary_table(make_summary())
+@pytest.mark.slow  # the micro main job (once per session)
+def test_summary_table(real):
+    s = RunSummary.from_dict(real)
+    table = summary_table(s)
+    assert summary_table(real) == table  # a dict is validated, then read the same way
     rows = table.splitlines()
     for model in ("base", "baseline", "rl"):
         assert any(r.split()[0] == model for r in rows)
-    assert VERDICT in table
-    assert "33.0%" in table and "3.40e+12" in table and "512.3 s" in table
+    assert s.verdict is not None and s.verdict.text in table
+    assert pct(s.accuracy["rl"].with_thought["all"]) in table and sci(s.flops.rl) in table
+    assert f"{s.wall_seconds:.1f} s" in table
     assert len({len(r) for r in rows[:4]}) == 1  # header and model rows are fixed width
+
+
+@pytest.mark.slow  # the micro main job (once per session)
+def test_cli_report(run_dir, real):
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert summary_table(real) in result.output and "report:" in result.output
+    real["rl_summary"]["reward_mean"] = 0.5
+    write_summary(run_dir, real)
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 1
+    assert "rl_summary.reward_mean" in result.output and str(run_dir / "summary.json") in result.output
+    assert (run_dir / "report.html").is_file()
 
 
 def test_series_resumed_run_last_line_wins():
@@ -151,44 +244,43 @@ def test_series_resumed_run_last_line_wins():
 
 def test_plots_skip_missing_data():
     assert plots.reward_plot([]) is None
-    assert plots.accuracy_plot({}) is None
-    assert plots.all_plots({}, [{"stage": "pretrain", "step": 1}]) == []
+    assert plots.accuracy_plot(None) is None
+    assert plots.all_plots(None, [{"stage": "pretrain", "step": 1}]) == []
     png = plots.reward_plot([{"stage": "rl", "step": s, "reward/mean": s / 30} for s in range(30)])
     assert png is not None and png.startswith(b"\x89PNG")
 
 
-def test_control_and_thinking_sections(tmp_path):
-    s = make_summary()
-    s["eval_counts"]["computed"] = 120
-    s["thought_length"] = {m: {"all": 3.0, "computed": 9.5, "hard": 1.0} for m in s["models"]}
-    cmp = {
-        "diff": 0.12,
-        "p_value": 1e-4,
-        "ci_low": 0.05,
-        "ci_high": 0.19,
-        "n": 120,
-        "a_only": 20,
-        "b_only": 6,
+@pytest.mark.slow  # the micro main job (once per session)
+def test_control_and_thinking_sections(run_dir, real):
+    # The evaluation blocks of a run with `computed` positions, made by the evaluation's own functions from
+    # known outcomes: RL's thought buys +20.8 points over the base model's (significant) but only +4.2 over the
+    # baseline's standard prediction (under the 5-point margin), so the control fails.
+    buckets = ["computed"] * 120 + ["hard"] * 40
+
+    def right(computed: int, hard: int = 10) -> list[bool]:
+        return [i < computed for i in range(120)] + [i < hard for i in range(40)]
+
+    outcomes = {
+        "base": {"standard": right(60), "with_thought": right(60)},
+        "baseline": {"standard": right(80), "with_thought": right(70)},
+        "rl": {"standard": right(60), "with_thought": right(85)},
     }
-    s["thought_vs_standard"] = {
-        m: {"computed": dict(cmp), "hard": {**cmp, "diff": -0.01, "p_value": 0.6}} for m in s["models"]
-    }
-    s["control"] = {
-        "bucket": "computed",
-        "n": 120,
-        "margin": 0.05,
-        "rl_with_thought": 0.71,
-        "vs_base": {"mode": "with_thought", **cmp, "passed": True},
-        "vs_baseline": {"mode": "standard", **cmp, "diff": 0.03, "p_value": 0.2, "passed": False},
-        "passed": False,
-    }
-    (tmp_path / "summary.json").write_text(json.dumps(s))
-    html = write_report(tmp_path).read_text()
-    assert "Positive control FAILED" in html and "71.0%" in html and "+12.0 pts" in html
-    assert "Does thinking pay?" in html and "9.5 tok · +12.0 pts ▲" in html and "-1.0 pts" in html
+    lengths = {m: [9] * 120 + [1] * 40 for m in outcomes}
+    gains = {m: [0.1] * 160 for m in outcomes}
+    real |= summarize(outcomes, buckets, lengths, gains)
+    real["verdict"] = verdict(outcomes, buckets)
+    real["control"] = control_check(outcomes, buckets)
+    write_summary(run_dir, real)
+    s = RunSummary.load(run_dir / "summary.json")
+    c = s.control
+    assert c is not None and c.vs_base is not None and c.vs_baseline is not None
+    assert c.vs_base.passed and not c.vs_baseline.passed and not c.passed
+    html = write_report(run_dir).read_text()
+    assert "Positive control FAILED" in html and pct(c.rl_with_thought) in html and "+20.8 pts" in html
+    assert "Does thinking pay?" in html and "9.0 tok · +20.8 pts ▲" in html and "1.0 tok · +0.0 pts" in html
     table = summary_table(s)
     assert (
         "th/computed" in table
         and "Positive control FAILED" in table
-        and "vs baseline +3.0 pts (p = 0.2)" in table
+        and f"vs baseline +4.2 pts (p = {c.vs_baseline.p_value:.2g})" in table
     )

@@ -8,14 +8,15 @@ import copy
 import pytest
 import torch
 
+import nextrl.trainer.learner as learner_module
+from nextrl.accounting.flops import TokenWork
 from nextrl.config import load_config
-from nextrl.engine import build_engine
 from nextrl.engine.base import Rollout
-from nextrl.env import NextTokenEnv
 from nextrl.env.formats import closed_thought
 from nextrl.model.pretrain import prepare_base
-from nextrl.pipeline import select_stage
-from nextrl.trainer.rl import FLOP_STAGES, RLTrainer
+from nextrl.pipeline import build_rl_trainer, select_stage
+from nextrl.trainer.accounting import FLOP_STAGES
+from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import answer_entropy, loss_token_masks
 
 pytestmark = pytest.mark.slow
@@ -34,9 +35,33 @@ def trainer(micro, tmp_path, overrides):
     base, index = micro
     cfg = load_config("micro", FP32 + overrides)
     policy = copy.deepcopy(base.model)
-    env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, None, seed=cfg.rl.seed)
-    return RLTrainer(cfg, policy, base.tokenizer, index, env, engine, tmp_path, torch.device("cpu"), None)
+    return build_rl_trainer(cfg, policy, base.tokenizer, index, tmp_path, torch.device("cpu"), None)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Observes the loss from outside: every micro-batch the learner computed a loss on, with the gradient that
+    reached each of its per-token log-probs (the tokens the update really trained)."""
+    seen: list[tuple[list[Rollout], torch.Tensor]] = []
+    chunks: list[list[Rollout]] = []
+    real_chunk_loss, real_grpo_loss = Learner.chunk_loss, learner_module.grpo_loss
+
+    def chunk_loss(self, chunk, advantages):
+        chunks.append(list(chunk))
+        return real_chunk_loss(self, chunk, advantages)
+
+    def grpo_loss(batch, *args, **kwargs):
+        batch.logprobs.retain_grad()
+        seen.append((chunks[-1], batch.logprobs))
+        return real_grpo_loss(batch, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "chunk_loss", chunk_loss)
+    monkeypatch.setattr(learner_module, "grpo_loss", grpo_loss)
+    return seen
+
+
+def take_tasks(t, n):
+    return t.source.take(n, 0)
 
 
 def plain_logp(model, prompt, target):
@@ -48,16 +73,17 @@ def plain_logp(model, prompt, target):
 
 def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
     t = trainer(micro, tmp_path, ["reward=info_gain+prefix_match-format", "reward.copy_guard=false"])
-    t.rewards.ema.model.load_state_dict(t.policy.state_dict())
+    ema = t.env.model_scored.ema
+    ema.model.load_state_dict(t.policy.state_dict())
     with torch.no_grad():  # make the EMA differ from the policy, so the two models are really told apart
-        for p in t.rewards.ema.model.parameters():
+        for p in ema.model.parameters():
             p.mul_(0.9)
-    tasks = t.index.tasks(t.env, t.sampler.take(3), t.cfg.selection.context)
+    tasks = take_tasks(t, 3)
     rollouts = t.engine.generate([x.prompt_ids for x in tasks], t.params)
-    rewards = t.rewards.score(tasks, rollouts)
+    rewards = t.env.score(tasks, rollouts, t.policy_handle)
     env = t.env
     for task, group, rw in zip(tasks, rollouts, rewards, strict=True):
-        base = plain_logp(t.rewards.ema.model, task.meta["context_ids"], task.meta["target_ids"])
+        base = plain_logp(ema.model, task.meta["context_ids"], task.meta["target_ids"])
         for ro, r in zip(group, rw, strict=True):
             th, _ = closed_thought(ro, env.think_close, env.eos_ids)
             want = plain_logp(t.policy, task.prompt_ids + th, task.meta["target_ids"]) - base
@@ -69,7 +95,7 @@ def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
 
 def test_copy_guard_takes_the_gain_away(micro, tmp_path):
     t = trainer(micro, tmp_path, ["reward=likelihood"])
-    task = t.index.tasks(t.env, t.sampler.take(1), t.cfg.selection.context)[0]
+    task = take_tasks(t, 1)[0]
     target = task.meta["target_ids"]
     close = t.env.think_close
     # the thought writes out the target (the known hack); the other thinks of something else
@@ -77,38 +103,41 @@ def test_copy_guard_takes_the_gain_away(micro, tmp_path):
         task.prompt_ids, target[:2] + [close] + target[:1], [0.0] * 4, [1] * 4, "length", 0, [0, 3]
     )
     other = Rollout(task.prompt_ids, [close, target[0]], [0.0] * 2, [1] * 2, "length", 0, [0, 1])
-    t.rewards.rc = t.rewards.rc.model_copy(update={"copy_guard": False})
-    unguarded = t.rewards.score([task], [[copy_ro, other]])[0]
-    t.rewards.rc = t.rewards.rc.model_copy(update={"copy_guard": True})
-    guarded = t.rewards.score([task], [[copy_ro, other]])[0]
+    terms = t.env.model_scored
+    terms.rc = terms.rc.model_copy(update={"copy_guard": False})
+    unguarded = t.env.score([task], [[copy_ro, other]], t.policy_handle)[0]
+    terms.rc = terms.rc.model_copy(update={"copy_guard": True})
+    guarded = t.env.score([task], [[copy_ro, other]], t.policy_handle)[0]
     assert guarded[0].components["likelihood"] == pytest.approx(
         min(unguarded[0].components["likelihood"], 0.0)
     )
     assert guarded[1].components["likelihood"] == pytest.approx(unguarded[1].components["likelihood"])
 
 
-def test_rlp_step_trains_thought_only_and_moves_the_ema(micro, tmp_path):
+def test_rlp_step_trains_thought_only_and_moves_the_ema(micro, tmp_path, spy):
     t = trainer(micro, tmp_path, ["reward=info_gain", "reward.ema_tau=0.9", "sampling.temperature=1.2"])
-    assert (t.advantage_kind, t.thought_only) == ("rlp", True)
-    ema_before = {k: v.clone() for k, v in t.rewards.ema.model.state_dict().items()}
+    assert (t.learner.advantage_kind, t.learner.thought_only) == ("rlp", True)
+    ema = t.env.model_scored.ema
+    ema_before = {k: v.clone() for k, v in ema.model.state_dict().items()}
     m = t.step()
     assert "reward/info_gain" in m and m["groups/kept"] > 0
     # EMA after one optimizer step: φ = τ·φ0 + (1−τ)·θ1
-    for k, v in t.rewards.ema.model.state_dict().items():
+    for k, v in ema.model.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(
                 v, 0.9 * ema_before[k] + 0.1 * t.policy.state_dict()[k], rtol=0, atol=1e-6
             )
     assert m["flops/scoring"] > 0
-    # the loss only saw thought tokens
-    groups = t.last_batch[1]
-    original = [r for g in groups for r in g]
-    masked = loss_token_masks(original, True, 1.0)
-    for r, o in zip(masked, original, strict=True):
-        cut = r.phase_starts[1]
-        assert sum(r.action_mask[cut:]) == 0  # answer tokens are not trained
-        assert r.action_mask[:cut] == o.action_mask[:cut]  # thought tokens keep their sampled/forced mask
-    assert any(sum(o.action_mask[o.phase_starts[1] :]) for o in original)  # there was an answer to mask
+    # which tokens received gradient: thought tokens only, never the answer the reward teacher-forces
+    assert spy, "the update computed no loss"
+    answers = thoughts = 0
+    for chunk, logp in spy:
+        for r, g in zip(chunk, logp.grad, strict=False):
+            cut = r.phase_starts[1]
+            answers += int((g[cut : len(r.completion_ids)] != 0).sum())
+            thoughts += int((g[:cut] != 0).sum())
+        assert any(len(r.completion_ids) > r.phase_starts[1] for r in chunk)  # there was an answer to skip
+    assert answers == 0 and thoughts > 0
 
 
 def test_entropy_mask_fraction_and_answer_entropy():
@@ -146,7 +175,7 @@ def test_curriculum_retirement_and_resume(micro, tmp_path):
     overrides += ["rl.steps=4", "rl.checkpoint_every=2"]
     a = trainer(micro, tmp_path / "a", overrides)
     a.train()
-    counts = a.sampler.counts()
+    counts = a.source.stats()
     assert counts["retired"] > 0  # with retire_after=1 every visit without signal retires its position
     b = trainer(micro, tmp_path / "b", overrides)
     b.train(stop_after=2)
@@ -154,7 +183,7 @@ def test_curriculum_retirement_and_resume(micro, tmp_path):
     assert c.maybe_resume()
     c.train()
     assert c.state.reward_history == a.state.reward_history
-    assert c.sampler.counts() == counts
+    assert c.source.stats() == counts
 
 
 def test_ema_baseline_resumes(micro, tmp_path):
@@ -164,20 +193,69 @@ def test_ema_baseline_resumes(micro, tmp_path):
     b = trainer(micro, tmp_path / "b", overrides)
     b.train(stop_after=1)
     c = trainer(micro, tmp_path / "b", overrides)
-    assert c.maybe_resume() and c.rewards.ema.updates == b.rewards.ema.updates
+    ema_a, ema_b, ema_c = (x.env.model_scored.ema for x in (a, b, c))
+    assert c.maybe_resume() and ema_c.updates == ema_b.updates
     c.train()
     assert c.state.reward_history == a.state.reward_history
-    for x, y in zip(a.rewards.ema.model.parameters(), c.rewards.ema.model.parameters(), strict=True):
+    for x, y in zip(ema_a.model.parameters(), ema_c.model.parameters(), strict=True):
         assert torch.equal(x, y)
 
 
-def test_step_flops_follow_the_recorded_work(micro, tmp_path):
-    t = trainer(micro, tmp_path, ["rl.drop_uniform_groups=false"])
+def test_step_flops_are_the_cost_of_what_was_computed(micro, tmp_path, spy):
+    """The loss FLOPs a step reports equal the cost of the sequences its loss really ran on (seen from outside,
+    on the plain path: one row per sample, prompt + completion), and the backward costs twice the forward."""
+    t = trainer(micro, tmp_path, ["rl.drop_uniform_groups=false", "sharing.enabled=false"])
     m = t.step()
     fm, gen = t.flop_model, t.engine.last_work
     assert gen["decode"].logits == gen["decode"].tokens > 0  # every decoded token is sampled from
     assert m["flops/prefill"] == pytest.approx(fm.forward_work(gen["prefill"]))
     assert m["flops/decode"] == pytest.approx(fm.forward_work(gen["decode"]))
-    assert m["flops/loss_forward"] == pytest.approx(fm.forward_work(t.work["loss"]))
+    ran = TokenWork()
+    for chunk, _ in spy:
+        for r in chunk:
+            ran.add_sequence(len(r.prompt_ids) + len(r.completion_ids), logits=len(r.completion_ids))
+    trained = sum(len(g.rollouts) for g in t.last_groups)
+    assert sum(len(c) for c, _ in spy) == trained  # every sample of every group, once
+    assert m["flops/loss_forward"] == pytest.approx(fm.forward_work(ran))
     assert m["flops/loss_backward"] == pytest.approx(2 * m["flops/loss_forward"])
     assert m["flops/step"] == pytest.approx(sum(m[f"flops/{k}"] for k in FLOP_STAGES))
+
+
+def test_grpo_update_does_not_depend_on_micro_batch_size(micro, tmp_path):
+    """loss_norm=grpo averages over the sequences that have loss tokens; with the entropy mask some have none,
+    and the micro-batch weights must leave them out too, or the update changes with micro_batch_size."""
+    grads = []
+    for size in (1, 3, 64):
+        t = trainer(
+            micro,
+            tmp_path / str(size),
+            [
+                "rl.loss_norm=grpo",
+                "rl.entropy_mask_rho=0.3",
+                f"rl.micro_batch_size={size}",
+                "rl.drop_uniform_groups=false",
+                "sharing.enabled=false",
+            ],
+        )
+        groups, _, _ = t.collect(t.learner.account)
+        t.learner.optimizer.step = lambda: None  # keep the gradient, skip the step
+        t.learner.learn(groups, t.learner.account)
+        grads.append(torch.cat([p.grad.flatten() for p in t.policy.parameters() if p.grad is not None]))
+        batch = t.learner.last_trained
+        # the case in question: sequences with no loss token
+        assert any(sum(r.action_mask) == 0 for r in batch)
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_no_gain_retirement_fires_from_the_trainer(micro, tmp_path):
+    """A group whose rewards differ by no more than `curriculum.min_spread` gives its position no signal: the
+    trainer reports it as such and the curriculum retires it as 'no_gain' (before, the trainer only ever
+    reported equal rewards as no signal, so 'no_gain' could not fire)."""
+    overrides = ["curriculum.retire_after=1", "curriculum.min_spread=2", "rl.steps=2"]
+    overrides += ["sampling.temperature=1.5", "reward=prefix_match+0.1*info_gain"]
+    t = trainer(micro, tmp_path, overrides)
+    t.train()
+    by_reason = t.source.stats()["retired_by_reason"]
+    assert by_reason["no_gain"] > 0  # dense rewards differ, but by less than the threshold
+    assert t.state.groups_with_signal > 0  # the run's signal count still means "rewards differ"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextrl.algo.logprobs import completion_logprobs
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
+from nextrl.engine.base import PolicyWeights
+from nextrl.sharing.logprobs import completion_logprobs
 from tiny_models import tiny_llama
 
 V = 64
@@ -165,8 +166,13 @@ def test_tiny_top_p_is_greedy(Engine, model):
 
 
 def test_sync_weights_and_mode_restored(Engine, model):
-    sampler = Engine(torch.nn.Linear(1, 1), pad_token_id=0, seed=0)
-    sampler.sync_weights(model, version=7)
+    sampler = Engine(model, pad_token_id=0, seed=0)
+    assert sampler.capabilities.state and sampler.capabilities.work and sampler.capabilities.entropies
+
+    def never():  # an engine sharing the module in-process must not copy the weights
+        raise AssertionError("state_dict() called")
+
+    sampler.sync_weights(PolicyWeights(7, never))
     assert sampler.model is model
     model.train()
     try:

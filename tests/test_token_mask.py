@@ -1,4 +1,4 @@
-"""Token entropy and the top-ρ high-entropy loss mask: exact counts, subsets, the chosen tokens, ties."""
+"""The top-ρ high-entropy loss mask: exact counts, subsets, the chosen tokens, ties."""
 
 from __future__ import annotations
 
@@ -7,21 +7,10 @@ import math
 import pytest
 import torch
 
-from nextrl.algo.token_mask import high_entropy_mask, token_entropy
+from nextrl.algo.token_mask import high_entropy_mask
 
 ENT = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.8, 0.2, 0.3, 0.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # 7 valid; the 0.7 is padding
-
-
-def test_token_entropy_by_hand():
-    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3.0), float("-inf"), float("-inf")]])
-    h = token_entropy(logits)
-    # uniform over 4: ln 4; p = (1/4, 3/4, 0, 0): -(1/4 ln 1/4 + 3/4 ln 3/4), no NaN from the -inf logits
-    assert torch.allclose(h, torch.tensor([math.log(4.0), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]))
-    # temperature 2 halves the logits: p ∝ (1, √3)
-    p = torch.tensor([1.0, math.sqrt(3.0)]) / (1.0 + math.sqrt(3.0))
-    assert torch.allclose(token_entropy(logits[1:], temperature=2.0), -(p * p.log()).sum()[None])
-    assert torch.allclose(token_entropy(logits, temperature=0.0), h)  # greedy reads as T = 1
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from nextrl.config import ConfigError, available_presets, dump_config, load_config
+from nextrl.errors import NextRLError
 
 app = typer.Typer(
     add_completion=False,
@@ -47,8 +48,8 @@ def run(
 ) -> None:
     """Run the main job: pretrain a base model (cached), select positions, RL-train, train a FLOP-matched
     baseline, evaluate all three, and write summary.json, metrics.jsonl, TensorBoard events and report.html."""
-    from nextrl.pipeline import RunFolderError, summary_table
     from nextrl.pipeline import run as run_pipeline
+    from nextrl.report import summary_table
 
     cfg = _config(preset, overrides)
     if out is None:
@@ -58,9 +59,9 @@ def run(
         out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     try:
         summary = run_pipeline(cfg, out, resume=resume)
-    except (RunFolderError, ConfigError, ValueError) as e:
+    except NextRLError as e:  # expected failures: one message; anything else is a bug and keeps its traceback
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(e.exit_code) from None
     typer.echo(summary_table(summary))
     typer.echo(f"\nreport: {out / 'report.html'}")
 
@@ -90,15 +91,21 @@ def presets() -> None:
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder holding summary.json")]) -> None:
     """Re-render report.html of a run folder and print its summary table."""
-    import json
-
     from nextrl.report import summary_table, write_report
+    from nextrl.summary import RunSummary, SummaryError
 
-    if not (run_dir / "summary.json").is_file():
-        typer.secho(f"error: {run_dir / 'summary.json'} not found", fg=typer.colors.RED, err=True)
+    source = run_dir / "summary.json"
+    if not source.is_file():
+        typer.secho(f"error: {source} not found", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    path = write_report(run_dir)
-    typer.echo(summary_table(json.loads((run_dir / "summary.json").read_text())))
+    path = write_report(run_dir)  # renders (with a warning) even when the summary does not validate
+    try:
+        summary = RunSummary.load(source)
+    except SummaryError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        typer.echo(f"\nreport (metrics only): {path}")
+        raise typer.Exit(1) from None
+    typer.echo(summary_table(summary))
     typer.echo(f"\nreport: {path}")
 
 

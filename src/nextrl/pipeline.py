@@ -15,28 +15,27 @@ from typing import Any
 import numpy as np
 
 from nextrl import __version__
+from nextrl.accounting.flops import FlopModel
 from nextrl.config import RunConfig, dump_config
 from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
-from nextrl.env import NextTokenEnv
+from nextrl.env import NextTokenEnv, build_environment
+from nextrl.env.position_source import position_tasks
+from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
 from nextrl.model.build import autocast_dtype, resolve_device
-from nextrl.model.flops import FlopModel
+from nextrl.model.lm import train_lm
+from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
 from nextrl.report import summary_table, write_report
 from nextrl.selection import PositionIndex, select_positions
+from nextrl.summary import RLRunSummary, RunSummary, SummaryError
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from nextrl.trainer.lm import train_lm
-from nextrl.trainer.optim import build_optimizer, build_scheduler
 from nextrl.trainer.rl import RLTrainer
-from nextrl.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from nextrl.utils.io import atomic_dir, atomic_write_text
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.seed import seed_everything
-
-
-class RunFolderError(RuntimeError):
-    pass
 
 
 def prepare_run_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
@@ -74,9 +73,9 @@ def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -
         docs, base.tokenizer, proxy, cfg.selection, cfg.data, autocast, device, seed=cfg.seed
     )
     if not index.rows("train"):
-        raise ValueError("selection kept no training positions: lower selection.min_entropy or add documents")
+        raise DataError("selection kept no training positions: lower selection.min_entropy or add documents")
     if not index.rows("heldout"):
-        raise ValueError(
+        raise DataError(
             "selection kept no held-out positions: raise data.heldout_fraction or selection.max_documents"
         )
     index.save(folder)
@@ -87,6 +86,26 @@ def save_model(model, tokenizer, folder: Path) -> None:
     with atomic_dir(folder) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+
+
+def build_rl_trainer(
+    cfg: RunConfig,
+    policy,
+    tokenizer,
+    index: PositionIndex,
+    out_dir: Path,
+    device,
+    autocast,
+    logger: MetricsLogger | None = None,
+) -> RLTrainer:
+    """The RL trainer of a run: the environment `cfg.env.name` names, the index's training positions as its
+    task source, the configured in-process engine. `policy` is trained in place."""
+    env = build_environment(cfg, tokenizer)
+    source = position_tasks(cfg, index, env)
+    engine = build_engine(
+        cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=cfg.rl.seed
+    )
+    return RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger)
 
 
 def rl_stage(
@@ -101,9 +120,7 @@ def rl_stage(
     stop_after: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     policy = copy.deepcopy(base.model).to(device)
-    env = NextTokenEnv(cfg.env, base.tokenizer)
-    engine = build_engine(cfg.sampling, policy, base.tokenizer.pad_token_id, autocast, seed=cfg.rl.seed)
-    trainer = RLTrainer(cfg, policy, base.tokenizer, index, env, engine, out / "rl", device, autocast, logger)
+    trainer = build_rl_trainer(cfg, policy, base.tokenizer, index, out / "rl", device, autocast, logger)
     if resume:
         trainer.maybe_resume()
     trainer.train(stop_after=stop_after)
@@ -211,7 +228,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     finally:
         logger.close()
 
-    summary = {
+    fields: dict[str, Any] = {
         "nextrl_version": __version__,
         "preset": cfg.preset,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -237,40 +254,22 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
             "baseline": baseline_stats.get("tokens_per_second", 0.0),
         },
         "selection": {**index.stats(), "curriculum": cfg.curriculum.model_dump(), **_pool(rl_summary)},
-        "rl_summary": {
-            k: rl_summary[k]
-            for k in (
-                "reward_first",
-                "reward_last",
-                "groups_kept",
-                "groups_dropped",
-                "samples",
-                "samples_per_second",
-                "generation_seconds",
-                "training_seconds",
-                "mfu_training",
-                "mfu_rollout",
-                "matmul_peak_flops",
-                "reward",
-                "advantages",
-                "loss_tokens",
-                "groups_drawn",
-                "groups_with_signal",
-                "signal_fraction",
-                "empty_thought_samples",
-                "lm_coef",
-            )
-        },
+        # the schema's RLRunSummary names the keys of the trainer's summary that summary.json keeps
+        "rl_summary": {k: rl_summary[k] for k in RLRunSummary.model_fields if k in rl_summary},
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
         "config": cfg.model_dump(mode="json"),
+        "verdict": verdict(outcomes, buckets, seed=cfg.seed) if "baseline" in models else None,
+        "control": control_check(outcomes, buckets, seed=cfg.seed),
     }
-    if "baseline" in models:
-        summary["verdict"] = verdict(outcomes, buckets, seed=cfg.seed)
-    if (control := control_check(outcomes, buckets, seed=cfg.seed)) is not None:
-        summary["control"] = control
-    atomic_write_json(out / "summary.json", summary)
+    kept = out / "summary.invalid.json"  # written only when the figures do not fit the schema
+    try:
+        summary = RunSummary.from_dict(fields, kept)
+    except SummaryError:  # keep a long run's figures all the same; the error names every bad key
+        atomic_write_text(kept, json.dumps(fields, indent=2, default=str) + "\n")
+        raise
+    summary.write(out / "summary.json")
     write_report(out)
-    return summary
+    return summary.model_dump(mode="json")
 
 
 def _pool(rl_summary: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from nextrl.utils.rewards import REWARD_ATOL
+
 
 def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-6) -> torch.Tensor:
     """r - mean of the group; divided by (std + eps) when `scale` (GRPO), left unscaled otherwise (Dr. GRPO).
@@ -36,7 +38,7 @@ def rlp_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return g / (g - 1) * (rewards - rewards.mean(dim=1, keepdim=True))
 
 
-def uniform_groups(rewards: torch.Tensor, atol: float = 1e-8) -> torch.Tensor:
+def uniform_groups(rewards: torch.Tensor, atol: float = REWARD_ATOL) -> torch.Tensor:
     """Bool [num_groups]: True where every reward of the group is equal (within `atol`).
 
     Such groups have zero advantage everywhere, so they give no gradient (only KL); DAPO's dynamic sampling

@@ -16,16 +16,6 @@ import math
 import torch
 
 
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy (nats) of softmax(logits / T) over the last dim: [..., V] -> [...]. T = 0 (greedy) reads as 1,
-    the convention of `nextrl.algo.logprobs`, since the greedy distribution itself has no entropy."""
-    t = temperature if temperature > 0 else 1.0
-    logp = torch.log_softmax(logits.float() / t, dim=-1)
-    p = logp.exp()
-    # p·log p is 0 where p = 0 (a -inf logit), not 0 · -inf = NaN
-    return -torch.where(p > 0, p * logp, 0.0).sum(-1)
-
-
 def _keep_count(rho: float, n_valid: int) -> int:
     # round before ceil so float error does not add a token (0.7 * 10 = 7.000000000000001)
     return max(1, math.ceil(round(rho * n_valid, 9))) if n_valid else 0

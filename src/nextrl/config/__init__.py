@@ -12,6 +12,7 @@ from nextrl.config.schema import (
     RunConfig,
     SamplingConfig,
     SelectionConfig,
+    SharingConfig,
     SourceConfig,
     TokenizerConfig,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "SelectionConfig",
+    "SharingConfig",
     "SourceConfig",
     "TokenizerConfig",
     "available_presets",

@@ -12,10 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from nextrl.config.schema import RunConfig
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and where it came from."""
+from nextrl.errors import ConfigError
 
 
 def available_presets() -> list[str]:

@@ -6,15 +6,27 @@ starts, with an error that names the dotted key (see `nextrl.config.load`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nextrl.config.reward_spec import RewardSpec
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _moved(data: Any, moves: dict[str, str]) -> Any:
+    """Reject keys that moved or were removed with a message that says where they went."""
+    if isinstance(data, dict):
+        for old, new in moves.items():
+            if old in data:
+                raise ValueError(f"'{old}' {new}")
+    return data
+
+
+SHARING_MOVES = {"share_prefix": "enabled", "max_tree_nodes": "max_tree_nodes"}
 SYNTHETIC_TASKS = ("add", "multiply", "running_total", "count", "reverse", "sort")
 
 
@@ -197,15 +209,44 @@ class SelectionConfig(_Strict):
 
 
 class EnvConfig(_Strict):
-    """The next-token environment: how a position becomes a prompt and how a prediction is scored."""
+    """The environment: what a task is and how a rollout is scored. `name` picks a registered environment
+    (`nextrl.env.registry`; 'next_token' is RPT's) or imports one from a user's module ('package.module:factory');
+    the other keys configure the next-token environment, `options` any other."""
 
-    name: Literal["next_token"] = "next_token"
+    name: str = Field(
+        "next_token", min_length=1, description="registered environment, or 'package.module:factory'"
+    )
     format: Literal["structured", "prompted"] = "structured"
     thought_tokens: int = Field(16, ge=0, description="maximum thought length m")
     answer_tokens: int = Field(1, ge=1, description="tokens predicted after </think> (structured format)")
     max_answer_chars: int = Field(64, ge=1, description="longest answer scored (prompted format)")
-    missing_answer_reward: float = Field(0.0, description="reward for a missing or unparseable answer")
     target_tokens: int = Field(8, ge=1, description="true continuation tokens kept for scoring (the set B)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="settings of a user's environment (passed to its factory)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _moved(
+            data,
+            {
+                "missing_answer_reward": "was removed: it never changed the reward (the total comes from "
+                "the reward spec). Penalise a missing answer with the `format` term instead, e.g. "
+                "reward=prefix_match+0.5*format (format is -1 for a missing answer, else 0)"
+            },
+        )
+
+
+class SharingConfig(_Strict):
+    """Prefix sharing (`nextrl.sharing`): one setting for generation, reward scoring and the loss."""
+
+    enabled: bool = Field(
+        True,
+        description="encode each shared prompt prefix once and branch the samples from it, in generation and "
+        "in the loss (false: every sample is its own plain row, the reference path)",
+    )
+    max_tree_nodes: int = Field(4096, ge=16, description="most prompt tokens packed into one prefix tree")
 
 
 class SamplingConfig(_Strict):
@@ -213,12 +254,11 @@ class SamplingConfig(_Strict):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(128, ge=1, description="sequences decoded together by the rollout engine")
-    share_prefix: bool = Field(
-        True,
-        description="encode each shared prompt prefix once and branch the samples from it (false: every "
-        "sample prefills its own prompt, the plain reference path)",
-    )
-    max_tree_nodes: int = Field(4096, ge=16, description="most prompt tokens packed into one prefix tree")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return _moved(data, {k: f"moved to sharing.{v}" for k, v in SHARING_MOVES.items()})
 
 
 class RewardConfig(_Strict):
@@ -244,13 +284,9 @@ class RewardConfig(_Strict):
 
     @model_validator(mode="after")
     def _spec(self) -> RewardConfig:
-        from nextrl.env.likelihood import RewardSpec
-
-        RewardSpec.parse(self.spec, known=REWARD_COMPONENTS)
+        # syntax only: the environment checks the names against the components it declares
+        RewardSpec.parse(self.spec)
         return self
-
-
-REWARD_COMPONENTS = ("prefix_match", "info_gain", "likelihood", "format")
 
 
 class CurriculumConfig(_Strict):
@@ -266,6 +302,12 @@ class CurriculumConfig(_Strict):
     )
     retire_after: int = Field(
         0, ge=0, description="retire a position after this many visits in a row without signal (0 = never)"
+    )
+    min_spread: float = Field(
+        0.0,
+        ge=0.0,
+        description="a group whose rewards spread (max − min) by no more than this gives its position no "
+        "signal ('no_gain'; with retire_after such positions retire); 0: only equal rewards give none",
     )
     bucket_weights: dict[str, float] | None = Field(
         None,
@@ -304,14 +346,6 @@ class RLConfig(_Strict):
         4,
         ge=1,
         description="positions of one document stripe (one shared prefix) taken together in a step",
-    )
-    share_prefix: bool = Field(
-        True,
-        description="compute the loss over prefix trees (a shared prefix is encoded once and its gradient "
-        "accumulates from every branch); false: one plain row per sample, the reference path",
-    )
-    max_tree_nodes: int = Field(
-        4096, ge=16, description="most tokens packed into one prefix tree in the loss"
     )
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(2, ge=0)
@@ -367,6 +401,11 @@ class RLConfig(_Strict):
     checkpoint_every: int = Field(20, ge=1)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return _moved(data, {k: f"moved to sharing.{v}" for k, v in SHARING_MOVES.items()})
+
 
 class BaselineConfig(_Strict):
     """FLOP-matched continued pretraining of the same base model."""
@@ -403,6 +442,7 @@ class RunConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sharing: SharingConfig = Field(default_factory=SharingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)

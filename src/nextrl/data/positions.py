@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nextrl.errors import DataError
+
 
 def context_start(position: int, context: int) -> int:
     """Where the prompt of `position` starts: the whole prefix when it fits in `context` tokens, else the
@@ -31,7 +33,7 @@ class PositionSampler:
         self.units = [[int(u)] if isinstance(u, int | np.integer) else [int(r) for r in u] for u in units]
         self.units = [u for u in self.units if u]
         if not self.units:
-            raise ValueError(
+            raise DataError(
                 "no positions to train on: the selection kept none in the train split "
                 "(lower selection.min_entropy or add documents)"
             )

@@ -24,6 +24,7 @@ import zstandard
 
 from nextrl.config.schema import SourceConfig
 from nextrl.data.documents import Document
+from nextrl.errors import DataError
 
 SKIP_REASONS = ("binary", "invalid_utf8", "malformed_json", "missing_field", "not_text", "empty")
 WARN_LIMIT = 20  # warnings shown per source; users feed millions of lines, so the rest are only counted
@@ -31,10 +32,6 @@ WARN_LIMIT = 20  # warnings shown per source; users feed millions of lines, so t
 _STDLIB_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 _SNIFF_BYTES = 8192
-
-
-class DataError(ValueError):
-    """A data problem that skipping cannot fix; the message names the config key or source."""
 
 
 class DataWarning(UserWarning):

@@ -8,9 +8,11 @@ weights produced a rollout so that asynchronous trainers can bound staleness and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from nextrl.accounting.flops import TokenWork
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,39 @@ class Rollout:
     entropies: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine provides beyond `generate`, stated instead of probed: the trainer checks these when it is
+    built and says what is missing (e.g. `rl.entropy_mask_rho < 1` needs `entropies`)."""
+
+    entropies: bool = False  # Rollout.entropies filled for every token
+    work: bool = False  # `last_work` holds the prefill/decode TokenWork of the last `generate`
+    state: bool = False  # `state_dict` / `load_state_dict` carry the sampling RNG, for exact resume
+
+
+@dataclass(frozen=True)
+class PolicyWeights:
+    """The learner's weights at `version`, handed to engines. `state_dict` is a callable so that an engine that
+    shares the module in-process never copies anything; a remote engine (Ray worker, vLLM) calls it."""
+
+    version: int
+    state_dict: Callable[[], Mapping[str, Any]]
+
+
 class RolloutEngine(Protocol):
+    capabilities: EngineCapabilities
+    last_work: dict[str, TokenWork]  # read only when capabilities.work
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         """`params.n` rollouts for each prompt, in prompt order."""
         ...
 
-    def sync_weights(self, policy, version: int) -> None:
-        """Make generation use the trainer's current weights (a no-op for an engine sharing the module)."""
+    def sync_weights(self, weights: PolicyWeights) -> None:
+        """Make generation use these weights; later rollouts carry `weights.version` as their policy_version."""
+        ...
+
+    def state_dict(self) -> dict:  # only when capabilities.state
+        ...
+
+    def load_state_dict(self, state: dict) -> None:  # only when capabilities.state
         ...

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from nextrl.engine.base import Phase, Rollout, SamplingParams
-from nextrl.model.flops import TokenWork
+from nextrl.accounting.flops import TokenWork
+from nextrl.engine.base import EngineCapabilities, Phase, PolicyWeights, Rollout, SamplingParams
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -132,9 +132,11 @@ class TorchSampler:
         # tokens processed by the last `generate` call, for FLOP accounting
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
 
-    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
-        self.model = policy  # a reference: in-process training updates it in place
-        self.policy_version = version
+    capabilities = EngineCapabilities(entropies=True, work=True, state=True)
+
+    def sync_weights(self, weights: PolicyWeights) -> None:
+        # the module is shared with the in-process learner, which updates it in place: nothing to copy
+        self.policy_version = weights.version
 
     def state_dict(self) -> dict:
         """The sampling RNG stream, saved in checkpoints so that a resumed run samples what it would have."""

@@ -1,6 +1,6 @@
 """`PrefixSharingSampler`: sampling where prompts that share a prefix are encoded once and branch from it.
 
-Prompts are grouped into prefix trees (`nextrl.algo.prefix_tree`): the G samples of a position share its whole
+Prompts are grouped into prefix trees (`nextrl.sharing.prefix_tree`): the G samples of a position share its whole
 prompt, and positions of one document stripe share the document prefix. Each tree is one row of the KV cache:
 the prefill encodes every distinct prompt token once, and the decode steps append one key/value per live
 branch to its row. A branch's query sees the ancestors of its prompt's last node plus its own generated tokens,
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from nextrl.algo.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
+from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.engine.sampler import TorchSampler, _autocast, _device, _rollout, _sample, _Seq
-from nextrl.model.flops import TokenWork
+from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
 
 
 class PrefixSharingSampler(TorchSampler):

@@ -1,26 +1,19 @@
 """Verifier-free rewards from teacher-forced log-probs (RLP, Quiet-STaR), the copy guard, and reward composition.
 
-The trainer computes the log-probs (`nextrl.algo.logprobs.tree_completion_logprobs`: per-token log p of the true
+The trainer computes the log-probs (`nextrl.sharing.logprobs.tree_completion_logprobs`: per-token log p of the true
 continuation given a prompt); this module only turns them into rewards, so every formula here can be checked
 on small hand-made tensors.
 
 - `information_gain`: RLP's r = log p_θ(x_t | x_<t, thought) − log p_EMA(x_t | x_<t) (arXiv 2510.01265).
 - `likelihood_gain`: Quiet-STaR's multi-token version, the mean over the next k true tokens (arXiv 2403.09629).
-- `copies_target` / `apply_copy_guard`: a thought that writes the answer out gets a huge likelihood gain for
-  nothing (Quiet-STaR's known failure); such thoughts are detected on bytes and their reward replaced.
-- `RewardSpec`: a weighted sum of named reward components, parsed from a config string such as
-  "prefix_match+0.1*info_gain".
+- `copies_target`: a thought that writes the answer out gets a huge likelihood gain for nothing (Quiet-STaR's
+  known failure); such thoughts are detected on bytes and get no positive gain.
 
 Note for group-relative advantages: the no-thought term is the same for all G thoughts of a position, so it
 cancels in r_i − mean_j r_j; it shapes the reported reward (and thresholds on it), not the gradient.
 """
 
 from __future__ import annotations
-
-import math
-import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 
 import torch
 
@@ -148,80 +141,3 @@ def copies_target(thought_bytes: bytes, target_bytes: bytes, min_bytes: int = 2)
             return True
         start = thought_bytes.find(key, start + 1)
     return False
-
-
-def apply_copy_guard(rewards: torch.Tensor, copied: list[bool], penalty: float = 0.0) -> torch.Tensor:
-    """Rewards [N] with every copying thought's reward replaced by `penalty` (a new tensor).
-
-    With a signed reward (information gain) 0 is not the worst value: under group-relative advantages a copy set
-    to 0 still beats siblings whose gain is negative, so pass a penalty below any real reward there."""
-    if rewards.dim() != 1 or len(copied) != rewards.shape[0]:
-        raise ValueError(f"rewards {tuple(rewards.shape)} must be [N] with N = len(copied) = {len(copied)}")
-    flags = torch.tensor(copied, dtype=torch.bool, device=rewards.device)
-    return torch.where(flags, torch.full_like(rewards, penalty), rewards)
-
-
-# ---------------------------------------------------------------- reward composition
-
-_NUM = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_TERM = re.compile(rf"\s*([+-])?\s*(?:({_NUM})\s*\*\s*)?([A-Za-z_]\w*)\s*")
-
-
-def _format_weight(w: float) -> str:
-    # repr is the shortest string that parses back to the same float; drop ".0" so 2.0 reads as 2
-    return str(int(w)) if w.is_integer() and abs(w) < 1e15 else repr(w)
-
-
-@dataclass
-class RewardSpec:
-    """A reward as a weighted sum of named components, e.g. "prefix_match+0.1*info_gain-0.5*format"."""
-
-    terms: list[tuple[str, float]]
-
-    @classmethod
-    def parse(cls, text: str, known: Collection[str] | None = None) -> RewardSpec:
-        """Parse `[sign][weight*]name` terms joined by + or −; weights may use scientific notation.
-
-        `known` (the component names the environment produces) rejects typos early; None accepts any name."""
-        known_msg = "" if known is None else f" (known terms: {', '.join(sorted(known))})"
-        if not text.strip():
-            raise ValueError(f"reward: empty reward spec {text!r}{known_msg}")
-        terms: list[tuple[str, float]] = []
-        pos = 0
-        while pos < len(text):
-            m = _TERM.match(text, pos)
-            if m is None or (terms and m.group(1) is None):
-                bad = text[pos:].strip() or text
-                raise ValueError(f"reward: cannot parse term {bad!r} in {text!r}{known_msg}")
-            sign, weight, name = m.groups()
-            w = (-1.0 if sign == "-" else 1.0) * (float(weight) if weight else 1.0)
-            if known is not None and name not in known:
-                raise ValueError(f"reward: unknown term {name!r} in {text!r}{known_msg}")
-            if name in (n for n, _ in terms):
-                raise ValueError(f"reward: term {name!r} appears twice in {text!r}")
-            if not math.isfinite(w):
-                raise ValueError(f"reward: weight of {name!r} is not finite in {text!r}")
-            terms.append((name, w))
-            pos = m.end()
-        return cls(terms)
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.terms]
-
-    def total(self, components: Mapping[str, float]) -> float:
-        """Σ weight · component. Works for floats and, elementwise, for tensors of equal shape."""
-        missing = [n for n in self.names if n not in components]
-        if missing:
-            raise ValueError(
-                f"reward term(s) {missing} missing from the components {sorted(components)} (reward = {self})"
-            )
-        return sum((w * components[n] for n, w in self.terms), 0.0)
-
-    def __str__(self) -> str:
-        parts = []
-        for k, (name, w) in enumerate(self.terms):
-            sign = "-" if w < 0 else ("+" if k else "")
-            mag = abs(w)
-            parts.append(f"{sign}{name}" if mag == 1.0 else f"{sign}{_format_weight(mag)}*{name}")
-        return "".join(parts)

@@ -1,4 +1,6 @@
-"""The next-token environment: a document position becomes a task, a sampled prediction a prefix-match reward."""
+"""The next-token environment (RPT, RLP): a document position becomes a task; a sampled prediction is scored by
+byte-level prefix match, a format term and, teacher-forced through a scoring model, information gain and
+likelihood (`nextrl.env.model_scored`), composed by the config's reward spec."""
 
 from __future__ import annotations
 
@@ -6,22 +8,30 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from nextrl.config.schema import EnvConfig
+from nextrl.config.schema import EnvConfig, RewardConfig
 from nextrl.data.positions import context_start
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env import formats
-from nextrl.env.base import Reward, Task
+from nextrl.env.base import Environment, Reward, ScoringModel, Task, check_reward_spec
+from nextrl.env.model_scored import MODEL_SCORED, ModelScoredTerms
 from nextrl.env.reward import boundaries, prefix_match_reward
+from nextrl.errors import ConfigError
 from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, think_ids
 
 
-class NextTokenEnv:
-    """Implements `nextrl.env.base.Environment` for RPT-style next-token reasoning (format from `cfg.format`)."""
+class NextTokenEnv(Environment):
+    """RPT-style next-token reasoning (format from `cfg.format`), rewarded by `reward.spec` over the components
+    `prefix_match` (0/1), `format` (−1 for a missing or unparseable answer, else 0), `info_gain` and
+    `likelihood` (model-scored). Without a reward config it scores prefix match only (evaluation)."""
 
     name = "next_token"
+    reward_components = ("prefix_match", "format", *MODEL_SCORED)
 
-    def __init__(self, cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase):
+    def __init__(
+        self, cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase, reward: RewardConfig | None = None
+    ):
         self.cfg = cfg
+        self.reward_cfg = reward or RewardConfig()
         self.tok = tokenizer
         self.token_bytes = TokenBytes(tokenizer)
         eos = tokenizer.eos_token_id
@@ -33,6 +43,20 @@ class NextTokenEnv:
                 # convert_tokens_to_ids would silently give unk: fail here instead (see ensure_think_tokens).
                 raise ValueError("structured format needs <think> and </think> tokens in the vocabulary")
             self.think_open, self.think_close = think_ids(tokenizer)
+        self.spec = check_reward_spec(self.reward_cfg.spec, self)
+        self.model_scored = ModelScoredTerms(
+            self.reward_cfg, self.spec.names, self.think_close, self.eos_ids, self.token_bytes
+        )
+        if self.model_scored.names and cfg.format != "structured":
+            raise ConfigError(
+                f"config key 'reward': {', '.join(self.model_scored.names)} needs env.format=structured "
+                "(the continuation is teacher-forced right after </think>)"
+            )
+
+    @property
+    def verifier_free(self) -> bool:
+        """No term needs the answer to be right: RLP-style training on the thought only."""
+        return "prefix_match" not in self.spec.names
 
     # ------------------------------------------------------------ tasks
 
@@ -116,7 +140,8 @@ class NextTokenEnv:
         ans = formats.parse_boxed_answer(text, self.cfg.max_answer_chars)
         return None if ans is None else ans.encode("utf-8")
 
-    def score(self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]]) -> list[list[Reward]]:
+    def verify(self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]]) -> list[list[Reward]]:
+        """The model-free components of every rollout: `prefix_match` and `format`, and the parsed answer."""
         if len(tasks) != len(rollouts):
             raise ValueError(f"{len(tasks)} tasks but {len(rollouts)} rollout groups")
         out: list[list[Reward]] = []
@@ -125,16 +150,80 @@ class NextTokenEnv:
             for ro in group:
                 pred = self.answer_bytes(task, ro)
                 if pred is None:
-                    rewards.append(
-                        Reward(self.cfg.missing_answer_reward, {"prefix_match": 0.0}, None, parsed=False)
-                    )
+                    rewards.append(Reward(0.0, {"prefix_match": 0.0, "format": -1.0}, None, parsed=False))
                     continue
                 r = prefix_match_reward(pred, task.meta["target_bytes"], task.meta["boundaries"])
-                rewards.append(Reward(r, {"prefix_match": r}, pred.decode("utf-8", errors="replace")))
+                comps = {"prefix_match": r, "format": 0.0}
+                rewards.append(Reward(r, comps, pred.decode("utf-8", errors="replace")))
             out.append(rewards)
         return out
+
+    def score(
+        self,
+        tasks: Sequence[Task],
+        rollouts: Sequence[Sequence[Rollout]],
+        scorer: ScoringModel | None = None,
+    ) -> list[list[Reward]]:
+        verified = self.verify(tasks, rollouts)
+        comps = [[dict(r.components) for r in group] for group in verified]
+        if self.model_scored.names:
+            for name, values in self.model_scored(tasks, rollouts, scorer).items():
+                for i, group in enumerate(comps):
+                    for j, c in enumerate(group):
+                        c[name] = values[i][j]
+        return [
+            [Reward(self.total(c), c, r.answer, r.parsed) for c, r in zip(cg, rg, strict=True)]
+            for cg, rg in zip(comps, verified, strict=True)
+        ]
+
+    # ------------------------------------------------------------ model-scored state
+
+    def bind_scorer(self, scorer: ScoringModel) -> None:
+        self.model_scored.bind(scorer)
+
+    def after_update(self) -> None:
+        self.model_scored.update_baseline()  # RLP's EMA follows every optimizer step
+
+    def state_dict(self) -> dict | None:
+        return self.model_scored.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.model_scored.load_state_dict(state)
+
+    # ------------------------------------------------------------ the joint next-token term (rl.lm_coef)
+
+    def lm_sequences(self, tasks: Sequence[Task]) -> list[list[int]]:
+        return lm_sequences(tasks)
+
+    def empty_thought_targets(self, tasks: Sequence[Task]) -> tuple[list[list[int]], list[int]]:
+        if self._n_phases < 2:  # no thought phase: nothing to close
+            return [], []
+        return empty_thought_targets(tasks, self.think_open, self.think_close)
 
     def standard_prediction_correct(self, task: Task, predicted_token_id: int) -> bool:
         """No-thought protocol: one greedy token, judged by the same byte rule as a reasoned answer."""
         pred = self.token_bytes(int(predicted_token_id))
         return prefix_match_reward(pred, task.meta["target_bytes"], task.meta["boundaries"]) == 1.0
+
+
+def lm_sequences(tasks: Sequence[Task]) -> list[list[int]]:
+    """The text the positions read, once: each position's context plus its true next token, minus those that
+    are a prefix of another (positions of one stripe nest)."""
+    seqs = sorted({(*t.meta["context_ids"], t.meta["target_ids"][0]) for t in tasks if t.meta["target_ids"]})
+    out = [s for a, s in enumerate(seqs) if not (a + 1 < len(seqs) and seqs[a + 1][: len(s)] == s)]
+    return [list(s) for s in out if len(s) > 1]
+
+
+def empty_thought_targets(
+    tasks: Sequence[Task], think_open: int, think_close: int
+) -> tuple[list[list[int]], list[int]]:
+    """For each position: `context <think></think> x_t`, trained on x_t only (its index is returned), so the
+    next-token term also teaches that an empty thought changes nothing: closing the thought at once must cost
+    the policy no accuracy, or "not thinking" is no option for it to learn."""
+    seqs, starts = [], []
+    for t in tasks:
+        ctx = list(t.meta["context_ids"])
+        if ctx and t.meta["target_ids"]:
+            seqs.append([*ctx, think_open, think_close, int(t.meta["target_ids"][0])])
+            starts.append(len(seqs[-1]) - 2)
+    return seqs, starts

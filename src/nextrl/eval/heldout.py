@@ -64,7 +64,7 @@ def evaluate_models(
     """(summary figures, outcomes[model][mode] per position, bucket per position); the outcomes are also
     written to `out/eval/outcomes.parquet`."""
     rows = eval_rows(index, cfg.eval.positions, cfg.seed + 2)
-    tasks = index.tasks(env, rows, cfg.selection.context)
+    tasks = index.tasks(env.make_task, rows, cfg.selection.context)
     buckets = [t.meta["bucket"] for t in tasks]
     heldout_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "heldout"]
     outcomes: dict[str, dict[str, list[bool]]] = {}
@@ -78,6 +78,7 @@ def evaluate_models(
         model.to(device)
         engine = build_engine(
             cfg.sampling,
+            cfg.sharing,
             model,
             tokenizer.pad_token_id,
             autocast,
@@ -93,7 +94,7 @@ def evaluate_models(
             ln += [thought_length(r) for r in rollouts]
             if structured:  # nats per position that the model's own (greedy) thought buys
                 gn += gains_of_thoughts(
-                    model, tokenizer.pad_token_id, env, chunk, rollouts, autocast, cfg.sampling.max_tree_nodes
+                    model, tokenizer.pad_token_id, env, chunk, rollouts, autocast, cfg.sharing.max_tree_nodes
                 )
             bar.update(len(chunk))
         outcomes[name] = {"standard": std, "with_thought": wt}

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from nextrl.algo.logprobs import tree_completion_logprobs
 from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
 from nextrl.env.formats import closed_thought
+from nextrl.sharing.logprobs import tree_completion_logprobs
 
 
 def information_gain_nats(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nextrl.trainer.lm import lm_loss
+from nextrl.model.lm import lm_loss
 
 
 @torch.no_grad()

@@ -8,13 +8,14 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from nextrl.config import ModelConfig
+from nextrl.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'device': cuda was asked for but torch sees no CUDA device")
+        raise ConfigError("config key 'device': cuda was asked for but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -29,7 +30,7 @@ def autocast_dtype(cfg: ModelConfig, device: torch.device | None = None) -> torc
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    from nextrl.model.peak import matmul_peak
+    from nextrl.accounting.peak import matmul_peak
 
     faster = matmul_peak(device, torch.bfloat16) > 1.2 * matmul_peak(device, torch.float32)
     return torch.bfloat16 if faster else None
@@ -61,7 +62,7 @@ def load_model(path: str | Path, vocab_size: int | None = None) -> PreTrainedMod
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except OSError as e:
-        raise ValueError(f"config key 'model.path': cannot load a causal LM from {path}: {e}") from None
+        raise ConfigError(f"config key 'model.path': cannot load a causal LM from {path}: {e}") from None
     if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model

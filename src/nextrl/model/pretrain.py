@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from nextrl import __version__
+from nextrl.accounting.flops import FlopModel
 from nextrl.config import RunConfig
 from nextrl.data import Document, DocumentStream, split_of
 from nextrl.data.windows import WindowBatches, insert_thought, pack_windows
+from nextrl.errors import DataError
 from nextrl.model.build import autocast_dtype, build_llama, count_params, load_model
-from nextrl.model.flops import FlopModel
+from nextrl.model.lm import train_lm
+from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.tokenizer import load_tokenizer, think_ids, train_bpe_tokenizer
-from nextrl.trainer.lm import train_lm
-from nextrl.trainer.optim import build_optimizer, build_scheduler
 from nextrl.utils.io import atomic_dir
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
@@ -95,7 +96,7 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
     # ~3.5 characters per BPE token on code; read 1.5x what the token budget needs (epochs repeat otherwise).
     docs = train_documents(cfg, max_chars=int(pc.tokens * 3.5 * 1.5))
     if not docs:
-        raise ValueError("the corpus has no training documents (data.sources)")
+        raise DataError("the corpus has no training documents (data.sources)")
     tok = train_bpe_tokenizer(
         (d.text for d in docs[: cfg.tokenizer.train_documents]),
         cfg.tokenizer.vocab_size,

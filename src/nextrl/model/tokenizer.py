@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
-from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -121,7 +120,3 @@ class TokenBytes:
 
     def join(self, ids: Iterable[int]) -> bytes:
         return b"".join(self(i) for i in ids)
-
-
-def save_tokenizer(tok: PreTrainedTokenizerBase, folder: str | Path) -> None:
-    tok.save_pretrained(str(folder))

@@ -1,4 +1,7 @@
-"""Self-contained HTML report of a run folder: inline CSS, plots as data URIs, no JavaScript."""
+"""Self-contained HTML report of a run folder: inline CSS, plots as data URIs, no JavaScript.
+
+The figures come from summary.json read as a `RunSummary`; a missing or invalid summary still gives a page
+(with a warning saying why) that shows what metrics.jsonl has."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Any
 import yaml
 
 from nextrl.report.plots import BUCKET_ORDER, MODE_LABELS, MODE_ORDER, all_plots, read_metrics
-from nextrl.report.table import NO_VERDICT, get, models, num, pct, sci, verdict_text
+from nextrl.report.table import NO_VERDICT, models, num, pct, sci, verdict_text
+from nextrl.summary import RunSummary, SummaryError
 from nextrl.utils.io import atomic_write_text
 
 STAGE_ORDER = ["pretrain", "selection", "rl", "baseline", "eval"]
@@ -57,56 +61,57 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _kv_table(d: Any) -> str:
-    if not isinstance(d, dict) or not d:
+def _kv_table(d: dict[str, Any]) -> str:
+    if not d:
         return "<p>not recorded</p>"
     rows = "".join(_row(escape(k), _fmt(v)) for k, v in _flatten(d))
     return f"<table>{rows}</table>"
 
 
-def _header(summary: dict, run_dir: Path) -> str:
-    date = summary.get("date")
-    if not date:  # summary.json does not carry a date: its write time is when the run ended
+def _header(summary: RunSummary | None, run_dir: Path) -> str:
+    if summary is None:  # no readable summary: its write time (or now) stands in for when the run ended
         src = run_dir / "summary.json"
         ts = src.stat().st_mtime if src.exists() else datetime.now().timestamp()
         date = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-    wall = num(summary.get("wall_seconds"))
+        preset, version, wall, where = "unknown", "?", None, str(run_dir)
+    else:
+        date, preset, version = summary.date, summary.preset, summary.nextrl_version
+        wall, where = num(summary.wall_seconds), summary.run_dir
     wall_s = "not recorded" if wall is None else f"{wall:.1f} s ({wall / 60:.1f} min)"
     meta = [
-        f"preset <b>{_fmt(summary.get('preset', 'unknown'))}</b>",
+        f"preset <b>{_fmt(preset)}</b>",
         f"date {_fmt(date)}",
         f"wall time {wall_s}",
-        f"nextrl {_fmt(summary.get('nextrl_version', '?'))}",
-        f"run <code>{escape(str(summary.get('run_dir', run_dir)))}</code>",
+        f"nextrl {_fmt(version)}",
+        f"run <code>{escape(where)}</code>",
     ]
     return f"<h1>nextrl run report</h1><p class='meta'>{' · '.join(meta)}</p>"
 
 
-def _verdict(summary: dict) -> str:
-    beats, text = get(summary, "verdict", "rl_beats_baseline"), verdict_text(summary)
-    # Colour only a definite answer; a missing or malformed verdict stays neutral grey.
-    cls = "none" if text == NO_VERDICT or not isinstance(beats, bool) else ("win" if beats else "loss")
+def _verdict(summary: RunSummary | None) -> str:
+    v, text = (summary.verdict if summary is not None else None), verdict_text(summary)
+    # Colour only a definite answer; a missing verdict stays neutral grey.
+    cls = "none" if v is None or text == NO_VERDICT else ("win" if v.rl_beats_baseline else "loss")
     detail = ""
-    metric, rl, base = (get(summary, "verdict", k) for k in ("metric", "rl", "baseline"))
-    if num(rl) is not None and num(base) is not None:
-        detail = f"<br><small>{_fmt(metric)}: RL {pct(rl)} vs FLOP-matched baseline {pct(base)}</small>"
+    if v is not None and num(v.rl) is not None and num(v.baseline) is not None:
+        detail = (
+            f"<br><small>{_fmt(v.metric)}: RL {pct(v.rl)} vs FLOP-matched baseline {pct(v.baseline)}</small>"
+        )
     return f"<div class='verdict {cls}'>{escape(text)}{detail}</div>"
 
 
-def _accuracy(summary: dict) -> str:
-    acc = summary.get("accuracy")
-    names = [m for m in models(summary) if isinstance(get(acc, m), dict)]
+def _accuracy(summary: RunSummary) -> str:
+    acc = {m: summary.accuracy[m].by_mode() for m in models(summary) if m in summary.accuracy}
+    names = list(acc)
     if not names:
         return "<p>not recorded (evaluation did not finish)</p>"
-    found = [md for n in names for md, v in acc[n].items() if isinstance(v, dict)]
+    found = [md for n in names for md in acc[n]]
     modes = [md for md in dict.fromkeys([*MODE_ORDER, *found]) if md in found]
     # Known buckets first in difficulty order; columns nobody has a number for are dropped below.
-    buckets = dict.fromkeys(
-        [*BUCKET_ORDER, *(b for n in names for md in modes for b in get(acc, n, md) or {})]
-    )
+    buckets = dict.fromkeys([*BUCKET_ORDER, *(b for n in names for md in modes for b in acc[n][md])])
     cols = [(md, b) for md in modes for b in buckets]
-    cols = [(md, b) for md, b in cols if any(num(get(acc, n, md, b)) is not None for n in names)]
-    grid = {n: [num(get(acc, n, *c)) for c in cols] for n in names}
+    cols = [(md, b) for md, b in cols if any(num(acc[n][md].get(b)) is not None for n in names)]
+    grid = {n: [num(acc[n][md].get(b)) for md, b in cols] for n in names}
     # Bold by the printed value, so that two models that read the same are both marked best.
     best = [
         pct(max((v for v in col if v is not None), default=None)) for col in zip(*grid.values(), strict=True)
@@ -117,75 +122,69 @@ def _accuracy(summary: dict) -> str:
         if any(c[0] == md for c in cols)
     )
     head2 = "".join(f"<th>{escape(b)}</th>" for _, b in cols)
-    se = summary.get("accuracy_stderr")
+    se = {m: v.by_mode() for m, v in summary.accuracy_stderr.items()}
 
     def cell(n: str, c: tuple[str, str], v: float | None, top: str) -> str:
         text = f"<b>{pct(v)}</b>" if v is not None and pct(v) == top else pct(v)
-        e = num(get(se, n, *c))
+        e = num(se[n][c[0]].get(c[1])) if n in se else None
         return text + (f"<small> ±{100 * e:.1f}</small>" if v is not None and e is not None else "")
 
     rows = [
         _row(escape(n), *(cell(n, c, v, top) for c, v, top in zip(cols, vals, best, strict=True)))
         for n, vals in grid.items()
     ]
-    counts = summary.get("eval_counts")
-    if isinstance(counts, dict):
-        rows.append(_row("positions", *(_fmt(counts.get(b, "-")) for _, b in cols), cls="counts"))
+    counts = summary.eval_counts
+    rows.append(_row("positions", *(_fmt(counts.get(b, "-")) for _, b in cols), cls="counts"))
     return (
         f"<table><thead><tr><th rowspan='2'>model</th>{head1}</tr><tr>{head2}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
-def _control(summary: dict) -> str:
+def _control(summary: RunSummary) -> str:
     """The positive control's pass rule, with both paired tests (only when the run had `computed` positions)."""
-    c = summary.get("control")
-    if not isinstance(c, dict):
+    c = summary.control
+    if c is None:
         return ""
-    passed = c.get("passed") is True
     rows = []
-    for key, label in (("vs_base", "base model, with thought"), ("vs_baseline", "FLOP-matched baseline")):
-        v = c.get(key)
-        if isinstance(v, dict):
-            ci = f"{pct(v.get('ci_low'))} to {pct(v.get('ci_high'))}"
+    for v, label in ((c.vs_base, "base model, with thought"), (c.vs_baseline, "FLOP-matched baseline")):
+        if v is not None:
             rows.append(
                 _row(
-                    escape(label) + f" ({escape(str(v.get('mode')))})",
-                    f"{100 * (num(v.get('diff')) or 0):+.1f} pts",
-                    ci,
-                    _fmt(v.get("p_value")),
-                    "yes" if v.get("passed") else "no",
+                    escape(label) + f" ({escape(v.mode)})",
+                    f"{100 * (num(v.diff) or 0):+.1f} pts",
+                    f"{pct(v.ci_low)} to {pct(v.ci_high)}",
+                    _fmt(v.p_value),
+                    "yes" if v.passed else "no",
                 )
             )
     head = "<tr><th>RL with thought vs</th><th>difference</th><th>95% interval</th><th>McNemar p</th><th>passed</th></tr>"
     text = (
-        f"Positive control {'passed' if passed else 'FAILED'}: RL's with-thought accuracy on the "
-        f"{_fmt(c.get('n'))} held-out '{escape(str(c.get('bucket')))}' positions is {pct(c.get('rl_with_thought'))}; "
-        f"the rule is at least {100 * (num(c.get('margin')) or 0):.0f} points above each, p < 0.01."
+        f"Positive control {'passed' if c.passed else 'FAILED'}: RL's with-thought accuracy on the "
+        f"{_fmt(c.n)} held-out '{escape(c.bucket)}' positions is {pct(c.rl_with_thought)}; "
+        f"the rule is at least {100 * (num(c.margin) or 0):.0f} points above each, p < 0.01."
     )
     return (
-        f"<h2>Positive control</h2><div class='verdict {'win' if passed else 'loss'}'>{text}</div>"
+        f"<h2>Positive control</h2><div class='verdict {'win' if c.passed else 'loss'}'>{text}</div>"
         f"<table><thead>{head}</thead>{''.join(rows)}</table>"
     )
 
 
-def _thinking(summary: dict) -> str:
+def _thinking(summary: RunSummary) -> str:
     """Per model and bucket: thought length, and whether the model's thought helps its own prediction."""
-    tv, tl = summary.get("thought_vs_standard"), summary.get("thought_length")
-    if not isinstance(tv, dict):
-        return ""
-    names = [m for m in models(summary) if isinstance(tv.get(m), dict)]
-    buckets = [b for b in BUCKET_ORDER if any(isinstance(get(tv, m, b), dict) for m in names)]
+    tv, tl = summary.thought_vs_standard, summary.thought_length
+    names = [m for m in models(summary) if m in tv]
+    buckets = [b for b in BUCKET_ORDER if any(b in tv[m] for m in names)]
     head = "<tr><th>model</th>" + "".join(f"<th>{escape(b)}</th>" for b in buckets) + "</tr>"
     rows = []
     for m in names:
         cells = []
         for b in buckets:
-            v, n = get(tv, m, b), num(get(tl, m, b))
-            if not isinstance(v, dict):
+            v, n = tv[m].get(b), num(tl.get(m, {}).get(b))
+            if v is None:
                 cells.append("-")
                 continue
-            d, p = num(v.get("diff")), num(v.get("p_value"))
+            d, p = num(v.diff), num(v.p_value)
             mark = "" if p is None or p >= 0.01 else (" ▲" if (d or 0) > 0 else " ▼")
             length = "" if n is None else f"{n:.1f} tok · "
             cells.append(f"{length}{100 * (d or 0):+.1f} pts{mark}")
@@ -198,35 +197,25 @@ def _thinking(summary: dict) -> str:
     )
 
 
-def _ppl(summary: dict) -> str:
-    def length(n: str) -> float | None:  # per bucket now ({"all": ...}); a plain number in older summaries
-        v = get(summary, "thought_length", n)
-        return num(v.get("all")) if isinstance(v, dict) else num(v)
+def _ppl(summary: RunSummary) -> str:
+    def length(n: str) -> float | None:
+        return num(summary.thought_length.get(n, {}).get("all"))
 
-    names = [
-        m for m in models(summary) if num(get(summary, "perplexity", m)) is not None or length(m) is not None
-    ]
+    def ppl(n: str) -> float | None:
+        return num(summary.perplexity.get(n))
+
+    names = [m for m in models(summary) if ppl(m) is not None or length(m) is not None]
     if not names:
         return "<p>not recorded</p>"
 
     def gain(n: str) -> str:
-        mean, se = (
-            num(get(summary, "information_gain", n, "mean")),
-            num(get(summary, "information_gain", n, "stderr")),
-        )
+        g = summary.information_gain.get(n)
+        mean, se = (None, None) if g is None else (num(g.mean), num(g.stderr))
         if mean is None:
             return "-"
         return f"{mean:+.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
-    rows = "".join(
-        _row(
-            escape(n),
-            _fmt(num(get(summary, "perplexity", n))),
-            _fmt(length(n)),
-            gain(n),
-        )
-        for n in names
-    )
+    rows = "".join(_row(escape(n), _fmt(ppl(n)), _fmt(length(n)), gain(n)) for n in names)
     head = (
         "<tr><th>model</th><th>perplexity</th><th>thought length (tokens)</th>"
         "<th>information gain (nats/position that the thought buys, ± s.e.)</th></tr>"
@@ -234,32 +223,32 @@ def _ppl(summary: dict) -> str:
     return f"<table><thead>{head}</thead>{rows}</table>"
 
 
-def _compute(summary: dict) -> str:
-    sections = {
-        k: summary.get(k) if isinstance(summary.get(k), dict) else {}
-        for k in ("flops", "stage_seconds", "tokens_per_second", "steps")
+def _compute(summary: RunSummary) -> str:
+    # stage -> figure; a stage that did not run (no baseline) has no entry and shows "-"
+    sections: dict[str, dict[str, Any]] = {
+        "flops": summary.flops.model_dump(exclude={"rl_breakdown"}),
+        "stage_seconds": summary.stage_seconds.model_dump(),
+        "tokens_per_second": summary.tokens_per_second.model_dump(),
+        "steps": summary.steps.model_dump(),
     }
     stages = [s for s in STAGE_ORDER if any(s in d for d in sections.values())]
-    stages += [s for d in sections.values() for s in d if s not in stages and s != "rl_breakdown"]
-    if not stages:
-        return "<p>not recorded</p>"
+    stages += [s for d in sections.values() for s in d if s not in stages]
     rows = []
     for s in dict.fromkeys(stages):
-        f, w, t, n = (get(sections, k, s) for k in ("flops", "stage_seconds", "tokens_per_second", "steps"))
+        f, w, t, n = (sections[k].get(s) for k in ("flops", "stage_seconds", "tokens_per_second", "steps"))
         wall = "-" if num(w) is None else f"{num(w):.1f}"
         tps = "-" if num(t) is None else f"{num(t):,.0f}"
         rows.append(_row(escape(s), sci(f), wall, tps, "-" if n is None else _fmt(n)))
-        breakdown = get(summary, "flops", "rl_breakdown")
-        if s == "rl" and isinstance(breakdown, dict):  # where the RL FLOPs went, right under its total
-            rows += [_row(f"&nbsp;&nbsp;rl: {escape(k)}", sci(v), "", "", "") for k, v in breakdown.items()]
+        if s == "rl":  # where the RL FLOPs went, right under its total
+            rows += [
+                _row(f"&nbsp;&nbsp;rl: {escape(k)}", sci(v), "", "", "")
+                for k, v in summary.flops.rl_breakdown.items()
+            ]
     head = "<tr><th>stage</th><th>FLOPs</th><th>wall s</th><th>tokens/s</th><th>steps</th></tr>"
-    rl, base = num(get(summary, "flops", "rl")), num(get(summary, "flops", "baseline"))
+    rl, base = num(summary.flops.rl), num(summary.flops.baseline)
     note = f"<p>RL / baseline FLOPs: {rl / base:.2f} (1.00 = matched)</p>" if rl is not None and base else ""
-    mfu_t, mfu_r = (
-        num(get(summary, "rl_summary", "mfu_training")),
-        num(get(summary, "rl_summary", "mfu_rollout")),
-    )
-    peak = num(get(summary, "rl_summary", "matmul_peak_flops"))
+    r = summary.rl_summary
+    mfu_t, mfu_r, peak = num(r.mfu_training), num(r.mfu_rollout), num(r.matmul_peak_flops)
     if mfu_t is not None and mfu_r is not None and peak:
         note += (
             f"<p>RL model FLOPs utilisation: training {mfu_t:.1%}, generation {mfu_r:.1%} of the measured "
@@ -268,10 +257,8 @@ def _compute(summary: dict) -> str:
     return f"<table><thead>{head}</thead>{''.join(rows)}</table>{note}"
 
 
-def _config(summary: dict) -> str:
-    cfg = summary.get("config")
-    if cfg is None:
-        return "<p>not recorded</p>"
+def _config(summary: RunSummary) -> str:
+    cfg = summary.config
     try:
         text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
     except yaml.YAMLError:  # objects YAML cannot represent: JSON with str() fallback still shows them
@@ -279,7 +266,7 @@ def _config(summary: dict) -> str:
     return f"<details><summary>resolved config</summary><pre>{escape(text)}</pre></details>"
 
 
-def _plots(summary: dict, records: list[dict]) -> str:
+def _plots(summary: RunSummary | None, records: list[dict]) -> str:
     figs = [
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{escape(t)}">'
         f"<figcaption>{escape(t)}</figcaption></figure>"
@@ -288,41 +275,41 @@ def _plots(summary: dict, records: list[dict]) -> str:
     return "".join(figs) or "<p>no metrics recorded</p>"
 
 
-def _load_summary(run_dir: Path) -> tuple[dict, str]:
+def _load_summary(run_dir: Path) -> tuple[RunSummary | None, str]:
+    """The run's summary, or None and why (the report then shows what the metrics have)."""
     path = run_dir / "summary.json"
+    if not path.exists():
+        return None, "summary.json is missing: the run did not finish; showing what the metrics have."
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, "summary.json is missing: the run did not finish; showing what the metrics have."
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}, "summary.json is unreadable; showing what the metrics have."
-    if not isinstance(summary, dict):
-        return {}, "summary.json is not an object; showing what the metrics have."
-    return summary, ""
+        return RunSummary.load(path), ""
+    except SummaryError as e:
+        return None, f"{e}; showing what the metrics have."
 
 
-def render(summary: dict, records: list[dict], run_dir: Path, warning: str = "") -> str:
-    title = f"nextrl report: {summary.get('preset', 'run')}"
+def render(summary: RunSummary | None, records: list[dict], run_dir: Path, warning: str = "") -> str:
+    """The report page; without a summary only the header, the warning and the metrics' plots have content."""
+    title = f"nextrl report: {summary.preset if summary is not None else 'run'}"
+    missing = "<p>not recorded</p>"
     body = [
         _header(summary, run_dir),
         f"<p class='verdict none'>{escape(warning)}</p>" if warning else "",
         _verdict(summary),
-        _control(summary),
+        _control(summary) if summary is not None else "",
         "<h2>Next-token accuracy</h2>",
-        _accuracy(summary),
-        _thinking(summary),
+        _accuracy(summary) if summary is not None else "<p>not recorded (evaluation did not finish)</p>",
+        _thinking(summary) if summary is not None else "",
         "<h2>Perplexity, thought length and information gain</h2>",
-        _ppl(summary),
+        _ppl(summary) if summary is not None else missing,
         "<h2>Compute</h2>",
-        _compute(summary),
+        _compute(summary) if summary is not None else missing,
         "<h2>Position selection</h2>",
-        _kv_table(summary.get("selection")),
+        _kv_table(summary.selection.model_dump()) if summary is not None else missing,
         "<h2>RL summary</h2>",
-        _kv_table(summary.get("rl_summary")),
+        _kv_table(summary.rl_summary.model_dump()) if summary is not None else missing,
         "<h2>Plots</h2>",
         _plots(summary, records),
         "<h2>Config</h2>",
-        _config(summary),
+        _config(summary) if summary is not None else missing,
     ]
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(str(title))}</title>"

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nextrl.report.table import models as model_names  # noqa: E402
 from nextrl.report.table import num  # noqa: E402
+from nextrl.summary import RunSummary  # noqa: E402
 
 BUCKET_ORDER = ["easy", "medium", "hard", "computed", "all"]
 MODE_ORDER = ["standard", "with_thought"]
@@ -98,15 +99,13 @@ def reward_plot(records: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def accuracy_plot(summary: dict) -> bytes | None:
-    acc = summary.get("accuracy")
-    if not isinstance(acc, dict) or not acc:
+def accuracy_plot(summary: RunSummary | None) -> bytes | None:
+    if summary is None or not summary.accuracy:
         return None
-    models = [m for m in model_names(summary) if isinstance(acc.get(m), dict)]
+    acc = {m: summary.accuracy[m].by_mode() for m in model_names(summary) if m in summary.accuracy}
+    models = list(acc)
     modes = _ordered([md for m in models for md in acc[m]], MODE_ORDER)
-    buckets = _ordered(
-        [b for m in models for md in acc[m].values() if isinstance(md, dict) for b in md], BUCKET_ORDER
-    )
+    buckets = _ordered([b for m in models for md in acc[m].values() for b in md], BUCKET_ORDER)
     if not models or not modes or not buckets:
         return None
     # One panel per mode, so each bar group is only "one bar per model" and stays readable.
@@ -117,8 +116,7 @@ def accuracy_plot(summary: dict) -> bytes | None:
     colors = plt.get_cmap("tab10").colors
     for ax, mode in zip(axes[0], modes, strict=True):
         for i, model in enumerate(models):
-            vals = acc[model].get(mode) or {}
-            ys = [num(vals.get(b)) if isinstance(vals, dict) else None for b in buckets]
+            ys = [num(acc[model][mode].get(b)) for b in buckets]
             xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(buckets))]
             bars = ax.bar(xs, [100 * y if y is not None else 0 for y in ys], width, color=colors[i % 10])
             bars.set_label(model)
@@ -204,7 +202,7 @@ def groups_plot(records: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def all_plots(summary: dict, records: list[dict]) -> list[tuple[str, bytes]]:
+def all_plots(summary: RunSummary | None, records: list[dict]) -> list[tuple[str, bytes]]:
     """(title, png) for every plot that has data, in report order."""
     plots = [
         ("Accuracy per bucket", accuracy_plot(summary)),

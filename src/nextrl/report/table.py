@@ -1,9 +1,11 @@
-"""Plain-text summary table printed at the end of a run (fixed width, no dependencies)."""
+"""Plain-text summary table printed at the end of a run (fixed width), read from a `RunSummary`."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from nextrl.summary import RunSummary
 
 NO_VERDICT = "no verdict: evaluation did not finish"
 BUCKETS = ["easy", "medium", "hard"]
@@ -26,60 +28,52 @@ def sci(x: Any) -> str:
     return "-" if v is None else f"{v:.2e}"
 
 
-def get(d: Any, *keys: str) -> Any:
-    """Nested lookup that returns None on any missing level (partial summaries are normal)."""
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
+def models(summary: RunSummary) -> list[str]:
+    """The evaluated models, in the summary's order (every per-model block is keyed by one of them)."""
+    return list(summary.models)
 
 
-def models(summary: dict) -> list[str]:
-    """Models in the summary's order, plus any that only appear in a per-model section."""
-    listed = summary.get("models")
-    names = [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
-    for section in ("accuracy", "perplexity", "thought_length"):
-        if isinstance(summary.get(section), dict):
-            names += [m for m in summary[section] if isinstance(m, str)]
-    return list(dict.fromkeys(names))
+def accuracy(summary: RunSummary, model: str, mode: str, bucket: str) -> float | None:
+    """One accuracy figure, None when that model, mode or bucket was not evaluated."""
+    acc = summary.accuracy.get(model)
+    return None if acc is None else acc.by_mode()[mode].get(bucket)
 
 
-def verdict_text(summary: dict) -> str:
-    text = get(summary, "verdict", "text")
-    return text if isinstance(text, str) and text else NO_VERDICT
+def verdict_text(summary: RunSummary | None) -> str:
+    v = summary.verdict if summary is not None else None
+    return v.text if v is not None and v.text else NO_VERDICT
 
 
-def summary_table(summary: dict) -> str:
-    buckets = BUCKETS + (["computed"] if "computed" in (summary.get("eval_counts") or {}) else [])
+def summary_table(summary: RunSummary | dict) -> str:
+    """The run's results as fixed-width text; a dict is validated against `RunSummary` first."""
+    s = summary if isinstance(summary, RunSummary) else RunSummary.from_dict(summary)
+    buckets = BUCKETS + (["computed"] if "computed" in s.eval_counts else [])
     cols = ["std/all", "thought/all", *(f"th/{b}" for b in buckets), "ppl"]
-    names = models(summary)
+    names = models(s)
     w0 = max([5, *map(len, names)])
     lines = [f"{'model':<{w0}}" + "".join(f"{c:>12}" for c in cols)]
     for m in names:
-        acc = get(summary, "accuracy", m)
-        ppl = num(get(summary, "perplexity", m))
-        cells = [pct(get(acc, "standard", "all")), pct(get(acc, "with_thought", "all"))]
-        cells += [pct(get(acc, "with_thought", b)) for b in buckets]
+        ppl = num(s.perplexity.get(m))
+        cells = [pct(accuracy(s, m, "standard", "all")), pct(accuracy(s, m, "with_thought", "all"))]
+        cells += [pct(accuracy(s, m, "with_thought", b)) for b in buckets]
         cells.append("-" if ppl is None else f"{ppl:.2f}")
         lines.append(f"{m:<{w0}}" + "".join(f"{c:>12}" for c in cells))
-    rl, base = num(get(summary, "flops", "rl")), num(get(summary, "flops", "baseline"))
+    rl, base = num(s.flops.rl), num(s.flops.baseline)
     ratio = f" (x{rl / base:.2f})" if rl is not None and base else ""
-    wall = num(summary.get("wall_seconds"))
+    wall = num(s.wall_seconds)
     wall_s = "-" if wall is None else f"{wall:.1f} s"
     lines.append(f"FLOPs rl {sci(rl)} vs baseline {sci(base)}{ratio} | wall {wall_s}")
-    lines.append(f"Verdict: {verdict_text(summary)}")
-    control = summary.get("control")
-    if isinstance(control, dict):
+    lines.append(f"Verdict: {verdict_text(s)}")
+    control = s.control
+    if control is not None:
         parts = [
-            f"{k.removeprefix('vs_')} {100 * (num(get(control, k, 'diff')) or 0):+.1f} pts "
-            f"(p = {num(get(control, k, 'p_value')) or 0:.2g})"
-            for k in ("vs_base", "vs_baseline")
-            if isinstance(control.get(k), dict)
+            f"{name} {100 * (num(c.diff) or 0):+.1f} pts (p = {num(c.p_value) or 0:.2g})"
+            for name, c in (("base", control.vs_base), ("baseline", control.vs_baseline))
+            if c is not None
         ]
-        state = "PASSED" if control.get("passed") is True else "FAILED"
+        state = "PASSED" if control.passed else "FAILED"
         lines.append(
-            f"Positive control {state}: RL with thought on '{control.get('bucket')}' "
-            f"{pct(control.get('rl_with_thought'))}; vs {', vs '.join(parts)}"
+            f"Positive control {state}: RL with thought on '{control.bucket}' "
+            f"{pct(control.rl_with_thought)}; vs {', vs '.join(parts)}"
         )
     return "\n".join(lines)

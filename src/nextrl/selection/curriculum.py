@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nextrl.utils.rewards import REWARD_ATOL, reward_spread
+
 Schedule = Literal["uniform", "easy_to_hard"]
 Prefer = Literal["uniform", "policy_entropy"]
 REASONS = ("always_right", "always_wrong", "no_gain")
-# Rewards within this of each other count as equal (the tolerance of `nextrl.algo.advantages.uniform_groups`).
-UNIFORM_ATOL = 1e-8
+
 # A uniform group whose reward is at least this is "always right" (binary rewards: 1), else "always wrong".
 RIGHT_THRESHOLD = 0.5
 # Smallest draw weight under policy_entropy: a unit scored 0 becomes unlikely, never impossible.
@@ -214,7 +215,7 @@ class PositionPool:
         if not rewards:
             raise ValueError(f"row {row}: empty rewards")
         self._visits[row] += 1
-        uniform = max(rewards) - min(rewards) <= UNIFORM_ATOL
+        uniform = reward_spread(rewards) <= REWARD_ATOL
         if uniform:
             reason = "always_right" if rewards[0] >= RIGHT_THRESHOLD else "always_wrong"
         elif not signal:

@@ -60,10 +60,10 @@ class PositionIndex:
             out += [rows[i : i + per_unit] for i in range(0, len(rows), per_unit)]
         return out
 
-    def tasks(self, env, rows: list[int], context: int) -> list:
-        """The environment's tasks for these rows (each: its document's tokens, position and bucket)."""
+    def tasks(self, make_task, rows: list[int], context: int) -> list:
+        """`make_task(doc_id, tokens, position, context, bucket)` for these rows (an environment's `make_task`)."""
         return [
-            env.make_task(
+            make_task(
                 self.doc_id[r], self.doc_tokens[self.doc_id[r]], self.position[r], context, self.bucket[r]
             )
             for r in rows

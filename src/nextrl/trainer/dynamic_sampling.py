@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Rewards within this of each other count as equal (the tolerance of `nextrl.algo.advantages.uniform_groups`).
-UNIFORM_ATOL = 1e-8
+from nextrl.utils.rewards import rewards_differ
 
 
 @dataclass
@@ -30,8 +29,7 @@ class Group:
 
 def is_uniform(group: Group) -> bool:
     """True when the group's rewards are all equal (no learning signal) or it has fewer than 2 of them."""
-    r = group.rewards
-    return len(r) < 2 or max(r) - min(r) <= UNIFORM_ATOL
+    return not rewards_differ(group.rewards)
 
 
 def _next_request(needed: int, kept: int, drawn: int, prior_keep_rate: float, max_factor: float) -> int:

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from nextrl.trainer.optim import clip_grad
+from nextrl.model.optim import clip_grad
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
 

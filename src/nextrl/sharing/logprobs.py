@@ -17,9 +17,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from nextrl.algo.branch_attention import BranchLayout, branch_attention
-from nextrl.algo.prefix_tree import build_tree, group_by_prefix
-from nextrl.model.flops import TokenWork
+from nextrl.accounting.flops import TokenWork
+from nextrl.sharing.branch_attention import BranchLayout, branch_attention
+from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -100,7 +100,7 @@ def branch_attention(model) -> Iterator[None]:
     if old not in ("sdpa", "eager", NAME):
         raise ValueError(
             f"prefix sharing needs attention with custom masks (the model uses {old!r}); load the model with "
-            "attn_implementation='sdpa' or set rl.share_prefix=false"
+            "attn_implementation='sdpa' or set sharing.enabled=false"
         )
     cfg._attn_implementation = NAME
     try:

@@ -129,5 +129,5 @@ def attention_mask_for(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.T
         )
     raise ValueError(
         f"prefix sharing needs an attention implementation that takes a custom mask (sdpa or eager), "
-        f"the model uses {impl!r}; set rl.share_prefix=false or load the model with attn_implementation='sdpa'"
+        f"the model uses {impl!r}; set sharing.enabled=false or load the model with attn_implementation='sdpa'"
     )

@@ -1,0 +1,111 @@
+"""The next-token environment's model-scored reward terms: `info_gain` (RLP) and `likelihood` (Quiet-STaR).
+
+Both are teacher-forced: the true continuation is scored after `prompt + thought + </think>` by the scoring
+model (the current policy, through a `ScoringModel` handle), and after the bare context by an EMA baseline that
+follows the policy (RLP). Both passes go through the prefix-tree path, so the document prefix shared by a
+stripe's positions and their G thoughts is encoded once per pass, not once per sample. The formulas themselves
+are in `nextrl.env.likelihood`, tested on hand-made tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from nextrl.config.schema import RewardConfig
+from nextrl.engine.base import Rollout
+from nextrl.env.base import ScoringModel, Task
+from nextrl.env.formats import closed_thought
+from nextrl.env.likelihood import copies_target, information_gain, likelihood_gain
+from nextrl.model.ema import EMAModel
+
+MODEL_SCORED = ("info_gain", "likelihood")
+
+
+class ModelScoredTerms:
+    """Computes the model-scored terms of a reward spec for a batch of groups; owns the EMA baseline."""
+
+    def __init__(self, rc: RewardConfig, names: Sequence[str], think_close: int, eos_ids, token_bytes):
+        self.rc, self.names = rc, [n for n in names if n in MODEL_SCORED]
+        self.think_close, self.eos_ids, self.token_bytes = think_close, tuple(eos_ids), token_bytes
+        self.scorer: ScoringModel | None = None
+        self.ema: EMAModel | None = None
+
+    def bind(self, scorer: ScoringModel) -> None:
+        self.scorer = scorer
+        if self.names and self.ema is None:
+            # fp32 copy: a 0.1% step is below bf16 resolution, so a bf16 EMA would never move
+            self.ema = EMAModel(scorer.model, self.rc.ema_tau, dtype=torch.float32)
+
+    def update_baseline(self) -> None:
+        if self.ema is not None and self.scorer is not None:
+            self.ema.update(self.scorer.model)
+
+    def state_dict(self) -> dict | None:
+        return self.ema.state_dict() if self.ema is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.ema is not None and state is not None:
+            self.ema.load_state_dict(state)
+
+    @torch.no_grad()
+    def __call__(
+        self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]], scorer: ScoringModel | None
+    ) -> dict[str, list[list[float]]]:
+        scorer = scorer or self.scorer
+        if scorer is None or self.ema is None:
+            raise RuntimeError(
+                f"reward terms {self.names} need a scoring model: call bind_scorer() or pass scorer="
+            )
+        rc = self.rc
+        k = max(
+            rc.info_gain_tokens if "info_gain" in self.names else 1,
+            rc.likelihood_tokens if "likelihood" in self.names else 1,
+        )
+        targets = [list(t.meta["target_ids"][:k]) for t in tasks]
+        # with the thought, under the scoring model: one sequence per sample
+        prompts, comps, thoughts = [], [], []
+        for t, group, tgt in zip(tasks, rollouts, targets, strict=True):
+            for r in group:
+                th, _ = closed_thought(r, self.think_close, self.eos_ids)
+                prompts.append(list(t.prompt_ids) + th)
+                comps.append(tgt)
+                thoughts.append(th[:-1])
+        with_t = scorer.logprobs(prompts, comps)
+        # without the thought, under the EMA baseline: one sequence per position (the bare context)
+        contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
+        without = scorer.like(self.ema.model).logprobs(contexts, targets)
+        G = [len(g) for g in rollouts]
+        without = torch.repeat_interleave(without, torch.tensor(G, device=without.device), dim=0)
+        mask = torch.zeros_like(with_t)
+        row = 0
+        for tgt, g in zip(targets, G, strict=True):
+            mask[row : row + g, : len(tgt)] = 1.0
+            row += g
+        out: dict[str, torch.Tensor] = {}
+        if "info_gain" in self.names:
+            n = min(rc.info_gain_tokens, with_t.shape[1])
+            out["info_gain"] = information_gain(with_t, without, mask, tokens=n)
+        if "likelihood" in self.names:
+            n = min(rc.likelihood_tokens, with_t.shape[1])
+            out["likelihood"] = likelihood_gain(with_t[:, :n], without[:, :n], mask[:, :n])
+        if rc.copy_guard:
+            # a thought that writes out the start of the target gets no positive gain (Quiet-STaR's hack)
+            flags, row = [], 0
+            for t, g in zip(tasks, G, strict=True):
+                for th in thoughts[row : row + g]:
+                    flags.append(
+                        copies_target(self.token_bytes.join(th), t.meta["target_bytes"], rc.copy_min_bytes)
+                    )
+                row += g
+            copied = torch.tensor(flags, device=with_t.device)
+            out = {n: torch.where(copied, v.clamp(max=0.0), v) for n, v in out.items()}
+        result = {}
+        for name, v in out.items():
+            vals, row = v.tolist(), 0
+            result[name] = []
+            for g in G:
+                result[name].append(vals[row : row + g])
+                row += g
+        return result

@@ -1,0 +1,86 @@
+"""Environments by name. `env.name` in a config picks a registered factory, or imports one from a user's module
+with `package.module:factory`, so that a new domain plugs in without editing nextrl:
+
+    from nextrl.env import Environment, register_environment
+
+    @register_environment("arithmetic")
+    def make(cfg, tokenizer):          # cfg: the RunConfig; cfg.env.options holds the user's settings
+        return ArithmeticEnv(cfg.env.options, tokenizer)
+
+A factory takes the run's config and the tokenizer and returns an `Environment`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from nextrl.env.base import Environment, check_reward_spec
+from nextrl.errors import ConfigError
+
+EnvFactory = Callable[[Any, Any], Environment]
+_REGISTRY: dict[str, EnvFactory] = {}
+
+
+def register_environment(name: str, factory: EnvFactory | None = None):
+    """Register `factory` under `name` (usable as a decorator). Registering a taken name is an error."""
+
+    def add(f: EnvFactory) -> EnvFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not f:
+            raise ValueError(f"an environment named '{name}' is already registered")
+        _REGISTRY[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def registered_environments() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _import_factory(spec: str) -> EnvFactory:
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"config key 'env.name': cannot import module '{module}' ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"config key 'env.name': module '{module}' has no '{attr}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"config key 'env.name': '{spec}' is not callable")
+    return obj
+
+
+def build_environment(cfg, tokenizer) -> Environment:
+    """The environment `cfg.env.name` names, built for this run (see the module docstring)."""
+    name = cfg.env.name
+    if ":" in name:
+        factory = _import_factory(name)
+    elif name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        raise ConfigError(
+            f"config key 'env.name': unknown environment '{name}'; registered: "
+            f"{', '.join(registered_environments())} (or give 'package.module:factory')"
+        )
+    env = factory(cfg, tokenizer)
+    if not isinstance(env, Environment):
+        raise ConfigError(
+            f"config key 'env.name': '{name}' made a {type(env).__name__}, not a nextrl.env.Environment "
+            "(subclass it: its defaults are what the trainer needs beyond sampling_params and score)"
+        )
+    if env.spec is None:
+        env.spec = check_reward_spec(cfg.reward.spec, env)
+    return env
+
+
+def _next_token(cfg, tokenizer) -> Environment:
+    from nextrl.env.next_token import NextTokenEnv
+
+    return NextTokenEnv(cfg.env, tokenizer, cfg.reward)
+
+
+register_environment("next_token", _next_token)

@@ -1,0 +1,147 @@
+"""What an RL step spent and produced: the work of every pass (for model FLOPs), seconds, groups; turned into
+the step's metrics and folded into the run's resumable counters (`RLState`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nextrl.accounting.flops import FlopModel, TokenWork
+from nextrl.utils.rewards import rewards_differ
+
+FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference", "lm")
+GENERATION_STAGES = ("prefill", "decode")
+TRAINING_STAGES = ("loss_forward", "loss_backward", "reference", "lm")
+
+
+@dataclass
+class RLState:
+    """Everything besides weights/optimizer that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    # model FLOPs by stage: rollout prefill/decode, reward scoring, loss forward/backward, reference, lm term
+    flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FLOP_STAGES, 0.0))
+    groups_kept: int = 0
+    groups_dropped: int = 0
+    samples: int = 0
+    rollout_tokens: int = 0
+    seconds: float = 0.0
+    generation_seconds: float = 0.0
+    training_seconds: float = 0.0
+    reward_history: list[float] = field(default_factory=list)
+    groups_drawn: int = 0  # with dynamic sampling: every group generated, kept or dropped
+    groups_with_signal: int = 0  # drawn groups whose rewards differ (the others carry no gradient)
+
+
+class StepAccount:
+    """Filled during one step: `work[pass]` by every pass (the engine's prefill/decode, reward scoring, the
+    loss's forward, the reference, the lm term), `generation_seconds` and `training_seconds` by the stages."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        self.work: dict[str, TokenWork] = {k: TokenWork() for k in ("prefill", "decode", "scoring")}
+        self.generation_seconds = 0.0
+        self.training_seconds = 0.0
+
+    def pass_work(self, name: str) -> TokenWork:
+        return self.work.setdefault(name, TokenWork())
+
+    def flops(self, fm: FlopModel) -> dict[str, float]:
+        """Model FLOPs this step really spent, from the tokens each pass processed (shared prefixes count once
+        on the prefix-sharing paths); the backward of a pass costs twice its forward."""
+        fwd = {k: fm.forward_work(w) for k, w in self.work.items()}
+        return {
+            "prefill": fwd["prefill"],
+            "decode": fwd["decode"],
+            "scoring": fwd["scoring"],
+            "loss_forward": fwd.get("loss", 0.0),
+            "loss_backward": 2.0 * fwd.get("loss", 0.0),
+            "reference": fwd.get("reference", 0.0),
+            "lm": 3.0 * fwd.get("lm", 0.0),  # forward + backward
+        }
+
+    def close(
+        self,
+        state: RLState,
+        drawn: list,
+        kept_groups: int,
+        batch_rewards: torch.Tensor,
+        flop_model: FlopModel,
+        peak: float,
+        empty_thought_samples: int = 0,
+    ) -> dict[str, Any]:
+        """Fold this step into `state` and return its metrics. `drawn`: every scored group generated this step
+        (kept or not); `kept_groups`: those trained on; `batch_rewards`: [groups, G] of the batch."""
+        st = state
+        flat = [r for g in drawn for r in g.rollouts]
+        rewards = [g.rewards for g in drawn]
+        prompt_tokens = sum(len(r.prompt_ids) for r in flat)
+        gen_tokens = sum(len(r.completion_ids) for r in flat)
+        flops = self.flops(flop_model)
+        for k, v in flops.items():
+            st.flops[k] = st.flops.get(k, 0.0) + v
+        train_tokens = self.work["loss"].tokens if "loss" in self.work else 0
+        st.step += 1
+        n_dropped = len(drawn) - kept_groups  # dropped by dynamic sampling or by the uniform-group filter
+        st.groups_kept += kept_groups
+        st.groups_dropped += n_dropped
+        st.groups_drawn += len(drawn)
+        st.samples += len(flat)
+        st.rollout_tokens += gen_tokens
+        dt = time.time() - self.t0
+        t_gen, t_train = self.generation_seconds, self.training_seconds
+        st.seconds += dt
+        st.generation_seconds += t_gen
+        st.training_seconds += t_train
+        f_gen = sum(flops[k] for k in GENERATION_STAGES)
+        f_train = sum(flops[k] for k in TRAINING_STAGES)
+        all_totals = [x for g in drawn for x in g.totals]
+        mean_reward = sum(all_totals) / max(len(all_totals), 1)
+        st.reward_history.append(mean_reward)
+        thought = [r.phase_starts[1] if len(r.phase_starts) > 1 else len(r.completion_ids) for r in flat]
+        metrics: dict[str, Any] = {
+            "reward/mean": mean_reward,
+            "reward/std": float(torch.tensor(all_totals).std()) if len(all_totals) > 1 else 0.0,
+            "reward/batch_mean": float(batch_rewards.mean()) if batch_rewards.numel() else 0.0,
+            "groups/kept": kept_groups,
+            "groups/dropped": n_dropped,
+            "groups/drawn": len(drawn),
+            # groups whose rewards differ: the only ones that carry a policy gradient
+            "groups/signal_fraction": sum(rewards_differ(g.totals) for g in drawn) / max(len(drawn), 1),
+            "thought/len_mean": sum(thought) / max(len(thought), 1),
+            # thoughts closed at once (`</think>` first), sampled or forced by rl.empty_thought_samples
+            "thought/empty_frac": sum(n <= 1 for n in thought) / max(len(thought), 1),
+            "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
+            "samples_per_second": len(flat) / max(dt, 1e-9),
+            "tokens_per_second": (prompt_tokens + gen_tokens + train_tokens) / max(dt, 1e-9),
+            "generation_seconds": t_gen,
+            "training_seconds": t_train,
+            "flops/step": sum(flops.values()),
+            "flops/total": sum(st.flops.values()),
+            **{f"flops/{k}": v for k, v in flops.items()},
+            "flops/per_sample": sum(flops.values()) / max(len(flat), 1),
+            "mfu/rollout": f_gen / max(t_gen, 1e-9) / peak,
+            "mfu/training": f_train / max(t_train, 1e-9) / peak,
+            "mfu/step": sum(flops.values()) / max(dt, 1e-9) / peak,
+        }
+        k = empty_thought_samples
+        if k:  # the forced empty thoughts are the last k of each group: not thinking vs thinking
+            empty = [x for g in drawn for x in g.totals[-k:]]
+            think = [x for g in drawn for x in g.totals[:-k]]
+            metrics["reward/empty_thought"] = sum(empty) / max(len(empty), 1)
+            metrics["reward/thinking"] = sum(think) / max(len(think), 1)
+        for name in sorted({k for g in rewards for r in g for k in r.components}):
+            vals = [r.components.get(name, 0.0) for g in rewards for r in g]
+            metrics[f"reward/{name}"] = sum(vals) / len(vals)
+        return metrics
+
+
+def run_mfu(state: RLState, peak: float) -> tuple[float, float]:
+    """MFU of training and of rollout generation over the whole run."""
+    f = state.flops
+    train = sum(f.get(k, 0.0) for k in TRAINING_STAGES) / max(state.training_seconds, 1e-9) / peak
+    gen = sum(f.get(k, 0.0) for k in GENERATION_STAGES) / max(state.generation_seconds, 1e-9) / peak
+    return train, gen

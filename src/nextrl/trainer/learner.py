@@ -1,0 +1,242 @@
+"""The learner half of an RL step: advantages → loss → update.
+
+It consumes a batch of `ScoredGroup`s: group-relative advantages (or RLP's), drops groups without signal,
+keeps the loss on the tokens it should train, and takes `rl.updates_per_batch` optimizer steps of the clipped
+policy gradient (`nextrl.algo.grpo_loss`), plus `rl.lm_coef` × a plain next-token loss on the text the tasks
+read. Micro-batches are weighted so that their sum is exactly the loss of the whole batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from nextrl.algo.advantages import group_advantages, rlp_advantages, uniform_groups
+from nextrl.algo.grpo import PolicyBatch, grpo_loss
+from nextrl.config import RunConfig
+from nextrl.engine.base import PolicyWeights, Rollout
+from nextrl.env.base import Environment
+from nextrl.model.lm import lm_loss
+from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
+from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.sharing.prefix_tree import group_by_prefix
+from nextrl.trainer.accounting import StepAccount
+from nextrl.trainer.producer import ScoredGroup
+from nextrl.trainer.self_selection import loss_token_masks
+
+
+def plan_micro_batches(
+    prompts: list[list[int]], size: int, share_prefix: bool, max_nodes: int
+) -> list[list[int]]:
+    """Indices of each micro-batch, about `size` sequences each. With prefix sharing, sequences whose prompts
+    share a prefix stay in one micro-batch so that the prefix is encoded once (a group larger than `size` gets
+    a micro-batch of its own); without, consecutive slices."""
+    if not share_prefix:
+        return [list(range(s, min(s + size, len(prompts)))) for s in range(0, len(prompts), size)]
+    chunks: list[list[int]] = []
+    for g in group_by_prefix(prompts, max_nodes):
+        if chunks and len(chunks[-1]) + len(g) <= size:
+            chunks[-1] += g
+        else:
+            chunks.append(list(g))
+    return chunks
+
+
+def loss_weight(loss_norm: str, chunk: list[Rollout], batch: list[Rollout]) -> float:
+    """A micro-batch's share of the batch loss's normaliser, so that Σ weight × chunk loss = batch loss:
+    loss tokens for `dapo`; for `grpo` and `dr_grpo` (means over sequences), the sequences that have any loss
+    token (a sequence without one is left out of the mean, so it must not count in the weight either)."""
+    if loss_norm == "dapo":
+        return sum(sum(r.action_mask) for r in chunk) / max(sum(sum(r.action_mask) for r in batch), 1)
+    if loss_norm == "grpo":
+        return sum(any(r.action_mask) for r in chunk) / max(sum(any(r.action_mask) for r in batch), 1)
+    return len(chunk) / len(batch)
+
+
+@dataclass
+class LearnResult:
+    metrics: dict[str, float]
+    batch_rewards: torch.Tensor  # [groups, G]: the rewards of the batch
+    kept: int  # groups trained on (with a reward spread, or all without rl.drop_uniform_groups)
+
+
+class Learner:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        policy: torch.nn.Module,
+        pad_token_id: int,
+        env: Environment,
+        device: torch.device,
+        autocast: torch.dtype | None,
+        max_new_tokens: int,
+    ):
+        self.cfg, self.rl, self.max_new_tokens = cfg, cfg.rl, max_new_tokens
+        self.policy, self.pad_token_id, self.env = policy, pad_token_id, env
+        self.device, self.autocast = device, autocast
+        self.optimizer = build_optimizer(policy, self.rl.lr, self.rl.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.rl.warmup_steps, max(self.rl.steps, 1), self.rl.schedule
+        )
+        verifier_free = env.verifier_free
+        self.advantage_kind = (
+            ("rlp" if verifier_free else "group") if self.rl.advantages == "auto" else self.rl.advantages
+        )
+        self.thought_only = (
+            verifier_free if self.rl.loss_tokens == "auto" else self.rl.loss_tokens == "thought"
+        )
+        self.reference = None
+        if self.rl.kl_coef > 0:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.account = StepAccount()  # replaced by `learn` with the step's own
+        self.last_trained: list[Rollout] = []  # the batch the last update trained on, masks as trained
+
+    def weights(self, version: int) -> PolicyWeights:
+        return PolicyWeights(version, self.policy.state_dict)
+
+    def learn(self, groups: list[ScoredGroup], account: StepAccount) -> LearnResult:
+        """Advantages within each group (groups with equal rewards carry no signal), then the update."""
+        self.account = account
+        R = torch.tensor([g.totals for g in groups], dtype=torch.float32).reshape(len(groups), -1)
+        adv = (
+            rlp_advantages(R)
+            if self.advantage_kind == "rlp"
+            else group_advantages(R, scale=self.rl.scale_rewards)
+        )
+        keep = (
+            ~uniform_groups(R) if self.rl.drop_uniform_groups else torch.ones(len(groups), dtype=torch.bool)
+        )
+        kept = [(i, j) for i in range(len(groups)) if keep[i] for j in range(len(groups[i].rollouts))]
+        batch = loss_token_masks(
+            [groups[i].rollouts[j] for i, j in kept], self.thought_only, self.rl.entropy_mask_rho
+        )
+        lm_seqs, lm_empty = [], None
+        if self.rl.lm_coef > 0:
+            tasks = [g.task for g in groups]
+            lm_seqs = self.env.lm_sequences(tasks)
+            empty_seqs, empty_starts = self.env.empty_thought_targets(tasks)
+            lm_empty = (empty_seqs, empty_starts) if empty_seqs else None
+        metrics = self.update(batch, [float(adv[i, j]) for i, j in kept], lm_seqs, lm_empty)
+        return LearnResult(metrics, R, int(keep.sum()))
+
+    def update(
+        self,
+        rollouts: list[Rollout],
+        advantages: list[float],
+        lm_seqs: list[list[int]] | None = None,
+        lm_empty: tuple[list[list[int]], list[int]] | None = None,
+    ) -> dict[str, float]:
+        """`updates_per_batch` optimizer steps over the batch, in micro-batches whose losses are weighted so that
+        the sum is exactly the loss of the whole batch under the chosen normalisation; plus, with `rl.lm_coef`,
+        the next-token loss on the step's contexts (`lm_seqs`) and on the true next token after an empty
+        thought at each position (`lm_empty`: sequences and the index of their one target), each a mean."""
+        lm_seqs = lm_seqs or []
+        self.last_trained = rollouts
+        if not rollouts and not lm_seqs and not lm_empty:  # nothing to train: the schedule still advances
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of")
+                self.scheduler.step()
+            return {}
+        totals: dict[str, float] = {}
+        chunks = self.plan_chunks(rollouts) if rollouts else []
+        n_up = self.rl.updates_per_batch
+        for _ in range(n_up):
+            self.optimizer.zero_grad(set_to_none=True)
+            for idx in chunks:
+                chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
+                loss, metrics = self.chunk_loss(chunk, chunk_adv)
+                weight = loss_weight(self.rl.loss_norm, chunk, rollouts)
+                (loss * weight).backward()
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v * weight / n_up
+            if lm_seqs:
+                totals["lm_loss"] = totals.get("lm_loss", 0.0) + self.lm_term(lm_seqs) / n_up
+            if lm_empty:
+                nll = self.lm_term(*lm_empty)
+                totals["lm_loss_empty_thought"] = totals.get("lm_loss_empty_thought", 0.0) + nll / n_up
+            grad_norm = clip_grad(self.policy.parameters(), self.rl.grad_clip)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm / n_up
+            self.optimizer.step()
+            self.env.after_update()  # e.g. RLP's EMA baseline follows every optimizer step
+        self.scheduler.step()
+        return totals
+
+    def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
+        """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
+        from index `starts[i]` on, default all), in micro-batches weighted by their share of the predicted
+        tokens (exactly the whole batch's mean); returns that mean (nats/token)."""
+        starts = starts or [0] * len(seqs)
+        n_pred = sum(len(q) - 1 - a for q, a in zip(seqs, starts, strict=True))
+        work = self.account.pass_work("lm")
+        size, total = self.rl.micro_batch_size, 0.0
+        self.policy.train()
+        for s in range(0, len(seqs), size):
+            chunk, first = seqs[s : s + size], starts[s : s + size]
+            width = max(len(q) for q in chunk)
+            tokens = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
+            for r, (q, a) in enumerate(zip(chunk, first, strict=True)):
+                tokens[r, : len(q)] = torch.tensor(q)
+                mask[r, a : len(q) - 1] = True
+                work.add_sequence(len(q) - 1, logits=len(q) - 1 - a)
+            share = int(mask.sum()) / max(n_pred, 1)
+            loss = lm_loss(self.policy, tokens.to(self.device), mask.to(self.device), self.autocast)
+            (self.rl.lm_coef * share * loss).backward()
+            total += float(loss.detach()) * share
+        return total
+
+    def plan_chunks(self, rollouts: list[Rollout]) -> list[list[int]]:
+        prompts = [r.prompt_ids for r in rollouts]
+        sharing = self.cfg.sharing
+        return plan_micro_batches(prompts, self.rl.micro_batch_size, sharing.enabled, sharing.max_tree_nodes)
+
+    def logprobs(self, model, prompts, comps, work) -> torch.Tensor:
+        """Per-token log-probs of completions under `model`: the prefix-tree path or the plain reference path."""
+        T, pad = self.cfg.sampling.temperature, self.pad_token_id
+        if self.cfg.sharing.enabled:
+            return tree_completion_logprobs(
+                model,
+                prompts,
+                comps,
+                T,
+                pad,
+                self.autocast,
+                max_nodes=self.cfg.sharing.max_tree_nodes,
+                work=work,
+            )
+        return completion_logprobs(model, prompts, comps, T, pad, self.autocast, work=work)
+
+    def chunk_loss(
+        self, chunk: list[Rollout], advantages: list[float]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        prompts = [r.prompt_ids for r in chunk]
+        comps = [r.completion_ids for r in chunk]
+        self.policy.train()
+        logp = self.logprobs(self.policy, prompts, comps, self.account.pass_work("loss"))
+        width = logp.shape[1]
+
+        def padded(rows: list[list[float]]) -> torch.Tensor:
+            return torch.tensor([row + [0.0] * (width - len(row)) for row in rows], device=logp.device)
+
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = self.logprobs(self.reference, prompts, comps, self.account.pass_work("reference"))
+        batch = PolicyBatch(
+            logprobs=logp,
+            old_logprobs=padded([r.logprobs for r in chunk]),
+            advantages=torch.tensor(advantages, device=logp.device),
+            mask=padded([[float(m) for m in r.action_mask] for r in chunk]),
+            ref_logprobs=ref,
+        )
+        return grpo_loss(
+            batch,
+            self.rl.loss_norm,
+            self.rl.clip_eps_low,
+            self.rl.clip_eps_high,
+            kl_coef=self.rl.kl_coef,
+            max_tokens=self.max_new_tokens,
+        )
