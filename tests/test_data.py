@@ -254,7 +254,7 @@ def test_iter_documents_counts_into_given_stats(tmp_path: Path) -> None:
 
 def test_corrupt_compressed_file_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl.zst").write_bytes(b"this is not zstd")
-    with pytest.raises(DataError, match=r"data\.sources\[0\]: cannot read .*a\.jsonl\.zst"):
+    with pytest.raises(DataError, match=r"data\.sources\[0\]: '.*a\.jsonl\.zst' is corrupt or truncated"):
         collect(data_cfg({"kind": "jsonl", "path": str(tmp_path)}))
 
 

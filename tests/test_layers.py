@@ -29,7 +29,7 @@ LAYERS = [
     {"trainer"},
     {"eval"},
     {"report"},
-    {"pipeline"},
+    {"pipeline", "run_folder", "preflight"},
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -25,7 +25,7 @@ def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared wi
     out = micro_run
     for name in ("summary.json", "metrics.jsonl", "config.yaml", "report.html", "index/positions.parquet"):
         assert (out / name).is_file(), name
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard" / "rl").glob("events.out.tfevents.*"))
     assert (out / "rl" / "checkpoints" / "latest").is_file()
     s = json.loads((out / "summary.json").read_text())
     cfg = load_config("micro")
@@ -38,6 +38,7 @@ def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared wi
             assert all(0.0 <= v <= 1.0 for v in acc.values())
     assert s["eval_counts"]["all"] == sum(v for k, v in s["eval_counts"].items() if k != "all")
     assert s["eval_counts"]["all"] <= cfg.eval.positions
+    assert all(isinstance(n, int) and n > 0 for n in s["selection"]["skipped"].values())  # by reason
     # The baseline gets the RL run's FLOPs, to within one baseline step.
     assert s["flops"]["rl"] > 0
     step = s["flops"]["baseline"] / s["steps"]["baseline"]
@@ -66,6 +67,7 @@ def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared wi
         if m == "rl" and md == "standard"
     ]
     assert sum(rl_std) / n == pytest.approx(s["accuracy"]["rl"]["standard"]["all"])
+
     # the verdict, recomputed from the per-position outcomes: McNemar's exact test written out (a two-sided
     # binomial test at 1/2 on the positions where exactly one model is right)
     def column(model, mode):

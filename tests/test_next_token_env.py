@@ -11,6 +11,7 @@ from nextrl.config.schema import EnvConfig, RewardConfig
 from nextrl.data.positions import context_start
 from nextrl.engine.base import Phase, Rollout
 from nextrl.env import NextTokenEnv, build_prompt, parse_boxed_answer
+from nextrl.errors import ConfigError
 from nextrl.model.tokenizer import train_bpe_tokenizer
 
 DOC = "the cat sat on the mat. the café owner looked at the big house. 日本の先生 ran to the river."
@@ -280,3 +281,9 @@ def test_context_start_stripes():
             assert position - start >= context - stride + 1  # at least about half the context
     # positions of one stripe share the start, hence the prompt prefix
     assert {context_start(p, 8) for p in range(13, 17)} == {8}
+
+
+def test_format_weight_must_be_a_penalty(tok):
+    """`format` is −1 for a missing answer: a negative weight would reward one (the README once showed it)."""
+    with pytest.raises(ConfigError, match="negative weight.*rewards"):
+        NextTokenEnv(EnvConfig(), tok, RewardConfig(spec="prefix_match-format"))

@@ -72,7 +72,7 @@ def plain_logp(model, prompt, target):
 
 
 def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
-    t = trainer(micro, tmp_path, ["reward=info_gain+prefix_match-format", "reward.copy_guard=false"])
+    t = trainer(micro, tmp_path, ["reward=info_gain+prefix_match+0.5*format", "reward.copy_guard=false"])
     ema = t.env.model_scored.ema
     ema.model.load_state_dict(t.policy.state_dict())
     with torch.no_grad():  # make the EMA differ from the policy, so the two models are really told apart
@@ -89,7 +89,7 @@ def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
             want = plain_logp(t.policy, task.prompt_ids + th, task.meta["target_ids"]) - base
             assert r.components["info_gain"] == pytest.approx(want, abs=1e-4)
             assert r.components["format"] == (0.0 if r.parsed else -1.0)
-            total = r.components["info_gain"] + r.components["prefix_match"] - r.components["format"]
+            total = r.components["info_gain"] + r.components["prefix_match"] + 0.5 * r.components["format"]
             assert r.total == pytest.approx(total, abs=1e-6)
 
 

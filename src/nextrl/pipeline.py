@@ -16,7 +16,7 @@ import numpy as np
 
 from nextrl import __version__
 from nextrl.accounting.flops import FlopModel
-from nextrl.config import RunConfig, dump_config
+from nextrl.config import RunConfig
 from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
@@ -28,7 +28,9 @@ from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
+from nextrl.preflight import check_context, preflight
 from nextrl.report import summary_table, write_report
+from nextrl.run_folder import RunLock, check_foreign, prepare_run_folder
 from nextrl.selection import PositionIndex, select_positions
 from nextrl.summary import RLRunSummary, RunSummary, SummaryError
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -38,29 +40,13 @@ from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.seed import seed_everything
 
 
-def prepare_run_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise RunFolderError(
-                f"run folder {out} already holds a run; pass --resume to continue it or choose "
-                "another --out (nothing is overwritten)"
-            )
-        saved = out / "config.yaml"
-        if saved.is_file() and saved.read_text() != dump_config(cfg):
-            raise RunFolderError(
-                f"--resume: the config differs from the one saved in {saved}; resume with the "
-                "same preset and --set values"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
-
-
 def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -> PositionIndex:
     folder = out / "index"
     if (folder / "positions.parquet").is_file() and (folder / "documents.parquet").is_file():
         return PositionIndex.load(folder)
     docs = []
-    for doc in DocumentStream(cfg.data):
+    stream = DocumentStream(cfg.data)
+    for doc in stream:
         docs.append(doc)
         if len(docs) >= cfg.selection.max_documents:
             break
@@ -68,10 +54,11 @@ def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -
     if cfg.selection.proxy != "base":
         from nextrl.model.build import load_model
 
-        proxy = load_model(cfg.selection.proxy).to(device)
+        proxy = load_model(cfg.selection.proxy, key="selection.proxy").to(device)
     index = select_positions(
         docs, base.tokenizer, proxy, cfg.selection, cfg.data, autocast, device, seed=cfg.seed
     )
+    index.skipped = {k: v for k, v in stream.stats.as_dict().items() if v}  # bad inputs, by reason
     if not index.rows("train"):
         raise DataError("selection kept no training positions: lower selection.min_entropy or add documents")
     if not index.rows("heldout"):
@@ -143,8 +130,13 @@ def baseline_stage(
     model = copy.deepcopy(base.model).to(device)
     train_docs = [t for d, t in index.doc_tokens.items() if index.doc_split[d] == "train"]
     windows = pack_windows(train_docs, bc.seq_len, base.tokenizer.eos_token_id)
-    batches = WindowBatches(windows, bc.batch_size, seed=cfg.seed + 1)
-    flops_step = FlopModel.from_model(model).train_sequence(bc.seq_len, bc.batch_size)
+    fm = FlopModel.from_model(model)
+    batch = bc.batch_size
+    if flops_budget < fm.train_sequence(bc.seq_len, batch) / 2:
+        # one step of the configured batch would overshoot the RL stage's FLOPs: shrink the batch to match
+        batch = max(1, round(flops_budget / fm.train_sequence(bc.seq_len, 1)))
+    batches = WindowBatches(windows, batch, seed=cfg.seed + 1)
+    flops_step = fm.train_sequence(bc.seq_len, batch)
     steps = max(1, round(flops_budget / flops_step))
     opt = build_optimizer(model, bc.lr, 0.0)
     sched = build_scheduler(opt, 0, steps, "constant")
@@ -152,6 +144,7 @@ def baseline_stage(
     start = 0
     if resume and (path := latest_checkpoint(ckpt)) is not None:
         start = load_checkpoint(path, model, opt, sched)["step"]
+    logger.restart("baseline", start)
     every = max(1, cfg.rl.checkpoint_every)
 
     def on_step(done: int) -> None:
@@ -173,7 +166,7 @@ def baseline_stage(
         logger=logger,
         on_step=on_step,
     )
-    return model, {**stats, "flops": flops_step * steps, "steps": steps}
+    return model, {**stats, "flops": flops_step * steps, "steps": steps, "batch_size": batch}
 
 
 def eval_stage(
@@ -188,7 +181,14 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     """Run the whole main job into `out`; returns the summary (also written to summary.json)."""
     out = Path(out)
     t0 = time.time()
-    prepare_run_folder(out, cfg, resume)
+    check_foreign(out)
+    preflight(cfg, out)
+    with RunLock(out):
+        prepare_run_folder(out, cfg, resume)
+        return _run(cfg, out, resume, t0)
+
+
+def _run(cfg: RunConfig, out: Path, resume: bool, t0: float) -> dict[str, Any]:
     check_sources(cfg.data)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -198,6 +198,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     try:
         t = time.time()
         base = prepare_base(cfg, logger)
+        check_context(cfg, base.model)
         base.model.to(device)
         stage_seconds["pretrain"] = time.time() - t
 
@@ -258,7 +259,9 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
         "rl_summary": {k: rl_summary[k] for k in RLRunSummary.model_fields if k in rl_summary},
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
         "config": cfg.model_dump(mode="json"),
-        "verdict": verdict(outcomes, buckets, seed=cfg.seed) if "baseline" in models else None,
+        "verdict": _flop_matched(verdict(outcomes, buckets, seed=cfg.seed), flops_rl, baseline_stats)
+        if "baseline" in models
+        else None,
         "control": control_check(outcomes, buckets, seed=cfg.seed),
     }
     kept = out / "summary.invalid.json"  # written only when the figures do not fit the schema
@@ -270,6 +273,19 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     summary.write(out / "summary.json")
     write_report(out)
     return summary.model_dump(mode="json")
+
+
+def _flop_matched(v: dict[str, Any], flops_rl: float, baseline: dict[str, Any]) -> dict[str, Any]:
+    """The verdict says so when the baseline could not be given the RL run's FLOPs (within 25%): one sequence
+    of the baseline already costs more than the whole RL stage."""
+    ratio = baseline.get("flops", 0.0) / max(flops_rl, 1e-9)
+    v["flop_matched"] = bool(0.75 <= ratio <= 1.25)
+    if not v["flop_matched"]:
+        v["text"] = (
+            f"Not FLOP-matched: the baseline used x{ratio:.2f} of the RL run's FLOPs (its smallest step costs "
+            f"more than the RL stage), so this comparison is not the intended one. " + v["text"]
+        )
+    return v
 
 
 def _pool(rl_summary: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,9 @@ class Verdict(_Schema):
     test: str
     vs_base: PairedTest
     text: str
+    flop_matched: bool | None = (
+        None  # False when the baseline's FLOPs are off by more than 25% (the text says so)
+    )
 
 
 class ByMode(_Schema):
@@ -171,6 +174,7 @@ class SelectionSummary(_Schema):
     positions: dict[str, int]
     buckets: dict[str, int]
     mean_entropy: float
+    skipped: dict[str, int] | None = None  # inputs the document stream skipped while selecting, by reason
     curriculum: dict[str, Any]
     rl_positions_active: int | None = None
     rl_positions_active_units: int | None = None

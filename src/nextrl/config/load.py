@@ -86,10 +86,13 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown config key"
+        if not key or msg.startswith("config key"):  # a cross-check names its own keys
+            lines.append(msg)
+            continue
         lines.append(f"config key '{key}': {msg} (input: {e.get('input')!r})")
     return f"invalid configuration from {origin}:\n  " + "\n  ".join(lines)
 

@@ -16,6 +16,15 @@ from nextrl.config.reward_spec import RewardSpec
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        # pydantic reads `true` as 1 for an int field; `rl.steps=true` is a mistake, not one step
+        ann = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and ann in (int, float, int | None, float | None):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
+
 
 def _moved(data: Any, moves: dict[str, str]) -> Any:
     """Reject keys that moved or were removed with a message that says where they went."""
@@ -113,10 +122,22 @@ class DataConfig(_Strict):
         ge=64,
         description="longer documents are split at line breaks into pieces of at most this many characters",
     )
+    max_doc_chars: int = Field(
+        1_000_000,
+        ge=64,
+        description="a document longer than this (a whole book on one line, a dump) is cut into documents of "
+        "their own before the train/held-out split, which otherwise puts every piece of a document on one side",
+    )
     heldout_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="fraction of documents held out for evaluation"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _doc_limits(self) -> DataConfig:
+        if self.max_doc_chars < self.max_chars:
+            raise ValueError("config key 'data.max_doc_chars' must be at least data.max_chars")
+        return self
 
 
 class TokenizerConfig(_Strict):
@@ -451,6 +472,35 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
+        # settings under which RL cannot change the model: refuse them instead of printing a verdict on nothing
+        if self.sampling.group_size < 2:
+            raise ValueError(
+                "config key 'sampling.group_size': 1 sample per position gives every group a single reward, so "
+                "no group-relative advantage and no update; use at least 2"
+            )
+        if self.sampling.temperature == 0:
+            raise ValueError(
+                "config key 'sampling.temperature': 0 (greedy) makes the G samples of a group identical, so "
+                "their rewards are equal and RL does nothing; use a temperature > 0"
+            )
+        if self.rl.steps == 0:
+            raise ValueError(
+                "config key 'rl.steps': 0 steps train nothing (and leave the baseline no FLOPs to match); "
+                "use at least 1"
+            )
+        if not self.model.path:
+            longest = self.selection.context + self.env.thought_tokens + self.env.answer_tokens + 2
+            if longest > self.model.max_position_embeddings:
+                raise ValueError(
+                    f"config key 'selection.context': a prompt of {self.selection.context} tokens plus the "
+                    f"thought and answer ({longest} tokens) exceeds model.max_position_embeddings="
+                    f"{self.model.max_position_embeddings}; lower one or raise the other"
+                )
+            if self.pretrain.seq_len + 1 > self.model.max_position_embeddings:
+                raise ValueError(
+                    f"config key 'pretrain.seq_len': {self.pretrain.seq_len} exceeds "
+                    f"model.max_position_embeddings={self.model.max_position_embeddings}"
+                )
         k = self.rl.empty_thought_samples
         if k and k >= self.sampling.group_size:
             raise ValueError(

@@ -16,6 +16,7 @@ import json
 import os
 import sysconfig
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -144,10 +145,28 @@ def read_text(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
             yield Document(f"text:{file.as_posix()}", text, "text")
 
 
+def _warn_unverifiable(file: Path) -> None:
+    """A zstd frame without a content checksum cannot be verified: corrupt bytes may decode to plausible text.
+    Say so once per file (`zstd` writes checksums by default; some writers do not)."""
+    try:
+        with open(file, "rb") as fh:
+            params = zstandard.get_frame_parameters(fh.read(18))
+    except (OSError, zstandard.ZstdError):
+        return  # unreadable or not zstd: the reader reports it
+    if not params.has_checksum:
+        warnings.warn(
+            f"{file}: its zstd frames carry no checksum, so corruption inside them cannot be detected "
+            "(recompress with `zstd` defaults to make it verifiable)",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
 def _open_binary(file: Path) -> IO[bytes]:
     if file.name.endswith(".gz"):
         return gzip.open(file, "rb")
     if file.name.endswith(".zst"):
+        _warn_unverifiable(file)
         # The returned reader owns and closes the raw file (closefd). read_across_frames: files written by
         # concatenating zstd frames are common. BufferedReader adds the line iteration zstd's reader lacks.
         raw = open(file, "rb")  # noqa: SIM115
@@ -180,8 +199,15 @@ def read_jsonl(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
                     text = _field(record, field, where, log)
                     if text is not None:
                         yield Document(f"jsonl:{file.as_posix()}:{lineno}", text, "jsonl")
-        except (OSError, EOFError, zstandard.ZstdError) as e:  # truncated or corrupt compressed file
-            raise DataError(f"{key}: cannot read '{file}': {e}") from e
+        except (
+            OSError,
+            EOFError,
+            zlib.error,
+            zstandard.ZstdError,
+        ) as e:  # truncated or corrupt compressed file
+            raise DataError(
+                f"{key}: '{file}' is corrupt or truncated ({type(e).__name__}: {e}); nothing from it is used"
+            ) from None
 
 
 def _field(record: Any, field: str, where: str, log: SkipLog) -> str | None:
@@ -201,11 +227,15 @@ def _field(record: Any, field: str, where: str, log: SkipLog) -> str | None:
 
 def read_parquet(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
     """One document per row of the `text_field` column, read in record batches to bound memory."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     field = src.text_field
     for file in resolve_paths(src.path or "", key, (".parquet",)):
-        pf = pq.ParquetFile(file)
+        try:
+            pf = pq.ParquetFile(file)
+        except (OSError, pa.ArrowException) as e:  # not Parquet, truncated, or unreadable
+            raise DataError(f"{key}: '{file}' is not a readable Parquet file: {e}") from None
         columns = pf.schema_arrow.names
         if field not in columns:
             raise DataError(

@@ -52,6 +52,16 @@ def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
             "empty", doc.doc_id, f"{len(text.strip())} characters after strip, min_chars is {cfg.min_chars}"
         )
         return []
+    if len(text) > cfg.max_doc_chars:
+        # pieces of one document share its split, so one huge document would leave no held-out (or no
+        # training) positions: its parts become documents of their own (`~k`), each split on its own
+        out, start = [], 0
+        for k, part in enumerate(split_text(text, cfg.max_doc_chars), start=1):
+            end = start + len(part)
+            spans = tuple((a - start, b - start) for a, b in doc.spans if start <= a and b <= end)
+            out += clean(Document(f"{doc.doc_id}~{k}", part, doc.source, spans), cfg, log)
+            start = end
+        return out
     if len(text) <= cfg.max_chars:
         return [doc]
     # A too-short piece (often the tail) is dropped silently: it is a fragment, not a bad input.

@@ -44,6 +44,11 @@ class NextTokenEnv(Environment):
                 raise ValueError("structured format needs <think> and </think> tokens in the vocabulary")
             self.think_open, self.think_close = think_ids(tokenizer)
         self.spec = check_reward_spec(self.reward_cfg.spec, self)
+        if dict(self.spec.terms).get("format", 0.0) < 0:
+            raise ConfigError(
+                f"config key 'reward': '{self.spec}' gives `format` a negative weight, which *rewards* a missing "
+                "answer: format is already a penalty (−1 for a missing answer, else 0); write +w*format"
+            )
         self.model_scored = ModelScoredTerms(
             self.reward_cfg, self.spec.names, self.think_close, self.eos_ids, self.token_bytes
         )

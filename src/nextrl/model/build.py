@@ -56,13 +56,13 @@ def build_llama(
     return LlamaForCausalLM(config)
 
 
-def load_model(path: str | Path, vocab_size: int | None = None) -> PreTrainedModel:
+def load_model(path: str | Path, vocab_size: int | None = None, key: str = "model.path") -> PreTrainedModel:
     """Load a causal LM in fp32 (masters stay fp32; autocast gives bf16 matmuls). Resizes the embeddings when the
     tokenizer gained the thought tokens."""
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except OSError as e:
-        raise ConfigError(f"config key 'model.path': cannot load a causal LM from {path}: {e}") from None
+    except (OSError, ValueError) as e:  # not found, offline, not a model folder, unknown architecture
+        raise ConfigError(f"config key '{key}': cannot load a causal LM from {path}: {e}") from None
     if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model

@@ -20,7 +20,7 @@ from nextrl.accounting.flops import FlopModel
 from nextrl.config import RunConfig
 from nextrl.data import Document, DocumentStream, split_of
 from nextrl.data.windows import WindowBatches, insert_thought, pack_windows
-from nextrl.errors import DataError
+from nextrl.errors import ConfigError, DataError
 from nextrl.model.build import autocast_dtype, build_llama, count_params, load_model
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
@@ -72,7 +72,13 @@ def train_documents(cfg: RunConfig, max_chars: int | None = None) -> list[Docume
 
 def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseModel:
     if cfg.model.path:
-        tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
+        key = "tokenizer.path" if cfg.tokenizer.path else "model.path"
+        try:
+            tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
+        except (OSError, ValueError) as e:  # not found, offline, no tokenizer files
+            raise ConfigError(
+                f"config key '{key}': cannot load a tokenizer from {cfg.tokenizer.path or cfg.model.path}: {e}"
+            ) from None
         model = load_model(cfg.model.path, vocab_size=len(tok))
         path = Path(cfg.model.path) if Path(cfg.model.path).exists() else None
         return BaseModel(model, tok, path, {"source": cfg.model.path, "cached": True, "flops": 0.0})
@@ -93,6 +99,8 @@ def load_base(folder: Path) -> BaseModel:
 def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) -> None:
     pc = cfg.pretrain
     t0 = time.time()
+    if logger is not None:  # pretraining restarts from step 0 after a kill: log each step once
+        logger.restart("pretrain", 0)
     # ~3.5 characters per BPE token on code; read 1.5x what the token budget needs (epochs repeat otherwise).
     docs = train_documents(cfg, max_chars=int(pc.tokens * 3.5 * 1.5))
     if not docs:

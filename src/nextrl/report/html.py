@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from nextrl.report.plots import BUCKET_ORDER, MODE_LABELS, MODE_ORDER, all_plots, read_metrics
-from nextrl.report.table import NO_VERDICT, models, num, pct, sci, verdict_text
+from nextrl.report.table import NO_BASELINE, NO_VERDICT, models, num, pct, sci, verdict_text
 from nextrl.summary import RunSummary, SummaryError
 from nextrl.utils.io import atomic_write_text
 
@@ -91,7 +91,11 @@ def _header(summary: RunSummary | None, run_dir: Path) -> str:
 def _verdict(summary: RunSummary | None) -> str:
     v, text = (summary.verdict if summary is not None else None), verdict_text(summary)
     # Colour only a definite answer; a missing verdict stays neutral grey.
-    cls = "none" if v is None or text == NO_VERDICT else ("win" if v.rl_beats_baseline else "loss")
+    cls = (
+        "none"
+        if v is None or text in (NO_VERDICT, NO_BASELINE)
+        else ("win" if v.rl_beats_baseline else "loss")
+    )
     detail = ""
     if v is not None and num(v.rl) is not None and num(v.baseline) is not None:
         detail = (

@@ -8,6 +8,7 @@ from typing import Any
 from nextrl.summary import RunSummary
 
 NO_VERDICT = "no verdict: evaluation did not finish"
+NO_BASELINE = "no verdict: no FLOP-matched baseline was trained (baseline.enabled=false)"
 BUCKETS = ["easy", "medium", "hard"]
 
 
@@ -41,7 +42,11 @@ def accuracy(summary: RunSummary, model: str, mode: str, bucket: str) -> float |
 
 def verdict_text(summary: RunSummary | None) -> str:
     v = summary.verdict if summary is not None else None
-    return v.text if v is not None and v.text else NO_VERDICT
+    if v is not None and v.text:
+        return v.text
+    if summary is not None and "baseline" not in summary.models:
+        return NO_BASELINE
+    return NO_VERDICT
 
 
 def summary_table(summary: RunSummary | dict) -> str:

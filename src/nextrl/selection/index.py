@@ -3,6 +3,7 @@ position index (Parquet) that training and evaluation read."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class PositionIndex:
     entropy: list[float] = field(default_factory=list)
     bucket: list[str] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # inputs the document stream skipped, by reason
 
     def __len__(self) -> int:
         return len(self.position)
@@ -75,6 +77,7 @@ class PositionIndex:
             "positions": dict(Counter(self.split)),
             "buckets": dict(Counter(self.bucket)),
             "mean_entropy": float(np.mean(self.entropy)) if self.entropy else 0.0,
+            "skipped": dict(self.skipped),
         }
 
     def save(self, folder: str | Path) -> None:
@@ -87,7 +90,7 @@ class PositionIndex:
                 "bucket": self.bucket,
                 "split": self.split,
             }
-        )
+        ).replace_schema_metadata({"nextrl.skipped": json.dumps(self.skipped)})
         ids = list(self.doc_tokens)
         docs = pa.table(
             {
@@ -103,7 +106,9 @@ class PositionIndex:
     def load(cls, folder: str | Path) -> PositionIndex:
         folder = Path(folder)
         docs = pq.read_table(folder / "documents.parquet").to_pydict()
-        pos = pq.read_table(folder / "positions.parquet").to_pydict()
+        table = pq.read_table(folder / "positions.parquet")
+        meta = table.schema.metadata or {}
+        pos = table.to_pydict()
         return cls(
             doc_tokens={
                 d: np.asarray(t, dtype=np.int64) for d, t in zip(docs["doc_id"], docs["tokens"], strict=True)
@@ -114,6 +119,7 @@ class PositionIndex:
             entropy=pos["entropy"],
             bucket=pos["bucket"],
             split=pos["split"],
+            skipped=json.loads(meta.get(b"nextrl.skipped", b"{}")),
         )
 
 

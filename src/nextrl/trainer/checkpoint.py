@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from nextrl.utils.io import atomic_dir, atomic_write_text
+from nextrl.errors import RunFolderError
+from nextrl.utils.io import atomic_dir, atomic_write_text, disk_full
 from nextrl.utils.seed import rng_state, set_rng_state
 
 
@@ -26,7 +27,23 @@ def save_checkpoint(
     """Write `folder/step-XXXXXX` atomically, point `folder/latest` at it, keep the newest `keep`."""
     folder = Path(folder)
     name = f"step-{step:06d}"
-    with atomic_dir(folder / name) as tmp:
+    try:
+        _write(folder / name, step, model, tokenizer, optimizer, scheduler, state)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as "RuntimeError: [enforce fail ...]"
+        if disk_full(folder, e):
+            raise RunFolderError(
+                f"the disk is full: checkpoint {folder / name} could not be written ({type(e).__name__}); the "
+                "previous checkpoint is intact: free space and continue with --resume"
+            ) from None
+        raise
+    atomic_write_text(folder / "latest", name + "\n")
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder / name
+
+
+def _write(path: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any]) -> None:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -40,10 +57,6 @@ def save_checkpoint(
             },
             tmp / "trainer_state.pt",
         )
-    atomic_write_text(folder / "latest", name + "\n")
-    for old in sorted(folder.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder / name
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

@@ -208,6 +208,8 @@ class RLTrainer:
     # ---- the loop -----------------------------------------------------------------------------------------
     def train(self, stop_after: int | None = None) -> RLState:
         """Run to `rl.steps` (or stop early after `stop_after` steps of this call, for tests of resume)."""
+        if self.logger is not None:  # an earlier attempt may have logged steps beyond the checkpoint
+            self.logger.restart("rl", self.state.step)
         bar = progress(total=self.rl.steps, desc="rl", unit="step", initial=self.state.step)
         done_here = 0
         while self.state.step < self.rl.steps:

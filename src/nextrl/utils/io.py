@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,6 +11,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def disk_full(path: str | Path, error: BaseException, margin: int = 64 * 1024**2) -> bool:
+    """Whether `error` from writing under `path` means "no space left": ENOSPC, or a library's own error (torch's
+    "file write failed") while less than `margin` bytes are free."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(Path(path)).free < margin
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -62,6 +74,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the usual permissions
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
