@@ -217,3 +217,49 @@ def test_grpo_loss_errors():
         grpo_loss(batch, "sum", 0.2, 0.2)
     with pytest.raises(ValueError, match="shapes"):
         grpo_loss(PolicyBatch(logp, logp, torch.zeros(2, 3), torch.ones(2, 3)), "dapo", 0.2, 0.2)
+
+
+def _ref_decoupled(logp, prox, behaviour, adv, mask, eps_lo, eps_hi, cap):
+    """The decoupled (off-policy) objective, one token at a time: dapo mean of
+    -min(exp(prox - behaviour), cap) * min(r * A, clip(r) * A) with r = exp(logp - prox); and d loss / d logp."""
+    n = sum(sum(row) for row in mask)
+    loss, grad = 0.0, [[0.0] * len(logp[0]) for _ in logp]
+    for b in range(len(logp)):
+        for t in range(len(logp[0])):
+            if not mask[b][t]:
+                continue
+            w = min(math.exp(prox[b][t] - behaviour[b][t]), cap)
+            r = math.exp(logp[b][t] - prox[b][t])
+            a = adv[b]
+            unclipped, clipped = -r * a, -min(max(r, 1 - eps_lo), 1 + eps_hi) * a
+            if clipped > unclipped:
+                loss += w * clipped / n
+            else:
+                loss += w * unclipped / n
+                grad[b][t] = -w * r * a / n
+    return loss, grad
+
+
+@pytest.mark.parametrize("cap", [2.0, 1.05])
+def test_off_policy_loss_matches_reference(cap):
+    """Stale samples: the clip is against the proximal policy and each token is reweighted by the truncated
+    importance weight proximal / behaviour (AReaL's decoupled PPO)."""
+    logp, behaviour, adv, mask, _ = _batch()
+    prox = logp + 0.1 * torch.sin(torch.arange(logp.numel()).reshape(logp.shape).float())  # a moved learner
+    leaf = logp.clone().requires_grad_(True)
+    batch = PolicyBatch(leaf, behaviour, adv, mask, prox_logprobs=prox)
+    loss, metrics = grpo_loss(batch, "dapo", 0.2, 0.28, is_cap=cap)
+    loss.backward()
+    want_loss, want_grad = _ref_decoupled(
+        logp.tolist(), prox.tolist(), behaviour.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, cap
+    )
+    assert loss.item() == pytest.approx(want_loss, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(leaf.grad, torch.tensor(want_grad), rtol=1e-5, atol=1e-6)
+    assert 0 < metrics["is_weight_mean"] <= cap and metrics["behaviour_gap"] > 0
+    # the learner's own weights as the proximal policy at its first update: ratio 1, no clipping, and with the
+    # behaviour equal to it as well the objective is the on-policy one
+    on = PolicyBatch(logp.clone().requires_grad_(True), logp, adv, mask, prox_logprobs=logp)
+    plain = PolicyBatch(logp.clone().requires_grad_(True), logp, adv, mask)
+    assert grpo_loss(on, "dapo", 0.2, 0.28)[0].item() == pytest.approx(
+        grpo_loss(plain, "dapo", 0.2, 0.28)[0].item()
+    )

@@ -27,6 +27,7 @@ LAYERS = [
     {"env"},
     {"algo"},
     {"trainer"},
+    {"distributed"},
     {"eval"},
     {"report"},
     {"pipeline", "run_folder", "preflight"},

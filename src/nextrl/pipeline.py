@@ -86,13 +86,19 @@ def build_rl_trainer(
     logger: MetricsLogger | None = None,
 ) -> RLTrainer:
     """The RL trainer of a run: the environment `cfg.env.name` names, the index's training positions as its
-    task source, the configured in-process engine. `policy` is trained in place."""
+    task source, the configured engine, in this process or on Ray workers (`placement`). `policy` is trained
+    in place."""
     env = build_environment(cfg, tokenizer)
     source = position_tasks(cfg, index, env)
     engine = build_engine(
         cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=cfg.rl.seed
     )
-    return RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger)
+    producer = None
+    if cfg.placement.kind == "ray":  # rollouts on Ray actors; the learner stays here
+        from nextrl.distributed.ray_producer import RayProducer
+
+        producer = RayProducer(cfg, policy, tokenizer, source, env, autocast, out_dir)
+    return RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer)
 
 
 def rl_stage(
@@ -110,7 +116,10 @@ def rl_stage(
     trainer = build_rl_trainer(cfg, policy, base.tokenizer, index, out / "rl", device, autocast, logger)
     if resume:
         trainer.maybe_resume()
-    trainer.train(stop_after=stop_after)
+    try:
+        trainer.train(stop_after=stop_after)
+    finally:
+        trainer.close()
     return policy, trainer.summary()
 
 
@@ -132,9 +141,12 @@ def baseline_stage(
     windows = pack_windows(train_docs, bc.seq_len, base.tokenizer.eos_token_id)
     fm = FlopModel.from_model(model)
     batch = bc.batch_size
-    if flops_budget < fm.train_sequence(bc.seq_len, batch) / 2:
-        # one step of the configured batch would overshoot the RL stage's FLOPs: shrink the batch to match
-        batch = max(1, round(flops_budget / fm.train_sequence(bc.seq_len, 1)))
+    sequences = flops_budget / fm.train_sequence(bc.seq_len, 1)  # what the budget buys
+    steps = max(1, round(sequences / batch))
+    if abs(steps * batch - sequences) > 0.1 * sequences:
+        # a budget of a few batches (a short RL stage): whole steps of the configured batch would miss it by
+        # more than 10%, so the batch shrinks to match (never below one sequence)
+        batch = max(1, round(sequences / steps))
     batches = WindowBatches(windows, batch, seed=cfg.seed + 1)
     flops_step = fm.train_sequence(bc.seq_len, batch)
     steps = max(1, round(flops_budget / flops_step))

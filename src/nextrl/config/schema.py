@@ -416,6 +416,18 @@ class RLConfig(_Strict):
         "same weight on the true next token after an empty thought at each position (structured format), so "
         "that closing the thought at once costs nothing",
     )
+    max_off_policy_steps: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="asynchronous rollouts (placement.kind=ray): the workers generate up to this many steps "
+        "ahead while the learner trains, so a sample may come from weights this many updates old; the loss then "
+        "clips against the learner's weights and reweights each token by a truncated importance weight. "
+        "0: synchronous",
+    )
+    is_cap: float = Field(
+        2.0, gt=0.0, description="truncation of the importance weight of off-policy tokens (min(w, is_cap))"
+    )
     micro_batch_size: int = Field(
         64, ge=1, description="sequences per forward/backward (memory bound; exact accumulation)"
     )
@@ -426,6 +438,23 @@ class RLConfig(_Strict):
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
         return _moved(data, {k: f"moved to sharing.{v}" for k, v in SHARING_MOVES.items()})
+
+
+class PlacementConfig(_Strict):
+    """Where the RL step runs. 'local': one process (the default). 'ray': rollouts on `workers` Ray actors, each
+    with its own copy of the policy and its own engine, while the learner stays in the driver; a local Ray
+    cluster is started for the run (its files under the run folder) unless `address` names one."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1, description="rollout workers (Ray actors)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rollout worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per rollout worker")
+    address: str | None = Field(
+        None, description="an existing Ray cluster ('auto' or host:port); None starts one"
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a local cluster started for the run (default: all)"
+    )
 
 
 class BaselineConfig(_Strict):
@@ -465,6 +494,7 @@ class RunConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
@@ -500,6 +530,17 @@ class RunConfig(_Strict):
                 raise ValueError(
                     f"config key 'pretrain.seq_len': {self.pretrain.seq_len} exceeds "
                     f"model.max_position_embeddings={self.model.max_position_embeddings}"
+                )
+        if self.rl.max_off_policy_steps:
+            if self.placement.kind != "ray":
+                raise ValueError(
+                    "config key 'rl.max_off_policy_steps': asynchronous rollouts need rollout workers "
+                    "(placement.kind=ray); in one process generation and training cannot overlap"
+                )
+            if self.rl.updates_per_batch != 1 or self.rl.dynamic_sampling:
+                raise ValueError(
+                    "config key 'rl.max_off_policy_steps': needs rl.updates_per_batch=1 and no "
+                    "rl.dynamic_sampling (a batch's size must be known when it is generated ahead)"
                 )
         k = self.rl.empty_thought_samples
         if k and k >= self.sampling.group_size:

@@ -231,6 +231,8 @@ class Learner:
             advantages=torch.tensor(advantages, device=logp.device),
             mask=padded([[float(m) for m in r.action_mask] for r in chunk]),
             ref_logprobs=ref,
+            # asynchronous rollouts: the learner's weights before this (single) update are the proximal policy
+            prox_logprobs=logp.detach() if self.rl.max_off_policy_steps else None,
         )
         return grpo_loss(
             batch,
@@ -239,4 +241,5 @@ class Learner:
             self.rl.clip_eps_high,
             kl_coef=self.rl.kl_coef,
             max_tokens=self.max_new_tokens,
+            is_cap=self.rl.is_cap,
         )

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from nextrl.engine.base import Rollout, RolloutEngine, SamplingParams
+from nextrl.engine.base import EngineCapabilities, PolicyWeights, Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, TaskSource
 from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
@@ -35,6 +35,17 @@ class ScoredGroup:
         return [r.total for r in self.rewards]
 
 
+def feed_back(source: TaskSource, groups: list[ScoredGroup], min_spread: float) -> int:
+    """Each group's rewards back to the task source (for its curriculum); returns how many groups' rewards
+    differ (the run's signal count). A spread of at most `min_spread` counts as no signal for the source."""
+    with_signal = 0
+    for group in groups:
+        with_signal += int(rewards_differ(group.totals))
+        signal = rewards_differ(group.totals, min_spread)
+        source.visit(group.task, group.totals, signal, answer_entropy(group.rollouts))
+    return with_signal
+
+
 class Producer:
     def __init__(
         self,
@@ -51,9 +62,41 @@ class Producer:
         self.version = 0  # the policy version the engine generates with
         self.groups_with_signal = 0  # groups whose rewards differ, over the run (restored on resume)
 
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self.engine.capabilities
+
+    def sync(self, weights: PolicyWeights) -> None:
+        """Generate with these weights from now on (the environment's own state, e.g. an EMA baseline, is
+        shared in-process and needs nothing)."""
+        self.engine.sync_weights(weights)
+        self.version = weights.version
+
+    def state_dict(self) -> dict:
+        return {
+            "engine": self.engine.state_dict() if self.engine.capabilities.state else None,
+            "groups_with_signal": self.groups_with_signal,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.groups_with_signal = state["groups_with_signal"]
+        if state.get("engine") is not None and self.engine.capabilities.state:
+            self.engine.load_state_dict(state["engine"])
+
+    def close(self) -> None:
+        pass
+
     def produce(self, n: int, step: int, account: StepAccount) -> list[ScoredGroup]:
-        """Tasks for about `n` positions (a source may round up), G rollouts each, scored."""
-        tasks = self.source.take(n, step)
+        """Tasks for about `n` positions (a source may round up), G rollouts each, scored and fed back."""
+        groups = self.rollout(self.source.take(n, step), account)
+        self.visit(groups)
+        return groups
+
+    def visit(self, groups: list[ScoredGroup]) -> None:
+        self.groups_with_signal += feed_back(self.source, groups, self.min_spread)
+
+    def rollout(self, tasks: list[Task], account: StepAccount) -> list[ScoredGroup]:
+        """G rollouts of each task, scored (the part a remote worker runs)."""
         t = time.time()
         prompts = [t.prompt_ids for t in tasks]
         k = self.k_empty
@@ -71,14 +114,10 @@ class Producer:
         account.generation_seconds += time.time() - t
         self.policy.work = account.work["scoring"]
         rewards = self.env.score(tasks, rollouts, self.policy)
-        groups = []
-        for task, ro, rw in zip(tasks, rollouts, rewards, strict=True):
-            group = ScoredGroup(task, ro, rw, self.version)
-            self.groups_with_signal += int(rewards_differ(group.totals))
-            signal = rewards_differ(group.totals, self.min_spread)
-            self.source.visit(task, group.totals, signal, answer_entropy(ro))
-            groups.append(group)
-        return groups
+        return [
+            ScoredGroup(task, ro, rw, self.version)
+            for task, ro, rw in zip(tasks, rollouts, rewards, strict=True)
+        ]
 
     def _generate(self, prompts, params: SamplingParams, account: StepAccount) -> list[list[Rollout]]:
         """The engine's rollouts, with the work it reports added to this step's prefill/decode counts."""

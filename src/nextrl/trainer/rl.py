@@ -53,6 +53,7 @@ class RLTrainer:
         device: torch.device,
         autocast: torch.dtype | None,
         logger: MetricsLogger | None = None,
+        producer=None,
     ):
         self.cfg, self.rl = cfg, cfg.rl
         self.policy, self.tokenizer, self.source, self.env, self.engine = (
@@ -73,7 +74,8 @@ class RLTrainer:
             policy, tokenizer.pad_token_id, autocast, cfg.sharing.enabled, cfg.sharing.max_tree_nodes
         )
         env.bind_scorer(self.policy_handle)
-        self.producer = Producer(
+        # in-process by default; a distributed producer (nextrl.distributed) has the same interface
+        self.producer = producer or Producer(
             source,
             env,
             engine,
@@ -92,7 +94,7 @@ class RLTrainer:
         self.last_groups: list[ScoredGroup] = []  # the last step's batch, for inspection and benchmarks
 
     def _check_capabilities(self) -> None:
-        caps = self.engine.capabilities
+        caps = self.engine.capabilities  # a distributed producer's workers hold engines of the same kind
         if self.rl.entropy_mask_rho < 1.0 and not caps.entropies:
             raise ConfigError(
                 f"config key 'rl.entropy_mask_rho': {self.rl.entropy_mask_rho} < 1 needs token entropies, which "
@@ -109,7 +111,6 @@ class RLTrainer:
     def step(self) -> dict[str, Any]:
         account = StepAccount()
         version = self.state.step
-        self.producer.version = version
         # 1-2. tasks -> rollouts -> rewards (dynamic sampling: drop groups without signal and refill)
         groups, drawn, ds = self.collect(account)
         # 3-4. advantages -> loss -> update
@@ -117,8 +118,12 @@ class RLTrainer:
         result = self.learner.learn(groups, account)
         account.training_seconds = time.time() - t_train
         # 5. the engine generates with the new weights from now on
-        self.engine.sync_weights(self.learner.weights(version + 1))
+        self.producer.sync(self.learner.weights(version + 1))
         self.last_groups = groups
+        if self.rl.max_off_policy_steps:  # how many updates old the trained samples were
+            stale = [version - g.policy_version for g in groups] or [0]
+            result.metrics["staleness/mean"] = sum(stale) / len(stale)
+            result.metrics["staleness/max"] = max(stale)
         return self.record(account, drawn, result, ds)
 
     def collect(self, account: StepAccount) -> tuple[list[ScoredGroup], list[ScoredGroup], dict[str, Any]]:
@@ -178,20 +183,18 @@ class RLTrainer:
         blob = load_checkpoint(path, self.policy, self.learner.optimizer, self.learner.scheduler)
         s = blob["state"]
         self.state = RLState(**s["rl_state"])
-        self.producer.groups_with_signal = self.state.groups_with_signal
         self.source.load_state_dict(s["source"])
         self.env.load_state_dict(s.get("env"))
         self._keep_rate = s.get("keep_rate", 1.0)
-        if s.get("engine") is not None and self.engine.capabilities.state:
-            self.engine.load_state_dict(s["engine"])
-        self.engine.sync_weights(self.learner.weights(self.state.step))
+        self.producer.load_state_dict(s["producer"])
+        self.producer.sync(self.learner.weights(self.state.step))
         return True
 
     def save(self) -> Path:
         state = {
             "rl_state": dataclasses.asdict(self.state),
             "source": self.source.state_dict(),
-            "engine": self.engine.state_dict() if self.engine.capabilities.state else None,
+            "producer": self.producer.state_dict(),
             "env": self.env.state_dict(),
             "keep_rate": self._keep_rate,
         }
@@ -223,6 +226,10 @@ class RLTrainer:
                 break
         bar.close()
         return self.state
+
+    def close(self) -> None:
+        """Release what the producer holds (remote workers, a cluster started for the run)."""
+        self.producer.close()
 
     def summary(self) -> dict[str, Any]:
         st = self.state
