@@ -15,6 +15,10 @@ workers generate the next d steps' rollouts while the learner trains (each worke
 a weight sync queued behind a rollout applies after it): a sample is then at most d updates old, which is
 checked on every group, and the loss corrects for it (`nextrl.algo.grpo`, decoupled objective). Batches in
 flight at a checkpoint are saved with it, so a resumed asynchronous run is exact too.
+
+A worker that dies (killed, out of memory) is replaced by a fresh one with the current weights, and the tasks
+it had not returned are re-issued to it: every task handed out is rolled out exactly once. A dead driver (the
+learner) is the checkpoint's business: `--resume` continues from the last one.
 """
 
 from __future__ import annotations
@@ -130,6 +134,8 @@ class _Batch:
     n: int
     futures: list = field(default_factory=list)
     results: list | None = None
+    parts: list = field(default_factory=list)  # each future's tasks, to re-issue if its worker dies
+    actors: list = field(default_factory=list)  # the worker each future was sent to
 
 
 class RayProducer:
@@ -155,16 +161,13 @@ class RayProducer:
                 _temp_dir=_ray_temp_dir(run_dir) if pc.address is None else None,
             )
             self.started_cluster = True
-        threads = max(1, int(pc.cpus_per_worker))
-        actor = ray.remote(num_cpus=pc.cpus_per_worker, num_gpus=pc.gpus_per_worker)(RolloutWorker)
-        policy_ref = ray.put(policy)
-        self.workers = [
-            actor.remote(
-                cfg.model_dump(mode="json"), policy_ref, tokenizer, autocast, cfg.rl.seed + i, threads
-            )
-            for i in range(pc.workers)
-        ]
+        self._actor = ray.remote(num_cpus=pc.cpus_per_worker, num_gpus=pc.gpus_per_worker)(RolloutWorker)
+        self._spawn_args = (cfg.model_dump(mode="json"), ray.put(policy), tokenizer, autocast)
+        self._threads = max(1, int(pc.cpus_per_worker))
+        self.workers = [self._spawn(cfg.rl.seed + i) for i in range(pc.workers)]
         ray.get([w.version.remote() for w in self.workers])  # fail here, not in the first step
+        self.restarts = 0  # workers replaced after they died
+        self._weights: tuple[Any, Any] | None = None  # object refs of the last pushed weights and env state
         self.version = 0
         self.groups_with_signal = 0
         self.min_spread = cfg.curriculum.min_spread
@@ -175,10 +178,42 @@ class RayProducer:
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(entropies=True, work=True, state=True)  # the workers' in-process engines
 
+    def _spawn(self, seed: int):
+        cfg, policy_ref, tokenizer, autocast = self._spawn_args
+        return self._actor.remote(cfg, policy_ref, tokenizer, autocast, seed, self._threads)
+
+    def _replace(self, i: int) -> None:
+        """A fresh worker in slot `i` (the old one died), with the current weights and environment state. Its
+        sampler gets a seed of its own, so it does not replay the dead worker's samples."""
+        self.restarts += 1
+        self.ray.kill(self.workers[i], no_restart=True)
+        self.workers[i] = self._spawn(self.cfg.rl.seed + i + 1009 * self.restarts)
+        if self._weights is not None:
+            self.ray.get(self.workers[i].sync.remote(*self._weights, self.version))
+
+    def _get(self, batch: _Batch) -> list:
+        """The batch's results; a part whose worker died is re-issued, once per death, to its replacement, so
+        every task of the batch is rolled out exactly once in the results."""
+        results = []
+        for i, (future, part, actor) in enumerate(zip(batch.futures, batch.parts, batch.actors, strict=True)):
+            for _ in range(3):
+                try:
+                    results.append(self.ray.get(future))
+                    break
+                except self.ray.exceptions.RayActorError:
+                    if self.workers[i]._actor_id == actor._actor_id:  # not replaced yet (e.g. by a sync)
+                        self._replace(i)
+                    actor = self.workers[i]
+                    future = actor.rollout.remote(part)
+            else:
+                raise RuntimeError(f"rollout worker {i} died three times on the same tasks")
+        return results
+
     def _launch(self, n: int, step: int) -> _Batch:
         parts = split_tasks(self.source.take(n, step), len(self.workers))
-        futures = [w.rollout.remote(part) for w, part in zip(self.workers, parts, strict=False)]
-        return _Batch(step, n, futures)
+        actors = self.workers[: len(parts)]
+        futures = [w.rollout.remote(part) for w, part in zip(actors, parts, strict=True)]
+        return _Batch(step, n, futures, parts=parts, actors=list(actors))
 
     def produce(self, n: int, step: int, account: StepAccount) -> list[ScoredGroup]:
         if self.pending and self.pending[0].step == step and self.pending[0].n == n:
@@ -190,7 +225,7 @@ class RayProducer:
                 )
             batch = self._launch(n, step)
         t = time.time()
-        results = batch.results if batch.results is not None else self.ray.get(batch.futures)
+        results = batch.results if batch.results is not None else self._get(batch)
         account.generation_seconds += time.time() - t  # what the learner waited for (overlap excluded)
         groups: list[ScoredGroup] = []
         for part_groups, work, _ in results:
@@ -210,16 +245,18 @@ class RayProducer:
 
     def sync(self, weights: PolicyWeights) -> None:
         state = {k: v.detach().to("cpu") for k, v in weights.state_dict().items()}
-        state_ref, env_ref = self.ray.put(state), self.ray.put(self.env.state_dict())
-        versions = self.ray.get([w.sync.remote(state_ref, env_ref, weights.version) for w in self.workers])
-        assert all(v == weights.version for v in versions)
+        self._weights = (self.ray.put(state), self.ray.put(self.env.state_dict()))
         self.version = weights.version
+        calls = [w.sync.remote(*self._weights, weights.version) for w in self.workers]
+        for i, call in enumerate(calls):
+            try:
+                assert self.ray.get(call) == weights.version
+            except self.ray.exceptions.RayActorError:
+                self._replace(i)  # the replacement starts from these weights
 
     def state_dict(self) -> dict[str, Any]:
         # batches in flight are finished and saved with the checkpoint (the source has handed out their tasks)
-        pending = [
-            {"step": b.step, "n": b.n, "results": b.results or self.ray.get(b.futures)} for b in self.pending
-        ]
+        pending = [{"step": b.step, "n": b.n, "results": b.results or self._get(b)} for b in self.pending]
         return {
             "workers": self.ray.get([w.state_dict.remote() for w in self.workers]),
             "groups_with_signal": self.groups_with_signal,
