@@ -241,6 +241,11 @@ class EnvConfig(_Strict):
     thought_tokens: int = Field(16, ge=0, description="maximum thought length m")
     answer_tokens: int = Field(1, ge=1, description="tokens predicted after </think> (structured format)")
     max_answer_chars: int = Field(64, ge=1, description="longest answer scored (prompted format)")
+    enable_thinking: bool = Field(
+        True,
+        description="prompted format with a chat template: Qwen3's thinking switch (on: the model opens its own "
+        "<think> after the generation prompt; templates without it ignore it)",
+    )
     target_tokens: int = Field(8, ge=1, description="true continuation tokens kept for scoring (the set B)")
     options: dict[str, Any] = Field(
         default_factory=dict, description="settings of a user's environment (passed to its factory)"

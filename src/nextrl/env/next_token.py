@@ -35,7 +35,9 @@ class NextTokenEnv(Environment):
         self.tok = tokenizer
         self.token_bytes = TokenBytes(tokenizer)
         eos = tokenizer.eos_token_id
-        self.eos_ids: tuple[int, ...] = () if eos is None else (int(eos),)
+        self.eos_ids: tuple[int, ...] = (
+            end_of_turn_ids(tokenizer) if cfg.format == "prompted" else (() if eos is None else (int(eos),))
+        )
         self.think_open = self.think_close = -1
         if cfg.format == "structured":
             vocab = tokenizer.get_vocab()
@@ -106,8 +108,12 @@ class NextTokenEnv(Environment):
         )
         if getattr(self.tok, "chat_template", None):
             # The template writes its own BOS/role markers, so no extra special tokens are added.
+            # enable_thinking: Qwen3's switch (other templates ignore it); on, the model opens its own <think>
             chat = self.tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+                [{"role": "user", "content": text}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=self.cfg.enable_thinking,
             )
             return list(self.tok(chat, add_special_tokens=False)["input_ids"])
         return list(self.tok(text)["input_ids"])
@@ -209,6 +215,19 @@ class NextTokenEnv(Environment):
         """No-thought protocol: one greedy token, judged by the same byte rule as a reasoned answer."""
         pred = self.token_bytes(int(predicted_token_id))
         return prefix_match_reward(pred, task.meta["target_bytes"], task.meta["boundaries"]) == 1.0
+
+
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")
+
+
+def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
+    """Tokens that end a chat model's turn (Qwen's <|im_end|> and <|endoftext|>, Llama 3's <|eot_id|>, …) plus
+    the tokenizer's EOS: generation in the prompted format stops at any of them."""
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[t] for t in END_OF_TURN if t in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(sorted(set(ids)))
 
 
 def lm_sequences(tasks: Sequence[Task]) -> list[list[int]]:
