@@ -89,7 +89,7 @@ def build_rl_trainer(
     task source, the configured engine, in this process or on Ray workers (`placement`). `policy` is trained
     in place."""
     env = build_environment(cfg, tokenizer)
-    source = position_tasks(cfg, index, env)
+    source = env.task_source(cfg) or position_tasks(cfg, index, env)
     engine = build_engine(
         cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=cfg.rl.seed
     )

@@ -152,6 +152,11 @@ class Environment:
         """How the policy must generate for this environment's tasks (phases, stop tokens)."""
         raise NotImplementedError
 
+    def task_source(self, cfg) -> TaskSource | None:
+        """The environment's own tasks (e.g. a file of problems named in `env.options`), or None: the run's
+        positions of the document index then become its tasks (`make_task`, the next-token environment)."""
+        return None
+
     def bind_scorer(self, scorer: ScoringModel) -> None:
         """The model that model-scored rewards read from now on (and the start of any baseline following it)."""
 

@@ -83,4 +83,11 @@ def _next_token(cfg, tokenizer) -> Environment:
     return NextTokenEnv(cfg.env, tokenizer, cfg.reward)
 
 
+def _math(cfg, tokenizer) -> Environment:
+    from nextrl.env.math import MathEnv
+
+    return MathEnv(cfg.env.options, tokenizer)
+
+
 register_environment("next_token", _next_token)
+register_environment("math", _math)

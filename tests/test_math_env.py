@@ -1,0 +1,109 @@
+"""The math environment: gold answers (GSM8K's ####, MATH's answer or boxed solution), equivalence through
+math-verify, unparseable golds skipped and counted, and a short RL run on a file of problems written here."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from nextrl.config import load_config
+from nextrl.engine.base import Rollout
+from nextrl.env.math import gold_answer, last_boxed
+
+pytest.importorskip("math_verify")
+
+PROBLEMS = [
+    {"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"}
+    for a, b in [(2, 3), (10, 4), (7, 7), (1, 9), (12, 30), (5, 6)]
+] + [
+    {"problem": "Simplify 2/4.", "answer": "\\frac{1}{2}"},
+    {"problem": "What is 3 squared?", "solution": "It is $3^2 = \\boxed{9}$."},
+    {"question": "Unanswerable", "answer": "#### "},  # no gold: skipped, counted
+]
+
+
+@pytest.fixture
+def problems(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in PROBLEMS) + "\n")
+    return path
+
+
+def test_gold_answers_and_boxes():
+    assert gold_answer(PROBLEMS[0]) == "5"
+    assert gold_answer({"answer": "so #### 1,234"}) == "1234"
+    assert gold_answer(PROBLEMS[6]) == "\\frac{1}{2}"
+    assert gold_answer(PROBLEMS[7]) == "9"
+    assert last_boxed("a \\boxed{1} then \\boxed{\\frac{a}{b}} end") == "\\frac{a}{b}"
+    assert last_boxed("\\boxed{unclosed") is None and last_boxed("none") is None
+
+
+def env_and_source(problems, tokenizer):
+    from nextrl.env import build_environment
+
+    cfg = load_config(
+        "micro", ["env.name=math", f"env.options={{path: '{problems}'}}", "reward=correct+0.5*format"]
+    )
+    env = build_environment(cfg, tokenizer)
+    return cfg, env, env.task_source(cfg)
+
+
+def test_scoring_by_equivalence(problems):
+    from nextrl.model.pretrain import prepare_base
+
+    tok = prepare_base(load_config("micro", ["model.dtype=float32"])).tokenizer
+    cfg, env, source = env_and_source(problems, tok)
+    assert source.stats() == {"given": 0, "problems": 8, "skipped_gold": 1}
+    half = next(
+        t
+        for t in (source.env.make_task(r, i) for i, r in enumerate(source.records))
+        if "\\frac" in t.meta["gold"]
+    )
+
+    def ro(text):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return Rollout(half.prompt_ids, ids, [0.0] * len(ids), [1] * len(ids), "eos", 0, [0])
+
+    texts = ["so \\boxed{0.5}", "\\boxed{1/2}", "\\boxed{\\frac{2}{4}}", "\\boxed{0.25}", "no box, 1/2"]
+    rewards = env.score([half], [[ro(t) for t in texts]])[0]
+    assert [r.components["correct"] for r in rewards] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert [r.components["format"] for r in rewards] == [0.0, 0.0, 0.0, 0.0, -1.0]
+    assert [r.total for r in rewards] == [1.0, 1.0, 1.0, 0.0, -0.5]
+
+
+@pytest.mark.slow
+def test_rl_on_math_problems_runs_and_resumes(problems, tmp_path):
+    from nextrl.model.pretrain import prepare_base
+    from nextrl.pipeline import build_rl_trainer
+
+    overrides = [
+        "model.dtype=float32",
+        "env.name=math",
+        f"env.options={{path: '{problems}', max_tokens: 6}}",
+        "reward=correct+0.5*format",
+        "rl.steps=3",
+        "rl.checkpoint_every=1",
+        "rl.positions_per_step=3",
+        "sampling.temperature=1.5",
+    ]
+    cfg = load_config("micro", overrides)
+    base = prepare_base(cfg)
+
+    def make(out):
+        return build_rl_trainer(
+            cfg, copy.deepcopy(base.model), base.tokenizer, None, out, torch.device("cpu"), None
+        )
+
+    a = make(tmp_path / "a")
+    a.train()
+    assert type(a.source).__name__ == "MathTasks" and a.state.samples == 3 * 3 * cfg.sampling.group_size
+    assert {g.task.domain for g in a.last_groups} == {"math"}
+    b = make(tmp_path / "b")
+    b.train(stop_after=2)
+    c = make(tmp_path / "b")
+    assert c.maybe_resume() and c.source.cursor == b.source.cursor
+    c.train()
+    assert c.state.reward_history == a.state.reward_history
