@@ -107,3 +107,55 @@ def test_rl_on_math_problems_runs_and_resumes(problems, tmp_path):
     assert c.maybe_resume() and c.source.cursor == b.source.cursor
     c.train()
     assert c.state.reward_history == a.state.reward_history
+
+
+@pytest.mark.slow
+def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
+    """env.mixture={next_token: 1, math: 1}: every step holds both domains in the configured shares, each
+    sampled with its own plan and scored with its own reward; per-domain metrics are logged; resume is exact."""
+    from nextrl.model.pretrain import prepare_base
+    from nextrl.pipeline import build_rl_trainer, select_stage
+    from nextrl.utils.metrics import MetricsLogger
+
+    overrides = [
+        "model.dtype=float32",
+        "env.mixture={next_token: 1, math: 1}",
+        f"env.options={{math: {{path: '{problems}', max_tokens: 6}}}}",
+        "reward.by_env={math: correct+0.5*format}",
+        "rl.steps=2",
+        "rl.checkpoint_every=1",
+        "rl.positions_per_step=8",
+        "rl.positions_per_prefix=2",
+        "sampling.temperature=1.5",
+    ]
+    cfg = load_config("micro", overrides)
+    base = prepare_base(cfg)
+    index = select_stage(cfg, base, tmp_path / "idx", torch.device("cpu"), None)
+
+    def make(out, logger=None):
+        policy = copy.deepcopy(base.model)
+        return build_rl_trainer(cfg, policy, base.tokenizer, index, out, torch.device("cpu"), None, logger)
+
+    logger = MetricsLogger(tmp_path / "a")
+    a = make(tmp_path / "a", logger)
+    a.train()
+    logger.close()
+    groups = a.last_groups
+    assert {g.task.domain for g in groups} == {"text", "math"}
+    for g in groups:
+        if g.task.domain == "math":
+            assert set(g.rewards[0].components) == {"correct", "format"}
+            assert len(g.rollouts[0].phase_starts) == 1  # math samples one phase; text thinks, then answers
+        else:
+            assert "prefix_match" in g.rewards[0].components and len(g.rollouts[0].phase_starts) == 2
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"domain/text/reward", "domain/math/reward"} <= set(r) for r in rows if r["stage"] == "rl")
+    given = a.source.stats()
+    assert abs(given["next_token"]["given"] - given["math"]["given"]) <= 4  # 1:1, up to a prefix unit
+    assert "math: correct+0.5*format" in a.summary()["reward"]
+    b = make(tmp_path / "b")
+    b.train(stop_after=1)
+    c = make(tmp_path / "b")
+    assert c.maybe_resume()
+    c.train()
+    assert c.state.reward_history == a.state.reward_history

@@ -20,7 +20,8 @@ from nextrl.config import RunConfig
 from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
-from nextrl.env import NextTokenEnv, build_environment
+from nextrl.env import MixtureTaskSource, NextTokenEnv, build_environment
+from nextrl.env.mixed import MixedEnvironment
 from nextrl.env.position_source import position_tasks
 from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
@@ -89,7 +90,11 @@ def build_rl_trainer(
     task source, the configured engine, in this process or on Ray workers (`placement`). `policy` is trained
     in place."""
     env = build_environment(cfg, tokenizer)
-    source = env.task_source(cfg) or position_tasks(cfg, index, env)
+    if isinstance(env, MixedEnvironment):  # each environment its own tasks, shared by the mixture's weights
+        sources = {n: e.task_source(cfg) or position_tasks(cfg, index, e) for n, e in env.envs.items()}
+        source = MixtureTaskSource(sources, env.weights)
+    else:
+        source = env.task_source(cfg) or position_tasks(cfg, index, env)
     engine = build_engine(
         cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=cfg.rl.seed
     )

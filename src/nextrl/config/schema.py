@@ -248,8 +248,22 @@ class EnvConfig(_Strict):
     )
     target_tokens: int = Field(8, ge=1, description="true continuation tokens kept for scoring (the set B)")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="settings of a user's environment (passed to its factory)"
+        default_factory=dict,
+        description="settings of a user's environment (passed to its factory); with a mixture, one entry "
+        "per environment name, e.g. {math: {path: gsm8k.jsonl}}",
     )
+    mixture: dict[str, float] | None = Field(
+        None,
+        description="train on several environments at once: name -> share of the tasks, e.g. "
+        "{next_token: 3, math: 1} (env.name is then ignored); rewards per environment in reward.by_env",
+    )
+
+    @field_validator("mixture")
+    @classmethod
+    def _mixture(cls, m: dict[str, float] | None) -> dict[str, float] | None:
+        if m is not None and (len(m) < 2 or any(w < 0 for w in m.values()) or sum(m.values()) <= 0):
+            raise ValueError("a mixture needs at least two environments, weights >= 0 with a positive sum")
+        return m
 
     @model_validator(mode="before")
     @classmethod
@@ -307,6 +321,18 @@ class RewardConfig(_Strict):
         True, description="a thought containing the start of the target gets no positive info_gain/likelihood"
     )
     copy_min_bytes: int = Field(2, ge=1, description="shortest target start the copy guard looks for")
+    by_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="with env.mixture: environment name -> its reward spec (the others use `spec`), e.g. "
+        "{math: 'correct+0.2*format'}",
+    )
+
+    @field_validator("by_env")
+    @classmethod
+    def _by_env(cls, specs: dict[str, str]) -> dict[str, str]:
+        for spec in specs.values():
+            RewardSpec.parse(spec)
+        return specs
 
     @model_validator(mode="after")
     def _spec(self) -> RewardConfig:

@@ -152,6 +152,10 @@ class Environment:
         """How the policy must generate for this environment's tasks (phases, stop tokens)."""
         raise NotImplementedError
 
+    def split(self, tasks: Sequence[Task]) -> list[tuple[Environment, list[int]]]:
+        """Which environment generates and scores which tasks (by index): all of them here; a mixture routes."""
+        return [(self, list(range(len(tasks))))]
+
     def task_source(self, cfg) -> TaskSource | None:
         """The environment's own tasks (e.g. a file of problems named in `env.options`), or None: the run's
         positions of the document index then become its tasks (`make_task`, the next-token environment)."""

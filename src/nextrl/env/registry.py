@@ -55,7 +55,21 @@ def _import_factory(spec: str) -> EnvFactory:
 
 
 def build_environment(cfg, tokenizer) -> Environment:
-    """The environment `cfg.env.name` names, built for this run (see the module docstring)."""
+    """The environment `cfg.env.name` names (or the mixture `cfg.env.mixture` names), built for this run (see
+    the module docstring)."""
+    if cfg.env.mixture:
+        from nextrl.env.mixed import MixedEnvironment
+
+        envs = {}
+        for part in cfg.env.mixture:
+            sub_env = cfg.env.model_copy(
+                update={"name": part, "mixture": None, "options": cfg.env.options.get(part, {})}
+            )
+            sub_reward = cfg.reward.model_copy(update={"spec": cfg.reward.by_env.get(part, cfg.reward.spec)})
+            envs[part] = build_environment(
+                cfg.model_copy(update={"env": sub_env, "reward": sub_reward}), tokenizer
+            )
+        return MixedEnvironment(envs, cfg.env.mixture)
     name = cfg.env.name
     if ":" in name:
         factory = _import_factory(name)

@@ -133,6 +133,16 @@ class StepAccount:
             think = [x for g in drawn for x in g.totals[:-k]]
             metrics["reward/empty_thought"] = sum(empty) / max(len(empty), 1)
             metrics["reward/thinking"] = sum(think) / max(len(think), 1)
+        domains = sorted({g.task.domain for g in drawn})
+        if len(domains) > 1:  # a mixture: each domain's reward and signal
+            for d in domains:
+                mine = [g for g in drawn if g.task.domain == d]
+                vals = [x for g in mine for x in g.totals]
+                metrics[f"domain/{d}/reward"] = sum(vals) / len(vals)
+                metrics[f"domain/{d}/signal_fraction"] = sum(rewards_differ(g.totals) for g in mine) / len(
+                    mine
+                )
+                metrics[f"domain/{d}/groups"] = len(mine)
         for name in sorted({k for g in rewards for r in g for k in r.components}):
             vals = [r.components.get(name, 0.0) for g in rewards for r in g]
             metrics[f"reward/{name}"] = sum(vals) / len(vals)

@@ -96,24 +96,41 @@ class Producer:
         self.groups_with_signal += feed_back(self.source, groups, self.min_spread)
 
     def rollout(self, tasks: list[Task], account: StepAccount) -> list[ScoredGroup]:
-        """G rollouts of each task, scored (the part a remote worker runs)."""
+        """G rollouts of each task, scored (the part a remote worker runs). A mixture of environments is split
+        by environment: each part samples with its own plan and is scored by its own environment."""
+        parts = self.env.split(tasks)
+        if len(parts) == 1 and parts[0][0] is self.env:
+            return self._rollout(self.env, self.params, tasks, account)
+        out: list = [None] * len(tasks)
+        for env, idx in parts:
+            p = self.params
+            groups = self._rollout(
+                env, env.sampling_params(p.n, p.temperature, p.top_p), [tasks[i] for i in idx], account
+            )
+            for i, g in zip(idx, groups, strict=True):
+                out[i] = g
+        return out
+
+    def _rollout(
+        self, env, params: SamplingParams, tasks: list[Task], account: StepAccount
+    ) -> list[ScoredGroup]:
         t = time.time()
         prompts = [t.prompt_ids for t in tasks]
-        k = self.k_empty
-        rollouts = self._generate(prompts, dataclasses.replace(self.params, n=self.params.n - k), account)
+        close = env.think_close
+        k = self.k_empty if close is not None and close >= 0 else 0  # only where a thought can be closed
+        rollouts = self._generate(prompts, dataclasses.replace(params, n=params.n - k), account)
         if k:  # k samples per group close the thought at once (see trainer/empty_thought.py)
-            close = self.env.think_close
-            answers = self._generate(closed_prompts(prompts, close), answer_params(self.params, k), account)
+            answers = self._generate(closed_prompts(prompts, close), answer_params(params, k), account)
             entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
             # log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought
             close_lp = self.policy.logprobs(
-                prompts, [[close]] * len(prompts), self.params.temperature, work=account.work["prefill"]
+                prompts, [[close]] * len(prompts), params.temperature, work=account.work["prefill"]
             )[:, 0].tolist()
             empty = join_empty_thought(prompts, answers, close_lp, entropies, close)
             rollouts = [list(a) + list(b) for a, b in zip(rollouts, empty, strict=True)]
         account.generation_seconds += time.time() - t
         self.policy.work = account.work["scoring"]
-        rewards = self.env.score(tasks, rollouts, self.policy)
+        rewards = env.score(tasks, rollouts, self.policy)
         return [
             ScoredGroup(task, ro, rw, self.version)
             for task, ro, rw in zip(tasks, rollouts, rewards, strict=True)
