@@ -109,5 +109,30 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder holding su
     typer.echo(f"\nreport: {path}")
 
 
+@app.command()
+def merge(
+    models: Annotated[list[Path], typer.Argument(help="Hugging Face model folders of one architecture")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder of the merged checkpoint")],
+    method: Annotated[
+        str, typer.Option(help="linear, task_arithmetic, ties, dare_linear or dare_ties")
+    ] = "linear",
+    base: Annotated[
+        Path | None, typer.Option(help="the model the task vectors start from (all methods but linear)")
+    ] = None,
+    weight: Annotated[list[float] | None, typer.Option(help="one weight per model (repeatable)")] = None,
+    density: Annotated[float, typer.Option(help="share of each task vector kept (ties, dare_*)")] = 0.5,
+    seed: Annotated[int, typer.Option(help="seed of DARE's random drops")] = 0,
+) -> None:
+    """Merge checkpoints into one Hugging Face checkpoint (mergekit; see nextrl.model.merge for the methods)."""
+    from nextrl.model.merge import merge_models
+
+    try:
+        path = merge_models(models, out, method, base, weight, density, seed)
+    except NextRLError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo(f"merged {len(models)} model(s) with {method} into {path}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
