@@ -103,5 +103,12 @@ def _math(cfg, tokenizer) -> Environment:
     return MathEnv(cfg.env.options, tokenizer)
 
 
+def _code(cfg, tokenizer) -> Environment:
+    from nextrl.env.code import CodeEnv
+
+    return CodeEnv(cfg.env.options, tokenizer)
+
+
 register_environment("next_token", _next_token)
 register_environment("math", _math)
+register_environment("code", _code)

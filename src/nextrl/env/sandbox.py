@@ -1,0 +1,195 @@
+"""Run untrusted Python (generated code and its tests) in a throw-away sandbox, many at a time.
+
+Mechanism (measured to work on this machine and in CI; no root needed): Linux namespaces through util-linux's
+`unshare` — a user namespace (unprivileged), a mount namespace, a network namespace and a PID namespace —
+plus rlimits set before the program starts. Inside, a short shell prologue remounts every filesystem
+read-only, bind-mounts the program's own temporary directory writable, and execs `python -I` with an empty
+environment. Run as root, the program runs as `nobody` (so it cannot read root's private files either).
+
+What it protects against (each case has a test in tests/test_sandbox.py): network access (the new network
+namespace has no interface up); writing outside its directory (read-only mounts); reading the parent's
+secrets from the environment (empty environment) or, when the trainer runs as root, from private files (it runs
+as `nobody`); killing or even seeing
+the parent (own PID namespace, whose init is the prologue: when the program ends, everything it started dies); fork bombs
+(RLIMIT_NPROC counted for an unprivileged uid: when run as root the program runs as `nobody`); memory bombs
+(RLIMIT_AS); endless loops, also ones that ignore SIGTERM (RLIMIT_CPU, then a wall-clock SIGKILL of the whole
+process group); floods of output (RLIMIT_FSIZE on its captured output files).
+
+What it does not protect against: reading files the user running it may read (a non-root trainer's own home
+directory included: run the trainer as a dedicated user); kernel exploits (there is no seccomp filter; the kernel's attack surface is the namespaces');
+timing side channels; CPU and memory contention with the trainer beyond the limits (use `workers` and the
+limits to size it); a program that ends itself with exit code 0 before its tests run (the code environment
+checks a sentinel printed after the tests, which a program could still find by reading its own file). It is
+for model-written code, not for adversaries with kernel bugs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+NOBODY = 65534
+PROLOGUE = r"""
+WORK="$1"; shift
+for mp in $(awk '{print $2}' /proc/self/mounts | sort -u); do
+  case "$mp" in /proc*) continue;; esac
+  mount -o remount,bind,ro "$mp" 2>/dev/null
+done
+mount --bind "$WORK" "$WORK" && mount -o remount,bind,rw "$WORK" || exit 97
+cd "$WORK" || exit 97
+"$@"
+exit $?
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int = 5
+    wall_seconds: float = 10.0
+    memory_mb: int = 512
+    processes: int = 32
+    output_bytes: int = 1 << 20
+    files: int = 64
+
+
+@dataclass
+class RunResult:
+    status: str  # "ok", "error" (nonzero exit, e.g. a failed assert), "timeout", "memory", "output_limit"
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def unavailable() -> str | None:
+    """Why the sandbox cannot run here, or None."""
+    if sys.platform != "linux":
+        return "the sandbox needs Linux namespaces"
+    if shutil.which("unshare") is None:
+        return "the sandbox needs util-linux's `unshare`"
+    if interpreter() is None:
+        return "no Python interpreter that the sandbox user may execute (install python3)"
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "true"],
+        capture_output=True,
+        **_as_nobody(),
+    )
+    if probe.returncode != 0:
+        return f"unprivileged user namespaces are not available: {probe.stderr.decode(errors='replace')}"
+    return None
+
+
+def interpreter() -> str | None:
+    """A Python the sandboxed program can execute: this one, unless it lives where `nobody` cannot reach (a
+    root-owned pyenv under /root), then the system's python3. Only the standard library is needed."""
+    exe = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in exe.parents):
+        return str(exe)
+    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if Path(cand).exists():
+            return cand
+    return None
+
+
+def _as_nobody() -> dict:
+    """Under root, run as `nobody`, so that RLIMIT_NPROC counts only the sandbox's processes."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+
+
+def _limit(limits: Limits, nproc: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+        mem = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.files, limits.files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunResult:
+    """Run `source` as a Python program in the sandbox and classify how it ended."""
+    host = Path(tempfile.mkdtemp(prefix="nextrl-sbx-"))
+    work = host / "work"
+    work.mkdir()
+    (work / "main.py").write_text(source)
+    (host / "prologue.sh").write_text(PROLOGUE)
+    if os.geteuid() == 0:
+        os.chown(work, NOBODY, NOBODY)
+        os.chmod(host, 0o755)
+    # processes of this uid that already exist count against RLIMIT_NPROC; as nobody there are ~none
+    nproc = limits.processes + (0 if os.geteuid() == 0 else _processes_of_user())
+    cmd = [
+        "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
+        "sh", str(host / "prologue.sh"), str(work),
+        "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1",
+        interpreter() or sys.executable, "-I", "-B", "main.py",
+    ]  # fmt: skip
+    t0 = time.time()
+    with open(host / "out", "wb") as out, open(host / "err", "wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_limit(limits, nproc),
+            start_new_session=True,
+            **_as_nobody(),
+        )
+        timed_out = False
+        try:
+            proc.communicate(stdin.encode(), timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    seconds = time.time() - t0
+    stdout = (host / "out").read_bytes()[: limits.output_bytes].decode(errors="replace")
+    stderr = (host / "err").read_bytes()[: limits.output_bytes].decode(errors="replace")
+    shutil.rmtree(host, ignore_errors=True)
+    rc = proc.returncode
+    if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
+        status = "timeout"
+    elif rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
+        status = "output_limit"
+    elif "MemoryError" in stderr or "Cannot allocate memory" in stderr:
+        status = "memory"
+    elif rc == 0:
+        status = "ok"
+    else:
+        status = "error"
+    return RunResult(status, rc, stdout, stderr, seconds)
+
+
+def run_many(sources: list[str], limits: Limits = Limits(), workers: int = 4) -> list[RunResult]:
+    """Run programs concurrently (threads only wait on subprocesses, so the trainer is not blocked)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: run_python(s, limits), sources))
+
+
+def _processes_of_user() -> int:
+    uid = os.getuid()
+    n = 0
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                n += p.stat().st_uid == uid
+    return n

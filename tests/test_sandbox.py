@@ -1,0 +1,81 @@
+"""The code sandbox against hostile programs: each ends without reward (a non-"ok" status) and leaves the host
+and this test process unharmed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from nextrl.env.sandbox import Limits, run_many, run_python, unavailable
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+FAST = Limits(cpu_seconds=2, wall_seconds=4.0, memory_mb=256, processes=16, output_bytes=1 << 16)
+
+
+def test_a_correct_program_passes_and_a_failing_one_does_not():
+    assert run_python("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('ok')").stdout == "ok\n"
+    r = run_python("assert 1 + 1 == 3")
+    assert r.status == "error" and "AssertionError" in r.stderr
+
+
+def test_fork_bomb_is_contained():
+    t = time.time()
+    r = run_python("import os\nwhile True:\n    os.fork()", FAST)
+    assert not r.ok and time.time() - t < 10
+    assert run_python("print('still works')").ok  # and the host can still start processes
+
+
+def test_memory_bomb():
+    r = run_python("x = bytearray(2 * 1024**3)\nprint(len(x))", FAST)
+    assert r.status == "memory"
+
+
+def test_infinite_loop_and_one_ignoring_sigterm():
+    assert run_python("while True:\n    pass", FAST).status == "timeout"
+    sleeper = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    time.sleep(1)"
+    )
+    t = time.time()
+    r = run_python(sleeper, FAST)  # no CPU used: only the wall clock can end it
+    assert r.status == "timeout" and time.time() - t < FAST.wall_seconds + 3
+
+
+def test_no_network():
+    code = "import socket\ns = socket.create_connection(('1.1.1.1', 80), timeout=2)\nprint('connected')"
+    r = run_python(code, FAST)
+    assert not r.ok and "connected" not in r.stdout
+
+
+def test_cannot_write_outside_its_directory(tmp_path):
+    target = tmp_path / "pwned"
+    os.chmod(tmp_path, 0o777)  # even a world-writable folder of the host stays read-only for it
+    r = run_python(f"open({str(target)!r}, 'w').write('x')", FAST)
+    assert not r.ok and not target.exists()
+    assert run_python("open('inside.txt', 'w').write('x')\nprint(open('inside.txt').read())").stdout == "x\n"
+
+
+def test_cannot_read_secrets_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NEXTRL_TEST_SECRET", "hunter2")
+    r = run_python("import os\nprint(sorted(os.environ))\nprint(os.environ.get('NEXTRL_TEST_SECRET'))")
+    assert "hunter2" not in r.stdout and "NEXTRL_TEST_SECRET" not in r.stdout
+
+
+def test_cannot_kill_its_parent():
+    code = "import os, signal\nprint(os.getpid(), os.getppid())\nos.kill(os.getppid(), signal.SIGKILL)"
+    r = run_python(code, FAST)
+    assert r.stdout.split()[1] == "1"  # its parent is its namespace's init: the trainer is not even visible
+    assert os.getppid() > 1  # this process (the trainer's stand-in) is alive and well
+
+
+def test_a_gigabyte_of_output_is_cut():
+    r = run_python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", FAST)
+    assert r.status in ("output_limit", "timeout") and len(r.stdout) <= FAST.output_bytes
+
+
+def test_many_programs_run_in_parallel():
+    t = time.time()
+    results = run_many([f"import time\ntime.sleep(0.5)\nprint({i})" for i in range(8)], workers=8)
+    assert [r.stdout.strip() for r in results] == [str(i) for i in range(8)]
+    assert time.time() - t < 8 * 0.5  # not one after the other
