@@ -134,5 +134,56 @@ def merge(
     typer.echo(f"merged {len(models)} model(s) with {method} into {path}")
 
 
+@app.command(name="eval")
+def eval_models(
+    models: Annotated[
+        list[Path], typer.Argument(help="Hugging Face model folders (the run's tokenizer inside)")
+    ],
+    preset: PresetOpt = "micro",
+    overrides: SetOpt = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", help="samples per problem")] = 4,
+    k: Annotated[list[int] | None, typer.Option("--k", help="k of pass@k (repeatable)")] = None,
+    problems: Annotated[int, typer.Option(help="problems evaluated")] = 64,
+    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
+) -> None:
+    """pass@k of models on the environment the config names (math, code): e.g.
+    nextrl eval merged --set env.name=math --set 'env.options={path: gsm8k/test.jsonl}' --k 1 --k 4"""
+    import torch
+
+    from nextrl.engine import build_engine
+    from nextrl.env import build_environment
+    from nextrl.eval.passk import evaluate_pass_at_k
+    from nextrl.model.build import load_model
+    from nextrl.model.tokenizer import load_tokenizer
+
+    cfg = _config(preset, overrides)
+    ks = k or [1]
+    rows = []
+    try:
+        for path in models:
+            tok = load_tokenizer(str(path))
+            model = load_model(path, vocab_size=len(tok)).eval()
+            env = build_environment(cfg, tok)
+            source = env.task_source(cfg)
+            if source is None:
+                raise NextRLError(
+                    f"env '{env.name}' has no problems of its own to evaluate (use math or code)"
+                )
+            engine = build_engine(cfg.sampling, cfg.sharing, model, tok.pad_token_id, None, seed=cfg.seed)
+            with torch.no_grad():
+                res = evaluate_pass_at_k(env, engine, source, problems, samples, ks, temperature)
+            rows.append((str(path), res))
+    except NextRLError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo("model".ljust(40) + "".join(f"pass@{x}".rjust(16) for x in ks))
+    for name, res in rows:
+        cells = "".join(
+            f"{res[f'pass@{x}']['mean']:.1%} ± {res[f'pass@{x}']['stderr']:.1%}".rjust(16) for x in ks
+        )
+        typer.echo(name[-40:].ljust(40) + cells)
+    typer.echo(f"({rows[0][1]['problems'] if rows else 0} problems, {samples} samples each)")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
