@@ -111,4 +111,13 @@ def _code(cfg, tokenizer) -> Environment:
 
 register_environment("next_token", _next_token)
 register_environment("math", _math)
+
+
+def _judge(cfg, tokenizer) -> Environment:
+    from nextrl.env.judge import JudgeEnv
+
+    return JudgeEnv(cfg.env.options, tokenizer)
+
+
 register_environment("code", _code)
+register_environment("judge", _judge)

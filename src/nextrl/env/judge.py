@@ -1,0 +1,194 @@
+"""Judged writing: open-ended prompts (continue a story, write in a style) scored by a judge model.
+
+Task records (JSONL, `env.options.path`): `{"prompt": "Continue the story: ...", "rubric": "..."}` (the rubric
+is optional; `env.options.rubric` is the default one).
+
+The judge is any Hugging Face causal LM (`env.options.judge`, a folder), or by default a frozen copy of the
+policy as it starts (self-evaluation). It reads a rubric prompt with the response and is asked for a rating
+from 1 to 5; the score is not parsed from generated text but read from the judge's next-token distribution
+over the rating tokens: `judge` = (E[rating] − 1) / 4 in [0, 1], with E under the renormalised probabilities
+of "1" … "5".
+
+Guards against the usual hacks of a judge: `repetition` is −(1 − distinct-2), the share of repeated word
+bigrams (0 for varied text, near −1 for a loop), and `length` is −1 for an empty response. Write the reward as
+e.g. `judge+0.5*repetition+length`.
+
+Options: `path` (required), `judge` (a model folder; default: the policy's frozen copy), `rubric`,
+`max_tokens` (128).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nextrl.engine.base import Phase, Rollout, SamplingParams
+from nextrl.env.base import Environment, Reward, ScoringModel, Task
+from nextrl.env.next_token import end_of_turn_ids
+from nextrl.errors import ConfigError, DataError
+
+RUBRIC = (
+    "Rate the response to the request from 1 (poor) to 5 (excellent) for coherence, fluency and how well it "
+    "follows the request."
+)
+TEMPLATE = "{rubric}\n\nRequest: {prompt}\n\nResponse: {response}\n\nRating (1-5): "
+RATINGS = ("1", "2", "3", "4", "5")
+
+
+def distinct_2(words: Sequence[str]) -> float:
+    """Distinct bigrams / bigrams (1.0 for fewer than two words)."""
+    pairs = list(zip(words, words[1:], strict=False))
+    return len(set(pairs)) / len(pairs) if pairs else 1.0
+
+
+class JudgeEnv(Environment):
+    name = "judge"
+    reward_components = ("judge", "repetition", "length")
+
+    def __init__(self, options: dict[str, Any], tokenizer, autocast=None):
+        unknown = set(options) - {"path", "judge", "rubric", "max_tokens"}
+        if unknown:
+            raise ConfigError(
+                f"config key 'env.options': unknown option(s) {sorted(unknown)} for env 'judge'"
+            )
+        if "path" not in options:
+            raise ConfigError("config key 'env.options.path': the judge environment needs a file of prompts")
+        self.options, self.tok = options, tokenizer
+        self.max_tokens = int(options.get("max_tokens", 128))
+        self.rubric = options.get("rubric", RUBRIC)
+        self.eos_ids = end_of_turn_ids(tokenizer)
+        self.rating_ids = []
+        for r in RATINGS:
+            ids = tokenizer(" " + r, add_special_tokens=False)["input_ids"]
+            ids = ids if len(ids) == 1 else tokenizer(r, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ConfigError(f"the tokenizer splits the rating {r!r} into {len(ids)} tokens")
+            self.rating_ids.append(ids[0])
+        self.judge: ScoringModel | None = None
+
+    def bind_scorer(self, scorer: ScoringModel) -> None:
+        if self.judge is not None:
+            return
+        path = self.options.get("judge")
+        if path:
+            from nextrl.model.build import load_model
+
+            model = load_model(path, vocab_size=len(self.tok), key="env.options.judge")
+        else:  # self-evaluation: the policy as it starts, frozen
+            model = copy.deepcopy(scorer.model)
+        model.eval().requires_grad_(False)
+        self.judge = scorer.like(model)
+
+    def make_task(self, record: dict[str, Any], index: int) -> Task:
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            raise DataError(f"{self.options['path']} record {index}: no text field 'prompt'")
+        ids = list(self.tok(prompt + "\n", add_special_tokens=False)["input_ids"])
+        return Task(
+            f"judge:{index}", ids, domain="writing", meta={"prompt": prompt, "rubric": record.get("rubric")}
+        )
+
+    def sampling_params(self, n: int, temperature: float, top_p: float) -> SamplingParams:
+        return SamplingParams(
+            phases=(Phase(self.max_tokens),),
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_ids=self.eos_ids,
+        )
+
+    @torch.no_grad()
+    def ratings(
+        self, prompts: Sequence[str], responses: Sequence[str], rubrics: Sequence[str | None]
+    ) -> list[float]:
+        """The judge's expected rating, mapped to [0, 1], for each (prompt, response)."""
+        if self.judge is None:
+            raise RuntimeError("the judge environment needs bind_scorer() before scoring")
+        texts = [
+            TEMPLATE.format(rubric=rb or self.rubric, prompt=p, response=r)
+            for p, r, rb in zip(prompts, responses, rubrics, strict=True)
+        ]
+        ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # log p(rating | judge prompt) for each of the five rating tokens: five one-token completions per text
+        prompts_x5 = [x for x in ids for _ in RATINGS]
+        comps = [[rid] for _ in ids for rid in self.rating_ids]
+        logp = self.judge.logprobs(prompts_x5, comps)[:, 0].reshape(len(ids), len(RATINGS))
+        probs = torch.softmax(logp, dim=-1)  # renormalised over the five ratings
+        expected = (probs * torch.arange(1, 6, dtype=probs.dtype, device=probs.device)).sum(-1)
+        return ((expected - 1.0) / 4.0).tolist()
+
+    def score(
+        self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]], scorer: ScoringModel | None = None
+    ) -> list[list[Reward]]:
+        flat = [
+            (t, self.tok.decode(r.completion_ids, skip_special_tokens=True))
+            for t, g in zip(tasks, rollouts, strict=True)
+            for r in g
+        ]
+        scores = iter(
+            self.ratings(
+                [t.meta["prompt"] for t, _ in flat], [x for _, x in flat], [t.meta["rubric"] for t, _ in flat]
+            )
+        )
+        texts = iter(x for _, x in flat)
+        out = []
+        for group in rollouts:
+            rewards = []
+            for _ in group:
+                text, judged = next(texts), next(scores)
+                comps = {
+                    "judge": float(judged),
+                    "repetition": -(1.0 - distinct_2(text.split())),
+                    "length": 0.0 if text.strip() else -1.0,
+                }
+                rewards.append(Reward(self.total(comps), comps, text[:200], parsed=bool(text.strip())))
+            out.append(rewards)
+        return out
+
+    def state_dict(self) -> dict | None:
+        return None  # the judge is frozen: rebuilt from its source on resume
+
+    def task_source(self, cfg) -> JudgeTasks:
+        return JudgeTasks(self, cfg.rl.seed)
+
+
+class JudgeTasks:
+    """A `TaskSource` over the prompts of `env.options.path`, in a seeded order per epoch."""
+
+    def __init__(self, env: JudgeEnv, seed: int):
+        import random
+
+        path = Path(env.options["path"])
+        if not path.is_file():
+            raise ConfigError(f"config key 'env.options.path': {path} is not a file")
+        self.records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if not self.records:
+            raise DataError(f"{path}: no prompts")
+        self.env, self.seed, self.cursor, self._random = env, seed, 0, random
+
+    def take(self, n: int, step: int) -> list[Task]:
+        out = []
+        for k in range(self.cursor, self.cursor + n):
+            epoch, i = divmod(k, len(self.records))
+            order = list(range(len(self.records)))
+            self._random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.env.make_task(self.records[order[i]], order[i]))
+        self.cursor += n
+        return out
+
+    def visit(self, task, rewards, signal, uncertainty) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"given": self.cursor, "prompts": len(self.records)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor = int(state["cursor"])
