@@ -195,9 +195,9 @@ def bad_set(tmp_path: Path) -> str:
 
 def test_leftovers_of_killed_writes_are_removed_and_outputs_kept(tmp_path):
     out = tmp_path / "run"
-    (out / "rl" / "checkpoints" / ".step-000004.x1y2z3").mkdir(parents=True)
+    (out / "rl" / "checkpoints" / ".step-000004.x1y2z3ab").mkdir(parents=True)
     (out / "rl" / "checkpoints" / "step-000002").mkdir()
-    (out / ".summary.json.abc.tmp").write_text("half")
+    (out / ".summary.json.abc12345.tmp").write_text("half")
     (out / "metrics.jsonl").write_text('{"stage": "rl", "step": 1}\n')
     (out / "config.yaml").write_text(load_config("micro").model_dump_json())
     with RunLock(out), pytest.raises(RunFolderError, match="already holds a run"):
@@ -208,9 +208,18 @@ def test_leftovers_of_killed_writes_are_removed_and_outputs_kept(tmp_path):
     (out / "config.yaml").write_text(dump_config(cfg))
     with RunLock(out):
         prepare_run_folder(out, cfg, resume=True)
-    assert not (out / "rl" / "checkpoints" / ".step-000004.x1y2z3").exists()
-    assert not (out / ".summary.json.abc.tmp").exists()
+    assert not (out / "rl" / "checkpoints" / ".step-000004.x1y2z3ab").exists()
+    assert not (out / ".summary.json.abc12345.tmp").exists()
     assert (out / "rl" / "checkpoints" / "step-000002").is_dir() and (out / ".lock").is_file()
+    # a kill between atomic_dir's two renames left only `.X.old`: it is put back, not deleted
+    (out / "models").mkdir()
+    (out / "models" / ".rl.old").mkdir()
+    (out / "models" / ".rl.old" / "model.safetensors").write_bytes(b"weights")
+    (out / ".gitignore").write_text("*")  # a hidden file that is not a leftover stays
+    with RunLock(out):
+        prepare_run_folder(out, cfg, resume=True)
+    assert (out / "models" / "rl" / "model.safetensors").read_bytes() == b"weights"
+    assert (out / ".gitignore").is_file()
 
 
 def test_resume_with_another_config_names_the_keys(tmp_path):
@@ -219,7 +228,7 @@ def test_resume_with_another_config_names_the_keys(tmp_path):
 
     out.mkdir()
     (out / "config.yaml").write_text(dump_config(load_config("micro")))
-    (out / "metrics.jsonl").write_text('{"stage": "rl", "step": 1}\n')
+    (out / "index").mkdir()  # a stage has written: this folder holds a run
     with (
         RunLock(out),
         pytest.raises(RunFolderError, match=r"sampling\.group_size: 4 → 6; rl\.lr: 0\.001 → 0\.5"),

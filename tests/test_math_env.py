@@ -159,3 +159,24 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
     assert c.maybe_resume()
     c.train()
     assert c.state.reward_history == a.state.reward_history
+
+
+def test_latex_golds_are_read_whole():
+    """`2\\sqrt{3}` is not 2: unboxed LaTeX golds are boxed before math-verify reads them."""
+    from math_verify import parse, verify
+
+    from nextrl.env.math import gold_latex
+
+    gold = parse(gold_latex("2\\sqrt{3}"))
+    assert verify(gold, parse("\\boxed{2\\sqrt{3}}")) and not verify(gold, parse("\\boxed{2}"))
+    pair = parse(gold_latex("\\left( 3, \\frac{\\pi}{2} \\right)"))
+    assert verify(pair, parse("\\boxed{(3, \\frac{\\pi}{2})}")) and not verify(pair, parse("\\boxed{3}"))
+
+
+def test_reward_by_env_names_must_be_in_the_mixture(problems):
+    from nextrl.config import ConfigError
+    from nextrl.env import build_environment
+
+    cfg = load_config("micro", ["env.mixture={next_token: 1, math: 1}", "reward.by_env={maths: correct}"])
+    with pytest.raises(ConfigError, match=r"reward.by_env.*\['maths'\]"):
+        build_environment(cfg, None)

@@ -101,6 +101,12 @@ def test_bad_inputs_are_named(ckpts, tmp_path):
         merge_models(ckpts[1:], tmp_path / "x", "ties")
     with pytest.raises(UsageError, match="not a Hugging Face model folder"):
         merge_models([tmp_path], tmp_path / "x", "linear")
+    with pytest.raises(UsageError, match="is one of the models"):
+        merge_models(ckpts[1:], ckpts[1], "linear")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty; nothing is overwritten"):
+        merge_models(ckpts[1:], tmp_path / "full", "linear")
     result = CliRunner().invoke(app, ["merge", str(ckpts[1]), str(ckpts[2]), "--out", str(tmp_path / "c"),
                                       "--method", "nope"])  # fmt: skip
     assert result.exit_code == 2 and "unknown merge method 'nope'" in result.output

@@ -58,3 +58,12 @@ def test_nextrl_eval_prints_pass_at_k(tmp_path):
         and "pass@3" in result.output
         and "(6 problems, 3 samples each)" in result.output
     )
+
+
+def test_eval_refuses_k_above_the_samples(tmp_path):
+    from nextrl.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--samples", "4", "--k", "8"])
+    assert result.exit_code == 2 and "between 1 and --samples (4)" in result.output
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--set", "env.name=math"])
+    assert result.exit_code == 2 and "not a Hugging Face model folder" in result.output

@@ -79,3 +79,32 @@ def test_many_programs_run_in_parallel():
     results = run_many([f"import time\ntime.sleep(0.5)\nprint({i})" for i in range(8)], workers=8)
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(8)]
     assert time.time() - t < 8 * 0.5  # not one after the other
+
+
+def test_cannot_make_the_filesystem_writable_again(tmp_path):
+    """Root in its own user namespace, but without capabilities: remounting read-write is refused."""
+    os.chmod(tmp_path, 0o777)
+    target = tmp_path / "after"
+    code = (
+        "import subprocess\n"
+        "print(subprocess.run(['mount', '-o', 'remount,bind,rw', '/'], capture_output=True).returncode)\n"
+        f"open({str(target)!r}, 'w').write('x')\n"
+    )
+    r = run_python(code, FAST)
+    assert not r.ok and not target.exists() and r.stdout.strip() != "0"
+
+
+def test_cannot_see_host_processes_or_their_environment(monkeypatch):
+    monkeypatch.setenv("NEXTRL_TEST_SECRET", "hunter2")
+    code = (
+        "import os\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "print(len(pids))\n"
+        "for p in pids:\n"
+        "    try:\n"
+        "        print(open(f'/proc/{p}/environ', 'rb').read())\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    r = run_python(code, FAST)
+    assert r.ok and "hunter2" not in r.stdout and int(r.stdout.split()[0]) <= 4

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from nextrl.config import ConfigError, available_presets, dump_config, load_config
-from nextrl.errors import NextRLError
+from nextrl.errors import NextRLError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -158,11 +158,19 @@ def eval_models(
 
     cfg = _config(preset, overrides)
     ks = k or [1]
+    if any(x < 1 or x > samples for x in ks):
+        typer.secho(f"error: every --k must be between 1 and --samples ({samples}): {ks}", fg="red", err=True)
+        raise typer.Exit(2)
     rows = []
     try:
         for path in models:
-            tok = load_tokenizer(str(path))
-            model = load_model(path, vocab_size=len(tok)).eval()
+            if not (Path(path) / "config.json").is_file():
+                raise UsageError(f"{path} is not a Hugging Face model folder (no config.json)")
+            try:
+                tok = load_tokenizer(str(path))
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{path}: no tokenizer to load ({e})") from None
+            model = load_model(path, vocab_size=len(tok), key=f"model {path}").eval()
             env = build_environment(cfg, tok)
             source = env.task_source(cfg)
             if source is None:

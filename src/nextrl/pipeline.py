@@ -199,7 +199,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict[str, Any]
     out = Path(out)
     t0 = time.time()
     check_foreign(out)
-    preflight(cfg, out)
+    preflight(cfg, out, resume)
     with RunLock(out):
         prepare_run_folder(out, cfg, resume)
         return _run(cfg, out, resume, t0)

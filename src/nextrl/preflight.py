@@ -85,13 +85,14 @@ def check_disk(out: Path, cfg: RunConfig) -> None:
         )
 
 
-def preflight(cfg: RunConfig, out: Path) -> None:
+def preflight(cfg: RunConfig, out: Path, resume: bool = False) -> None:
     check_input_paths(cfg)
     check_writable(out, "--out")
     if not cfg.model.path:
         key = "pretrain.cache_dir" if cfg.pretrain.cache_dir else "the base-model cache ($NEXTRL_CACHE)"
         check_writable(cache_root(cfg), key)
-    check_disk(out, cfg)
+    if not resume:  # a resumed run already holds most of what it writes (checkpoints replace each other)
+        check_disk(out, cfg)
 
 
 def check_context(cfg: RunConfig, model) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 
 from nextrl.config import RunConfig, dump_config
 from nextrl.errors import RunFolderError
-from nextrl.utils.io import atomic_write_text
+from nextrl.utils.io import atomic_write_text, restore_old
 
 LOCK = ".lock"
 # what a run writes once a stage has finished (or started writing checkpoints)
@@ -68,11 +69,19 @@ class RunLock:
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
-    """Remove what killed atomic writes left: hidden temporary entries (`.name.<random>`, `.name.tmp`,
-    `.name.old`) anywhere in the run folder, except the lock. Returns what was removed."""
+    """Clean up after killed atomic writes anywhere in the run folder: a `.X.old` whose `X` is missing (a kill
+    between `atomic_dir`'s two renames) is put back; temporary entries (`.X.<random>` folders and files,
+    `.X.tmp`, `.X.<random>.tmp`, a `.X.old` beside its `X`) are removed. Other hidden files are left alone.
+    Returns what was removed."""
     removed = []
     for path in sorted(Path(folder).rglob(".*"), key=lambda p: -len(p.parts)):
         if path.name == LOCK or not path.exists():
+            continue
+        stem = _leftover_of(path)
+        if stem is None:
+            continue
+        target = path.with_name(stem)
+        if path.name.endswith(".old") and path.is_dir() and restore_old(target):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -82,12 +91,21 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return removed
 
 
+_LEFTOVER = re.compile(r"^\.(?P<stem>.+?)\.(?:old|tmp|[A-Za-z0-9_]{8}(?:\.tmp)?)$")
+
+
+def _leftover_of(path: Path) -> str | None:
+    """The name `X` whose temporary entry `path` is (`.X.old`, `.X.tmp`, `.X.abc123_x`, `.X.abc123_x.tmp`)."""
+    m = _LEFTOVER.match(path.name)
+    if m is None or not (path.parent / m.group("stem")).parent.exists():
+        return None
+    return m.group("stem")
+
+
 def has_outputs(folder: Path) -> bool:
-    """True when a stage of a run has written into `folder` (more than a config and empty logs)."""
-    if any((folder / name).exists() for name in STAGE_OUTPUTS):
-        return True
-    metrics = folder / "metrics.jsonl"
-    return metrics.is_file() and metrics.stat().st_size > 0
+    """True when a stage of a run has written its output into `folder`. Logs alone (a pretraining that was
+    stopped: its model lives in the cache, its rows are logged again) do not count."""
+    return any((folder / name).exists() for name in STAGE_OUTPUTS)
 
 
 def config_diff(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:

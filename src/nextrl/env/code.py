@@ -8,8 +8,9 @@ Task records (JSONL, optionally .gz; `env.options.path`):
 HumanEval: the policy continues the function from its signature and docstring; the program is prompt +
 completion + test + `check(entry_point)`. MBPP: the policy writes the function after the instruction and the
 first test (to fix the name); the program is the completion + every test. `passed` is 1 when the program
-exits 0 in the sandbox *and* prints a random sentinel placed after the tests (so exiting early with code 0
-does not pass); `format` is −1 when the completion is empty.
+exits 0 in the sandbox *and* prints a random sentinel placed after the tests (so an accidental early exit with
+code 0 does not pass; a program that reads its own source can still find the sentinel and forge a pass, see
+`nextrl.env.sandbox`); `format` is −1 when the completion is empty.
 
 Options: `path` (required), `max_tokens` (384), `cpu_seconds` (5), `wall_seconds` (10), `memory_mb` (512),
 `workers` (programs run at once, 4).

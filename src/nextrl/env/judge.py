@@ -36,7 +36,7 @@ RUBRIC = (
     "Rate the response to the request from 1 (poor) to 5 (excellent) for coherence, fluency and how well it "
     "follows the request."
 )
-TEMPLATE = "{rubric}\n\nRequest: {prompt}\n\nResponse: {response}\n\nRating (1-5): "
+TEMPLATE = "{rubric}\n\nRequest: {prompt}\n\nResponse: {response}\n\nRating (1-5):"  # then " 1" … " 5"
 RATINGS = ("1", "2", "3", "4", "5")
 
 
@@ -77,7 +77,17 @@ class JudgeEnv(Environment):
         path = self.options.get("judge")
         if path:
             from nextrl.model.build import load_model
+            from nextrl.model.tokenizer import load_tokenizer
 
+            try:
+                judge_vocab = load_tokenizer(str(path)).get_vocab()
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"config key 'env.options.judge': no tokenizer in {path} ({e})") from None
+            if judge_vocab != self.tok.get_vocab():
+                raise ConfigError(
+                    f"config key 'env.options.judge': {path} has another vocabulary than the policy; the judge "
+                    "reads the policy's tokens, so it must share its tokenizer"
+                )
             model = load_model(path, vocab_size=len(self.tok), key="env.options.judge")
         else:  # self-evaluation: the policy as it starts, frozen
             model = copy.deepcopy(scorer.model)
@@ -166,7 +176,13 @@ class JudgeTasks:
         path = Path(env.options["path"])
         if not path.is_file():
             raise ConfigError(f"config key 'env.options.path': {path} is not a file")
-        self.records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        self.records = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not a JSON record ({e})") from None
         if not self.records:
             raise DataError(f"{path}: no prompts")
         self.env, self.seed, self.cursor, self._random = env, seed, 0, random

@@ -154,8 +154,9 @@ class MathEnv(Environment):
 
 
 def gold_latex(gold: str) -> str:
-    """The gold in a form math-verify parses: already LaTeX (has a backslash or $), else boxed."""
-    return gold if ("\\" in gold or "$" in gold) else "\\boxed{" + gold + "}"
+    """The gold in a form math-verify reads whole: boxed, unless it already is (or is in $…$). Unboxed LaTeX
+    such as `2\\sqrt{3}` would otherwise be read by its first number (2)."""
+    return gold if ("\\boxed" in gold or gold.strip().startswith("$")) else "\\boxed{" + gold + "}"
 
 
 class MathTasks:

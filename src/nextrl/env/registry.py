@@ -57,6 +57,12 @@ def _import_factory(spec: str) -> EnvFactory:
 def build_environment(cfg, tokenizer) -> Environment:
     """The environment `cfg.env.name` names (or the mixture `cfg.env.mixture` names), built for this run (see
     the module docstring)."""
+    unknown = sorted(set(cfg.reward.by_env) - set(cfg.env.mixture or {}))
+    if unknown:
+        raise ConfigError(
+            f"config key 'reward.by_env': {unknown} are not environments of env.mixture "
+            f"({sorted(cfg.env.mixture or {})})"
+        )
     if cfg.env.mixture:
         from nextrl.env.mixed import MixedEnvironment
 
@@ -65,7 +71,9 @@ def build_environment(cfg, tokenizer) -> Environment:
             sub_env = cfg.env.model_copy(
                 update={"name": part, "mixture": None, "options": cfg.env.options.get(part, {})}
             )
-            sub_reward = cfg.reward.model_copy(update={"spec": cfg.reward.by_env.get(part, cfg.reward.spec)})
+            sub_reward = cfg.reward.model_copy(
+                update={"spec": cfg.reward.by_env.get(part, cfg.reward.spec), "by_env": {}}
+            )
             envs[part] = build_environment(
                 cfg.model_copy(update={"env": sub_env, "reward": sub_reward}), tokenizer
             )

@@ -3,8 +3,9 @@
 Mechanism (measured to work on this machine and in CI; no root needed): Linux namespaces through util-linux's
 `unshare` — a user namespace (unprivileged), a mount namespace, a network namespace and a PID namespace —
 plus rlimits set before the program starts. Inside, a short shell prologue remounts every filesystem
-read-only, bind-mounts the program's own temporary directory writable, and execs `python -I` with an empty
-environment. Run as root, the program runs as `nobody` (so it cannot read root's private files either).
+read-only (and checks that the root is), bind-mounts the program's own temporary directory writable, mounts a
+/proc of the new PID namespace, drops every capability (`setpriv`, so the program cannot remount anything
+writable again) and execs `python -I` with an empty environment. Run as root, the program runs as `nobody` (so it cannot read root's private files either).
 
 What it protects against (each case has a test in tests/test_sandbox.py): network access (the new network
 namespace has no interface up); writing outside its directory (read-only mounts); reading the parent's
@@ -18,9 +19,10 @@ process group); floods of output (RLIMIT_FSIZE on its captured output files).
 What it does not protect against: reading files the user running it may read (a non-root trainer's own home
 directory included: run the trainer as a dedicated user); kernel exploits (there is no seccomp filter; the kernel's attack surface is the namespaces');
 timing side channels; CPU and memory contention with the trainer beyond the limits (use `workers` and the
-limits to size it); a program that ends itself with exit code 0 before its tests run (the code environment
-checks a sentinel printed after the tests, which a program could still find by reading its own file). It is
-for model-written code, not for adversaries with kernel bugs.
+limits to size it); a program that forges a pass: the code environment requires a random sentinel printed after
+the tests, which stops an accidental early `exit(0)`, but a program that reads its own file can find the
+sentinel and print it (the tests run in the same process as the solution). The total size of its files is
+bounded per file (RLIMIT_FSIZE), not in sum. It is for model-written code, not for adversaries.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ for mp in $(awk '{print $2}' /proc/self/mounts | sort -u); do
   mount -o remount,bind,ro "$mp" 2>/dev/null
 done
 mount --bind "$WORK" "$WORK" && mount -o remount,bind,rw "$WORK" || exit 97
+( : > /.nextrl-rw-probe ) 2>/dev/null && exit 97   # fail closed: the root must really be read-only now
 cd "$WORK" || exit 97
 "$@"
 exit $?
@@ -79,8 +82,8 @@ def unavailable() -> str | None:
     """Why the sandbox cannot run here, or None."""
     if sys.platform != "linux":
         return "the sandbox needs Linux namespaces"
-    if shutil.which("unshare") is None:
-        return "the sandbox needs util-linux's `unshare`"
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        return "the sandbox needs util-linux's `unshare` and `setpriv`"
     if interpreter() is None:
         return "no Python interpreter that the sandbox user may execute (install python3)"
     probe = subprocess.run(
@@ -139,7 +142,10 @@ def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunRe
     nproc = limits.processes + (0 if os.geteuid() == 0 else _processes_of_user())
     cmd = [
         "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
+        "--mount-proc",  # its own /proc: the host's processes (and their environments) are not visible
         "sh", str(host / "prologue.sh"), str(work),
+        # the program keeps no capability in its namespace, so it cannot undo the read-only remounts
+        "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
         "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1",
         interpreter() or sys.executable, "-I", "-B", "main.py",
     ]  # fmt: skip

@@ -68,6 +68,11 @@ def merge_models(
         raise UsageError(f"--density must be in (0, 1], got {density}")
     paths = [Path(m) for m in ([base] if base is not None else []) + list(models)]
     _check_models(paths)
+    out_path = Path(out)
+    if any(out_path.resolve() == p.resolve() for p in paths):
+        raise UsageError(f"--out {out_path} is one of the models being merged; choose another folder")
+    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
+        raise UsageError(f"--out {out_path} already exists and is not empty; nothing is overwritten")
     try:
         import torch
         from mergekit.config import MergeConfiguration

@@ -66,11 +66,21 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def restore_old(path: Path) -> bool:
+    """A kill between `atomic_dir`'s two renames leaves `.X.old` and no `X`: put the old folder back."""
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+        return True
+    return False
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path` whole (the old one survives a failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_old(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
