@@ -19,6 +19,7 @@ LAYERS = [
     {"config"},
     {"summary"},
     {"accounting"},
+    {"plan"},
     {"data"},
     {"model"},
     {"sharing"},

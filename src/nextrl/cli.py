@@ -193,5 +193,75 @@ def eval_models(
     typer.echo(f"({rows[0][1]['problems'] if rows else 0} problems, {samples} samples each)")
 
 
+@app.command()
+def plan(
+    flops: Annotated[float, typer.Option(help="the RL run's FLOP budget, e.g. 1e26")] = 1e26,
+    model: Annotated[
+        str, typer.Option(help="model shape: qwen3-0.6b … qwen3-32b, llama3-8b, llama3-70b")
+    ] = "qwen3-8b",
+    hardware: Annotated[str, typer.Option(help="h100, h200, b200 or dgx-b200")] = "dgx-b200",
+    nodes: Annotated[int, typer.Option(help="nodes (of hardware's GPUs per node)")] = 64,
+    deadline_days: Annotated[
+        float | None, typer.Option(help="also: the fewest nodes that finish in time")
+    ] = None,
+    positions: Annotated[int, typer.Option(help="positions per step")] = 512,
+    group_size: Annotated[int, typer.Option(help="samples per position")] = 8,
+    context: Annotated[int, typer.Option(help="prompt tokens")] = 1024,
+    thought: Annotated[int, typer.Option(help="thought tokens")] = 256,
+    per_prefix: Annotated[int, typer.Option(help="positions sharing one document prefix")] = 4,
+    no_share: Annotated[bool, typer.Option("--no-share", help="plan without prefix sharing")] = False,
+    staleness: Annotated[int, typer.Option(help="async: steps generation may run ahead")] = 1,
+    profiles: Annotated[Path | None, typer.Option(help="YAML overriding hardware/models figures")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the plan as JSON here")] = None,
+) -> None:
+    """Plan an RL run: steps, wall-clock, GPU-hours, where the time goes, sync vs async, the bottleneck and the
+    change that helps most (see docs/planning.md)."""
+    import json
+
+    from nextrl.plan.cost import Workload
+    from nextrl.plan.planner import make_plan, nodes_for_deadline
+    from nextrl.plan.profiles import hardware as hw_profile
+    from nextrl.plan.profiles import model as model_profile
+
+    try:
+        m, hw = model_profile(model, profiles), hw_profile(hardware, profiles)
+        w = Workload(
+            positions, group_size, context, thought, per_prefix=per_prefix, share_prefix=not no_share
+        )
+        p = make_plan(flops, m, hw, nodes, w, staleness)
+        if deadline_days is not None:
+            p["nodes_for_deadline"] = nodes_for_deadline(flops, m, hw, deadline_days * 86400, w, staleness)
+    except NextRLError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo(
+        f"{m.name} ({m.params / 1e9:.1f}B) on {nodes} x {hw.name} ({p['gpus']} GPUs), {flops:.1e} FLOPs"
+    )
+    typer.echo(
+        f"steps {p['steps']:,} of {p['flops_per_step']:.2e} FLOPs ({positions} positions x {group_size})"
+    )
+    for mode in ("sync", "async"):
+        r = p[mode]
+        extra = f", {r['rollout_gpus']} rollout / {r['learner_gpus']} learner GPUs" if mode == "async" else ""
+        typer.echo(
+            f"{mode:5s}: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, utilisation {r['utilization']:.1%}{extra}"
+        )
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in p["seconds_share_sync"].items() if v >= 0.005)
+    typer.echo(f"time by stage (sync): {shares}; bottleneck: {p['bottleneck']}")
+    typer.echo(
+        f"the change that helps most: {p['advice']['change']} (x{p['advice']['time_per_sample']:.2f} time per sample)"
+    )
+    if "without_prefix_sharing" in p:
+        off = p["without_prefix_sharing"]
+        typer.echo(
+            f"without prefix sharing: x{off['slowdown']:.2f} the time for the same steps ({off['days']:,.1f} days)"
+        )
+    if "nodes_for_deadline" in p:
+        n = p["nodes_for_deadline"]
+        typer.echo(f"nodes to finish in {deadline_days:g} days: {n if n else 'more than 100,000'}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(p, indent=2) + "\n")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
