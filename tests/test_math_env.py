@@ -127,6 +127,7 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
         "rl.positions_per_step=8",
         "rl.positions_per_prefix=2",
         "sampling.temperature=1.5",
+        "rl.empty_thought_samples=1",  # only the text environment has a thought to close
     ]
     cfg = load_config("micro", overrides)
     base = prepare_base(cfg)
@@ -143,6 +144,7 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
     groups = a.last_groups
     assert {g.task.domain for g in groups} == {"text", "math"}
     for g in groups:
+        assert g.empty_samples == (0 if g.task.domain == "math" else 1)
         if g.task.domain == "math":
             assert set(g.rewards[0].components) == {"correct", "format"}
             assert len(g.rollouts[0].phase_starts) == 1  # math samples one phase; text thinks, then answers

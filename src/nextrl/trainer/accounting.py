@@ -127,10 +127,11 @@ class StepAccount:
             "mfu/training": f_train / max(t_train, 1e-9) / peak,
             "mfu/step": sum(flops.values()) / max(dt, 1e-9) / peak,
         }
-        k = empty_thought_samples
-        if k:  # the forced empty thoughts are the last k of each group: not thinking vs thinking
-            empty = [x for g in drawn for x in g.totals[-k:]]
-            think = [x for g in drawn for x in g.totals[:-k]]
+        if empty_thought_samples:
+            # the forced empty thoughts are the last k of a group: not thinking vs thinking (only in groups that
+            # had them: in a mixture, an environment without a thought phase has none)
+            empty = [x for g in drawn if g.empty_samples for x in g.totals[-g.empty_samples :]]
+            think = [x for g in drawn if g.empty_samples for x in g.totals[: -g.empty_samples]]
             metrics["reward/empty_thought"] = sum(empty) / max(len(empty), 1)
             metrics["reward/thinking"] = sum(think) / max(len(think), 1)
         domains = sorted({g.task.domain for g in drawn})

@@ -29,6 +29,7 @@ class ScoredGroup:
     rollouts: list[Rollout]
     rewards: list[Reward]
     policy_version: int
+    empty_samples: int = 0  # the last k rollouts closed the thought at once (rl.empty_thought_samples)
 
     @property
     def totals(self) -> list[float]:
@@ -132,7 +133,7 @@ class Producer:
         self.policy.work = account.work["scoring"]
         rewards = env.score(tasks, rollouts, self.policy)
         return [
-            ScoredGroup(task, ro, rw, self.version)
+            ScoredGroup(task, ro, rw, self.version, k)
             for task, ro, rw in zip(tasks, rollouts, rewards, strict=True)
         ]
 
