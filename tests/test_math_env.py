@@ -182,3 +182,20 @@ def test_reward_by_env_names_must_be_in_the_mixture(problems):
     cfg = load_config("micro", ["env.mixture={next_token: 1, math: 1}", "reward.by_env={maths: correct}"])
     with pytest.raises(ConfigError, match=r"reward.by_env.*\['maths'\]"):
         build_environment(cfg, None)
+
+
+def test_mixture_errors_name_the_mixtures_keys(problems):
+    from nextrl.config import ConfigError
+    from nextrl.env import build_environment
+    from nextrl.model.pretrain import prepare_base
+
+    tok = prepare_base(load_config("micro", ["model.dtype=float32"])).tokenizer
+    no_path = load_config("micro", ["env.mixture={next_token: 1, math: 1}", "reward.by_env={math: correct}"])
+    with pytest.raises(
+        ConfigError, match=r"config key 'env.options.math.path'.*environment 'math' of env.mixture"
+    ):
+        build_environment(no_path, tok)
+    options = f"env.options={{math: {{path: '{problems}'}}}}"
+    no_spec = load_config("micro", ["env.mixture={next_token: 1, math: 1}", options])
+    with pytest.raises(ConfigError, match=r"config key 'reward.by_env.math'.*unknown term 'prefix_match'"):
+        build_environment(no_spec, tok)

@@ -74,9 +74,14 @@ def build_environment(cfg, tokenizer) -> Environment:
             sub_reward = cfg.reward.model_copy(
                 update={"spec": cfg.reward.by_env.get(part, cfg.reward.spec), "by_env": {}}
             )
-            envs[part] = build_environment(
-                cfg.model_copy(update={"env": sub_env, "reward": sub_reward}), tokenizer
-            )
+            try:
+                envs[part] = build_environment(
+                    cfg.model_copy(update={"env": sub_env, "reward": sub_reward}), tokenizer
+                )
+            except ConfigError as e:  # name the mixture's own keys for this environment
+                msg = str(e).replace("config key 'env.options", f"config key 'env.options.{part}")
+                msg = msg.replace("config key 'reward'", f"config key 'reward.by_env.{part}'")
+                raise ConfigError(f"{msg} (environment '{part}' of env.mixture)") from None
         return MixedEnvironment(envs, cfg.env.mixture)
     name = cfg.env.name
     if ":" in name:
