@@ -12,7 +12,8 @@ import platform
 import time
 from pathlib import Path
 
-from nextrl.env.code import program, read_problems
+from nextrl.env.code import program
+from nextrl.env.records import read_records
 from nextrl.env.sandbox import Limits, run_many
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    records = read_problems(args.path)
+    records = read_records(args.path)
     sentinel = "nextrl-bench-passed"
     t = time.time()
     good = run_many([program(r, r["canonical_solution"], sentinel) for r in records], Limits(), args.workers)

@@ -18,36 +18,18 @@ Options: `path` (required), `max_tokens` (384), `cpu_seconds` (5), `wall_seconds
 
 from __future__ import annotations
 
-import gzip
-import json
 import secrets
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
+from nextrl.env.records import RecordTasks, read_records
 from nextrl.env.sandbox import Limits, run_many, unavailable
 from nextrl.errors import ConfigError, DataError
 
 OPTIONS = {"path", "max_tokens", "cpu_seconds", "wall_seconds", "memory_mb", "workers"}
-
-
-def read_problems(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config key 'env.options.path': {path} is not a file")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON record ({e})") from None
-    return records
 
 
 def prompt_text(record: dict[str, Any]) -> str:
@@ -135,35 +117,12 @@ class CodeEnv(Environment):
         return CodeTasks(self, cfg.rl.seed)
 
 
-class CodeTasks:
-    """A `TaskSource` over the problems of `env.options.path`, in a seeded order per epoch."""
+class CodeTasks(RecordTasks):
+    """A `TaskSource` over the problems of `env.options.path`."""
 
     def __init__(self, env: CodeEnv, seed: int):
-        import random
-
-        self.env, self.seed, self.cursor, self._random = env, seed, 0, random
-        self.records = read_problems(env.options["path"])
-        if not self.records:
+        self.env = env
+        records = read_records(env.options["path"])
+        if not records:
             raise DataError(f"{env.options['path']}: no problems")
-
-    def take(self, n: int, step: int) -> list[Task]:
-        out = []
-        for k in range(self.cursor, self.cursor + n):
-            epoch, i = divmod(k, len(self.records))
-            order = list(range(len(self.records)))
-            self._random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.env.make_task(self.records[order[i]], order[i]))
-        self.cursor += n
-        return out
-
-    def visit(self, task, rewards, signal, uncertainty) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"given": self.cursor, "problems": len(self.records)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cursor = int(state["cursor"])
+        super().__init__(records, env.make_task, seed, {"problems": len(records)})

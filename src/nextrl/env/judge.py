@@ -20,9 +20,7 @@ Options: `path` (required), `judge` (a model folder; default: the policy's froze
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +28,7 @@ import torch
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
+from nextrl.env.records import RecordTasks, read_records
 from nextrl.errors import ConfigError, DataError
 
 RUBRIC = (
@@ -167,44 +166,12 @@ class JudgeEnv(Environment):
         return JudgeTasks(self, cfg.rl.seed)
 
 
-class JudgeTasks:
-    """A `TaskSource` over the prompts of `env.options.path`, in a seeded order per epoch."""
+class JudgeTasks(RecordTasks):
+    """A `TaskSource` over the prompts of `env.options.path`."""
 
     def __init__(self, env: JudgeEnv, seed: int):
-        import random
-
-        path = Path(env.options["path"])
-        if not path.is_file():
-            raise ConfigError(f"config key 'env.options.path': {path} is not a file")
-        self.records = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON record ({e})") from None
-        if not self.records:
-            raise DataError(f"{path}: no prompts")
-        self.env, self.seed, self.cursor, self._random = env, seed, 0, random
-
-    def take(self, n: int, step: int) -> list[Task]:
-        out = []
-        for k in range(self.cursor, self.cursor + n):
-            epoch, i = divmod(k, len(self.records))
-            order = list(range(len(self.records)))
-            self._random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.env.make_task(self.records[order[i]], order[i]))
-        self.cursor += n
-        return out
-
-    def visit(self, task, rewards, signal, uncertainty) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"given": self.cursor, "prompts": len(self.records)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cursor = int(state["cursor"])
+        self.env = env
+        records = read_records(env.options["path"])
+        if not records:
+            raise DataError(f"{env.options['path']}: no prompts")
+        super().__init__(records, env.make_task, seed, {"prompts": len(records)})

@@ -17,16 +17,14 @@ Options (`env.options`): `path` (required), `question_field` (default: `question
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
+from nextrl.env.records import RecordTasks, read_records
 from nextrl.errors import ConfigError, DataError
 
 INSTRUCTION = (
@@ -66,25 +64,6 @@ def _verifier():
     except ImportError:
         raise ConfigError("env.name 'math' needs math-verify: pip install -e '.[math]'") from None
     return parse, verify
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config key 'env.options.path': {path} is not a file")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not a JSON record ({e})") from None
-    return records
 
 
 class MathEnv(Environment):
@@ -159,47 +138,20 @@ def gold_latex(gold: str) -> str:
     return gold if ("\\boxed" in gold or gold.strip().startswith("$")) else "\\boxed{" + gold + "}"
 
 
-class MathTasks:
-    """A `TaskSource` over the records of `env.options.path`: a seeded order per epoch, a cursor. Records whose
-    gold answer is missing or does not parse are skipped and counted (`stats()["skipped_gold"]`)."""
+class MathTasks(RecordTasks):
+    """A `TaskSource` over the records of `env.options.path`. Records whose gold answer is missing or does not
+    parse are skipped and counted (`stats()["skipped_gold"]`)."""
 
     def __init__(self, env: MathEnv, seed: int):
-        self.env, self.seed, self.cursor = env, seed, 0
-        self.records, self.skipped_gold = [], 0
+        self.env = env
         o = env.options
+        records, skipped = [], 0
         for rec in read_records(o["path"]):
             gold = gold_answer(rec, o.get("answer_field", "answer"), o.get("solution_field", "solution"))
             if gold is None or not env.parse(gold_latex(gold)):
-                self.skipped_gold += 1
+                skipped += 1
                 continue
-            self.records.append({**rec, "__gold__": gold})
-        if not self.records:
-            raise DataError(
-                f"{o['path']}: no problem with a parseable gold answer ({self.skipped_gold} skipped)"
-            )
-
-    def _index(self, k: int) -> int:
-        epoch, i = divmod(k, len(self.records))
-        order = list(range(len(self.records)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order[i]
-
-    def take(self, n: int, step: int) -> list[Task]:
-        tasks = [
-            self.env.make_task(self.records[j], j)
-            for j in map(self._index, range(self.cursor, self.cursor + n))
-        ]
-        self.cursor += n
-        return tasks
-
-    def visit(self, task: Task, rewards: Sequence[float], signal: bool, uncertainty: float | None) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"given": self.cursor, "problems": len(self.records), "skipped_gold": self.skipped_gold}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cursor = int(state["cursor"])
+            records.append({**rec, "__gold__": gold})
+        if not records:
+            raise DataError(f"{o['path']}: no problem with a parseable gold answer ({skipped} skipped)")
+        super().__init__(records, env.make_task, seed, {"problems": len(records), "skipped_gold": skipped})
