@@ -128,6 +128,7 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
         "rl.positions_per_prefix=2",
         "sampling.temperature=1.5",
         "rl.empty_thought_samples=1",  # only the text environment has a thought to close
+        "env.mixture_adapt={strength: 1, rate: 0.5, min_share: 0.2}",
     ]
     cfg = load_config("micro", overrides)
     base = prepare_base(cfg)
@@ -151,9 +152,18 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
         else:
             assert "prefix_match" in g.rewards[0].components and len(g.rollouts[0].phase_starts) == 2
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert all({"domain/text/reward", "domain/math/reward"} <= set(r) for r in rows if r["stage"] == "rl")
-    given = a.source.stats()
-    assert abs(given["next_token"]["given"] - given["math"]["given"]) <= 4  # 1:1, up to a prefix unit
+    rl_rows = [r for r in rows if r["stage"] == "rl"]
+    assert all({"domain/text/reward", "domain/math/reward"} <= set(r) for r in rl_rows)
+    # accuracy per domain: math's `correct`, text's `prefix_match`, recomputed from the last step's groups
+    for d, comp in (("math", "correct"), ("text", "prefix_match")):
+        samples = [r.components[comp] for g in groups if g.task.domain == d for r in g.rewards]
+        assert rl_rows[-1][f"domain/{d}/accuracy"] == pytest.approx(sum(x >= 1 for x in samples) / len(samples))
+    # the first step draws at the configured 1:1 (every environment starts with full signal credit); then the
+    # shares follow each environment's signal, never below min_share
+    stats = a.source.stats()
+    assert rl_rows[0]["positions/math/share"] == 0.5
+    assert min(stats["math"]["share"], stats["next_token"]["share"]) >= 0.2
+    assert stats["math"]["share"] + stats["next_token"]["share"] == pytest.approx(1.0)
     assert "math: correct+0.5*format" in a.summary()["reward"]
     b = make(tmp_path / "b")
     b.train(stop_after=1)

@@ -120,3 +120,38 @@ def test_cli_writes_a_loadable_checkpoint(ckpts, tmp_path):
     assert result.exit_code == 0, result.output
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cli")
     assert model.config.hidden_size == 16 and "merged" in result.output
+    # these bare checkpoints have no tokenizer: the merge stands, the table says why it is missing
+    assert "not evaluated:" in result.output and "no tokenizer" in result.output
+
+
+@pytest.mark.slow  # micro_run: the micro main job, shared with test_main_job and test_report
+def test_merge_ends_with_each_model_on_each_domain(micro_run, tmp_path):
+    """Merging the run's RL policy and baseline ends with a table: both inputs and the merge, on the text domain
+    (the run's held-out positions) and on math (a problem file), every model on the same problems."""
+    import json
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n"
+                                for i in range(4)))  # fmt: skip
+    rl, baseline = micro_run / "models" / "rl", micro_run / "models" / "baseline"
+    args = ["merge", str(rl), str(baseline), "--out", str(tmp_path / "m"), "--run", str(micro_run),
+            "--set", "env.mixture={next_token: 1, math: 1}",
+            "--set", f"env.options={{math: {{path: '{problems}', max_tokens: 4}}}}",
+            "--set", "reward.by_env={math: correct}",
+            "--samples", "2", "--k", "1", "--k", "2", "--problems", "4"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next((line for line in lines if line.startswith("model")), None)
+    assert header is not None, result.output
+    print(result.output)
+    assert all(f"{d} pass@{k}" in header for d in ("next_token", "math") for k in (1, 2))
+    at = lines.index(header)
+    assert [line.split()[0] for line in lines[at + 1 : at + 4]] == ["rl", "baseline", "m"], result.output
+    assert lines[at + 4] == "(next_token: 4 problems, math: 4 problems; 2 samples each)"
+    table = json.loads((tmp_path / "m" / "eval.json").read_text())
+    assert list(table["cells"]) == [str(rl), str(baseline), str(tmp_path / "m")]
+    for row in table["cells"].values():
+        assert set(row) == {"next_token", "math"}
+        for res in row.values():
+            assert res["problems"] == 4 and 0 <= res["pass@1"]["mean"] <= res["pass@2"]["mean"] <= 1

@@ -54,9 +54,9 @@ def test_nextrl_eval_prints_pass_at_k(tmp_path):
                                       "--problems", "6"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (
-        "pass@1" in result.output
-        and "pass@3" in result.output
-        and "(6 problems, 3 samples each)" in result.output
+        "math pass@1" in result.output
+        and "math pass@3" in result.output
+        and "(math: 6 problems; 3 samples each)" in result.output
     )
 
 

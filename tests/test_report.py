@@ -284,3 +284,38 @@ def test_control_and_thinking_sections(run_dir, real):
         and "Positive control FAILED" in table
         and f"vs baseline +4.2 pts (p = {c.vs_baseline.p_value:.2g})" in table
     )
+
+
+def test_mixture_domains_table_and_plot(tmp_path):
+    """A mixture's metrics give a Domains section: early and late quarter means per domain, the shares at the
+    last step, and a per-domain plot; a single-domain run has neither."""
+    rows = []
+    for step in range(1, 9):
+        rows.append(
+            {
+                "stage": "rl",
+                "step": step,
+                "domain/math/reward": step / 10,
+                "domain/math/accuracy": 0.25 if step <= 2 else 0.75,
+                "domain/math/signal_fraction": 0.5,
+                "domain/math/groups": 2,
+                "domain/text/reward": 0.1,
+                "domain/text/groups": 3,
+                "positions/math/share": 0.4,
+                "positions/next_token/share": 0.6,
+            }
+        )
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = write_report(tmp_path).read_text()
+    assert "<h2>Domains</h2>" in html and "Per domain (mixture)" in html
+    # math: reward first quarter (steps 1-2) 0.15, last quarter (7-8) 0.75; accuracy 0.25 → 0.75; 16 groups
+    math_row = html.split("<td>math</td>")[1].split("</tr>")[0]
+    assert [c.removeprefix("<td>") for c in math_row.split("</td>")[:7]] == [
+        "0.15", "0.75", "0.25", "0.75", "0.5", "0.5", "16"
+    ]  # fmt: skip
+    text_row = html.split("<td>text</td>")[1].split("</tr>")[0]
+    assert "–" in text_row and "<td>24</td>" in text_row  # no accuracy logged: shown as missing, not 0
+    assert "math 40%, next_token 60%" in html
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"stage": "rl", "step": 1, "reward/mean": 0.1}) + "\n")
+    html = write_report(tmp_path).read_text()
+    assert "<h2>Domains</h2>" not in html and "Per domain" not in html

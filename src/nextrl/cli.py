@@ -109,6 +109,44 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder holding su
     typer.echo(f"\nreport: {path}")
 
 
+RunOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--run",
+        help="a run folder: its config.yaml is the config (unless --preset is given) and its index's held-out "
+        "positions are the next-token problems",
+    ),
+]
+SamplesOpt = Annotated[int, typer.Option("--samples", "-n", help="samples per problem")]
+KOpt = Annotated[list[int] | None, typer.Option("--k", help="k of pass@k (repeatable; default 1)")]
+ProblemsOpt = Annotated[int, typer.Option(help="problems evaluated per domain")]
+TemperatureOpt = Annotated[float, typer.Option(help="sampling temperature")]
+
+
+def _eval_config(run_dir: Path | None, preset: str | None, overrides: list[str] | None):
+    """The config an evaluation reads its domains from, and the run's index when a run folder is given."""
+    from nextrl.selection.index import PositionIndex
+
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        raise UsageError(f"--run {run_dir}: not a run folder (no config.yaml)")
+    cfg = _config(preset or (str(run_dir / "config.yaml") if run_dir else "micro"), overrides)
+    index = None
+    if run_dir is not None:
+        if not (run_dir / "index" / "positions.parquet").is_file():
+            raise UsageError(f"--run {run_dir}: the run has no position index yet (index/positions.parquet)")
+        index = PositionIndex.load(run_dir / "index")
+    return cfg, index
+
+
+def _domain_table(paths, run_dir, preset, overrides, samples, ks, problems, temperature):
+    from nextrl.eval.domains import check_ks, evaluate_domains, load_checkpoints
+
+    check_ks(ks or [1], samples)
+    cfg, index = _eval_config(run_dir, preset, overrides)
+    tok, models = load_checkpoints(paths)
+    return evaluate_domains(cfg, models, tok, index, samples, ks or [1], problems, temperature)
+
+
 @app.command()
 def merge(
     models: Annotated[list[Path], typer.Argument(help="Hugging Face model folders of one architecture")],
@@ -122,16 +160,44 @@ def merge(
     weight: Annotated[list[float] | None, typer.Option(help="one weight per model (repeatable)")] = None,
     density: Annotated[float, typer.Option(help="share of each task vector kept (ties, dare_*)")] = 0.5,
     seed: Annotated[int, typer.Option(help="seed of DARE's random drops")] = 0,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="end with each input and the merge on each domain")
+    ] = True,
+    run_dir: RunOpt = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="config of the domains")] = None,
+    overrides: SetOpt = None,
+    samples: SamplesOpt = 4,
+    k: KOpt = None,
+    problems: ProblemsOpt = 32,
+    temperature: TemperatureOpt = 0.8,
 ) -> None:
-    """Merge checkpoints into one Hugging Face checkpoint (mergekit; see nextrl.model.merge for the methods)."""
+    """Merge checkpoints into one Hugging Face checkpoint (mergekit; see nextrl.model.merge for the methods),
+    then evaluate every input and the merged model on each configured domain (written to OUT/eval.json):
+    nextrl merge a b --out ab --run runs/main --set 'env.mixture={next_token: 1, math: 1}' ..."""
+    import json
+
     from nextrl.model.merge import merge_models
+    from nextrl.utils.io import atomic_write_text
 
     try:
         path = merge_models(models, out, method, base, weight, density, seed)
+        typer.echo(f"merged {len(models)} model(s) with {method} into {path}")
+        if not evaluate:
+            return
+        from nextrl.eval.domains import NothingToEvaluate
+
+        try:
+            table = _domain_table(
+                [*models, path], run_dir, preset, overrides, samples, k, problems, temperature
+            )
+        except NothingToEvaluate as e:  # the merge stands; only the table is missing
+            typer.echo(f"not evaluated: {e}")
+            return
+        typer.echo(table.render())
+        atomic_write_text(Path(path) / "eval.json", json.dumps(table.as_dict(), indent=2))
     except NextRLError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(e.exit_code) from None
-    typer.echo(f"merged {len(models)} model(s) with {method} into {path}")
 
 
 @app.command(name="eval")
@@ -139,58 +205,31 @@ def eval_models(
     models: Annotated[
         list[Path], typer.Argument(help="Hugging Face model folders (the run's tokenizer inside)")
     ],
-    preset: PresetOpt = "micro",
+    run_dir: RunOpt = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="config of the domains (default: the run's, or micro)")
+    ] = None,
     overrides: SetOpt = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", help="samples per problem")] = 4,
-    k: Annotated[list[int] | None, typer.Option("--k", help="k of pass@k (repeatable)")] = None,
-    problems: Annotated[int, typer.Option(help="problems evaluated")] = 64,
-    temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.8,
+    samples: SamplesOpt = 4,
+    k: KOpt = None,
+    problems: ProblemsOpt = 64,
+    temperature: TemperatureOpt = 0.8,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the table here as JSON")] = None,
 ) -> None:
-    """pass@k of models on the environment the config names (math, code): e.g.
-    nextrl eval merged --set env.name=math --set 'env.options={path: gsm8k/test.jsonl}' --k 1 --k 4"""
-    import torch
+    """pass@k of models on every configured domain (math, code: their problem files; next-token: the held-out
+    positions of --run): e.g. nextrl eval merged --set env.name=math --set 'env.options={path: gsm8k.jsonl}'"""
+    import json
 
-    from nextrl.engine import build_engine
-    from nextrl.env import build_environment
-    from nextrl.eval.passk import evaluate_pass_at_k
-    from nextrl.model.build import load_model
-    from nextrl.model.tokenizer import load_tokenizer
+    from nextrl.utils.io import atomic_write_text
 
-    cfg = _config(preset, overrides)
-    ks = k or [1]
-    if any(x < 1 or x > samples for x in ks):
-        typer.secho(f"error: every --k must be between 1 and --samples ({samples}): {ks}", fg="red", err=True)
-        raise typer.Exit(2)
-    rows = []
     try:
-        for path in models:
-            if not (Path(path) / "config.json").is_file():
-                raise UsageError(f"{path} is not a Hugging Face model folder (no config.json)")
-            try:
-                tok = load_tokenizer(str(path))
-            except (OSError, ValueError) as e:
-                raise UsageError(f"{path}: no tokenizer to load ({e})") from None
-            model = load_model(path, vocab_size=len(tok), key=f"model {path}").eval()
-            env = build_environment(cfg, tok)
-            source = env.task_source(cfg)
-            if source is None:
-                raise NextRLError(
-                    f"env '{env.name}' has no problems of its own to evaluate (use math or code)"
-                )
-            engine = build_engine(cfg.sampling, cfg.sharing, model, tok.pad_token_id, None, seed=cfg.seed)
-            with torch.no_grad():
-                res = evaluate_pass_at_k(env, engine, source, problems, samples, ks, temperature)
-            rows.append((str(path), res))
+        table = _domain_table(models, run_dir, preset, overrides, samples, k, problems, temperature)
     except NextRLError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(e.exit_code) from None
-    typer.echo("model".ljust(40) + "".join(f"pass@{x}".rjust(16) for x in ks))
-    for name, res in rows:
-        cells = "".join(
-            f"{res[f'pass@{x}']['mean']:.1%} ± {res[f'pass@{x}']['stderr']:.1%}".rjust(16) for x in ks
-        )
-        typer.echo(name[-40:].ljust(40) + cells)
-    typer.echo(f"({rows[0][1]['problems'] if rows else 0} problems, {samples} samples each)")
+    typer.echo(table.render())
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(table.as_dict(), indent=2))
 
 
 @app.command()

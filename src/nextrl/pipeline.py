@@ -20,7 +20,7 @@ from nextrl.config import RunConfig
 from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
-from nextrl.env import MixtureTaskSource, NextTokenEnv, build_environment
+from nextrl.env import Adaptation, MixtureTaskSource, NextTokenEnv, build_environment
 from nextrl.env.mixed import MixedEnvironment
 from nextrl.env.position_source import position_tasks
 from nextrl.errors import DataError, RunFolderError
@@ -92,7 +92,8 @@ def build_rl_trainer(
     env = build_environment(cfg, tokenizer)
     if isinstance(env, MixedEnvironment):  # each environment its own tasks, shared by the mixture's weights
         sources = {n: e.task_source(cfg) or position_tasks(cfg, index, e) for n, e in env.envs.items()}
-        source = MixtureTaskSource(sources, env.weights)
+        adapt = cfg.env.mixture_adapt
+        source = MixtureTaskSource(sources, env.weights, Adaptation(**adapt.model_dump()) if adapt else None)
     else:
         source = env.task_source(cfg) or position_tasks(cfg, index, env)
     engine = build_engine(

@@ -229,6 +229,16 @@ class SelectionConfig(_Strict):
     batch_size: int = Field(16, ge=1)
 
 
+class MixtureAdaptConfig(_Strict):
+    """Adaptive mixture shares (`nextrl.env.mixture`): share_k ∝ weight_k · (floor + ŝ_k)^strength, where ŝ_k is
+    a moving average of the fraction of environment k's groups that carry learning signal."""
+
+    strength: float = Field(1.0, ge=0.0, description="how strongly shares follow signal (0: fixed weights)")
+    rate: float = Field(0.1, gt=0.0, le=1.0, description="moving-average rate of ŝ_k, one update per RL step")
+    floor: float = Field(0.05, gt=0.0, description="added to ŝ_k so that a silent environment can recover")
+    min_share: float = Field(0.05, ge=0.0, lt=1.0, description="least share of an environment with weight > 0")
+
+
 class EnvConfig(_Strict):
     """The environment: what a task is and how a rollout is scored. `name` picks a registered environment
     (`nextrl.env.registry`; 'next_token' is RPT's) or imports one from a user's module ('package.module:factory');
@@ -257,6 +267,11 @@ class EnvConfig(_Strict):
         description="train on several environments at once: name -> share of the tasks, e.g. "
         "{next_token: 3, math: 1} (env.name is then ignored); rewards per environment in reward.by_env",
     )
+    mixture_adapt: MixtureAdaptConfig | None = Field(
+        None,
+        description="with env.mixture: move the shares toward environments whose groups carry learning "
+        "signal, e.g. {strength: 1, min_share: 0.1} (null: the weights of env.mixture hold all run)",
+    )
 
     @field_validator("mixture")
     @classmethod
@@ -264,6 +279,12 @@ class EnvConfig(_Strict):
         if m is not None and (len(m) < 2 or any(w < 0 for w in m.values()) or sum(m.values()) <= 0):
             raise ValueError("a mixture needs at least two environments, weights >= 0 with a positive sum")
         return m
+
+    @model_validator(mode="after")
+    def _adapt_needs_mixture(self) -> EnvConfig:
+        if self.mixture_adapt is not None and self.mixture is None:
+            raise ValueError("env.mixture_adapt has no effect without env.mixture (a single environment)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -16,8 +16,7 @@ import numpy as np
 
 from nextrl.engine.base import RolloutEngine
 from nextrl.env.base import Environment, TaskSource
-
-CORRECTNESS = ("correct", "passed", "prefix_match")
+from nextrl.utils.rewards import is_correct
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -27,13 +26,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def correctness(components: dict[str, float]) -> bool:
-    for name in CORRECTNESS:
-        if name in components:
-            return components[name] >= 1.0
-    raise ValueError(f"no correctness component among {sorted(components)} (expected one of {CORRECTNESS})")
 
 
 def evaluate_pass_at_k(
@@ -46,16 +38,25 @@ def evaluate_pass_at_k(
     temperature: float = 0.8,
     batch: int = 16,
 ) -> dict[str, Any]:
-    """pass@k for each k in `ks` (k <= n) over `problems` problems drawn from `source`."""
+    """pass@k for each k in `ks` (k <= n) over `problems` problems drawn from `source` (fewer when the source
+    has fewer: a problem is never counted twice)."""
     if any(k > n for k in ks):
         raise ValueError(f"every k must be at most n={n}: {list(ks)}")
     params = env.sampling_params(n, temperature, 1.0)
     counts: list[int] = []
-    for start in range(0, problems, batch):
-        tasks = source.take(min(batch, problems - start), 0)
+    seen: set[str] = set()
+    while len(counts) < problems:
+        # each problem once: a source that starts over (a new epoch) has no more problems to give
+        drawn = source.take(min(batch, problems - len(counts)), 0)
+        tasks = [t for t in drawn if t.task_id not in seen]
+        seen.update(t.task_id for t in tasks)
+        if not tasks:
+            break
         groups = engine.generate([t.prompt_ids for t in tasks], params)
         for rewards in env.score(tasks, groups):
-            counts.append(sum(correctness(r.components) for r in rewards))
+            counts.append(sum(is_correct(r.components) for r in rewards))
+    if not counts:
+        raise ValueError("the task source gave no problems to evaluate")
     out: dict[str, Any] = {"problems": len(counts), "samples_per_problem": n}
     for k in ks:
         vals = np.array([pass_at_k(n, c, k) for c in counts])

@@ -14,7 +14,15 @@ from typing import Any
 
 import yaml
 
-from nextrl.report.plots import BUCKET_ORDER, MODE_LABELS, MODE_ORDER, all_plots, read_metrics
+from nextrl.report.plots import (
+    BUCKET_ORDER,
+    MODE_LABELS,
+    MODE_ORDER,
+    all_plots,
+    domain_names,
+    read_metrics,
+    series,
+)
 from nextrl.report.table import NO_BASELINE, NO_VERDICT, models, num, pct, sci, verdict_text
 from nextrl.summary import RunSummary, SummaryError
 from nextrl.utils.io import atomic_write_text
@@ -270,6 +278,56 @@ def _config(summary: RunSummary) -> str:
     return f"<details><summary>resolved config</summary><pre>{escape(text)}</pre></details>"
 
 
+def _domains(records: list[dict]) -> str:
+    """A mixture's domains side by side: reward, accuracy and signal fraction over the first and the last
+    quarter of the RL steps, the groups drawn and the share of tasks at the end (empty for one domain)."""
+    names = domain_names(records)
+    if not names:
+        return ""
+
+    def early_late(key: str) -> tuple[str, str]:
+        _, y = series(records, "rl", key)
+        if not y:
+            return "–", "–"
+        q = max(1, len(y) // 4)
+        return _fmt(sum(y[:q]) / q), _fmt(sum(y[-q:]) / q)
+
+    head = [
+        "domain",
+        "reward first ¼",
+        "reward last ¼",
+        "accuracy first ¼",
+        "accuracy last ¼",
+        "signal first ¼",
+        "signal last ¼",
+        "groups",
+    ]
+    rows = []
+    for d in names:
+        groups = sum(series(records, "rl", f"domain/{d}/groups")[1])
+        cells = [
+            c for key in ("reward", "accuracy", "signal_fraction") for c in early_late(f"domain/{d}/{key}")
+        ]
+        rows.append(_row(escape(d), *cells, _fmt(int(groups))))
+    shares = {
+        k.split("/")[1]: v
+        for k, v in next((r for r in reversed(records) if r.get("stage") == "rl"), {}).items()
+        if k.startswith("positions/") and k.endswith("/share")
+    }
+    share_text = ", ".join(f"{escape(k)} {v:.0%}" for k, v in shares.items())
+    return (
+        "<h2>Domains</h2><p>Each environment of the mixture on its own: accuracy counts the samples its "
+        "correctness term (correct, passed, prefix_match) calls right; signal is the share of its groups whose "
+        "rewards differ, the only groups GRPO learns from."
+        + (f" Share of tasks at the last step: {share_text}." if share_text else "")
+        + "</p><table><thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr></thead>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _plots(summary: RunSummary | None, records: list[dict]) -> str:
     figs = [
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{escape(t)}">'
@@ -306,6 +364,7 @@ def render(summary: RunSummary | None, records: list[dict], run_dir: Path, warni
         _ppl(summary) if summary is not None else missing,
         "<h2>Compute</h2>",
         _compute(summary) if summary is not None else missing,
+        _domains(records),
         "<h2>Position selection</h2>",
         _kv_table(summary.selection.model_dump()) if summary is not None else missing,
         "<h2>RL summary</h2>",

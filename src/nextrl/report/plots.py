@@ -202,11 +202,36 @@ def groups_plot(records: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def domain_names(records: list[dict]) -> list[str]:
+    """The domains of a mixture run (`domain/<name>/reward` in the RL metrics), in first-seen order."""
+    keys = [k for r in records if r.get("stage") == "rl" for k in r if k.startswith("domain/")]
+    return list(dict.fromkeys(k.split("/")[1] for k in keys if k.endswith("/reward")))
+
+
+def domains_plot(records: list[dict]) -> bytes | None:
+    """Per domain of a mixture: reward, accuracy and signal fraction over RL steps (smoothed when long)."""
+    names = domain_names(records)
+    if not names:
+        return None
+    metrics = [("reward", "reward"), ("accuracy", "accuracy (correct samples)"), ("signal_fraction", "signal")]
+    fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(11, 3.5))
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        for i, d in enumerate(names):
+            x, y = series(records, "rl", f"domain/{d}/{key}")
+            if x:
+                ax.plot(x, _smooth(y) if len(y) > SMOOTH_MIN_POINTS else y, label=d, color=f"C{i}")
+        ax.set(title=label, xlabel="RL step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
 def all_plots(summary: RunSummary | None, records: list[dict]) -> list[tuple[str, bytes]]:
     """(title, png) for every plot that has data, in report order."""
     plots = [
         ("Accuracy per bucket", accuracy_plot(summary)),
         ("Reward", reward_plot(records)),
+        ("Per domain (mixture)", domains_plot(records)),
         ("Thought length", thought_length_plot(records)),
         ("Training loss", loss_plot(records)),
         ("Groups kept / dropped", groups_plot(records)),

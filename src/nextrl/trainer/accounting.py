@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from nextrl.accounting.flops import FlopModel, TokenWork
-from nextrl.utils.rewards import rewards_differ
+from nextrl.utils.rewards import correctness_component, is_correct, rewards_differ
 
 FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference", "lm")
 GENERATION_STAGES = ("prefill", "decode")
@@ -144,6 +144,9 @@ class StepAccount:
                     mine
                 )
                 metrics[f"domain/{d}/groups"] = len(mine)
+                samples = [r.components for g in mine for r in g.rewards]
+                if samples and all(correctness_component(c) for c in samples):
+                    metrics[f"domain/{d}/accuracy"] = sum(map(is_correct, samples)) / len(samples)
         for name in sorted({k for g in rewards for r in g for k in r.components}):
             vals = [r.components.get(name, 0.0) for g in rewards for r in g]
             metrics[f"reward/{name}"] = sum(vals) / len(vals)

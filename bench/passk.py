@@ -1,0 +1,138 @@
+"""pass@k on GSM8K, MATH-500, HumanEval and MBPP through nextrl's own environments (math: math-verify; code:
+the sandbox), from the local files in ../shared/data.
+
+    python bench/passk.py --oracle                       # the reference solutions as the "model"
+    python bench/passk.py --model runs/x/models/rl -n 4 --k 1 --k 4 --problems 50
+
+`--oracle` answers every problem with its reference solution (GSM8K's worked answer with `#### n` written as
+`\\boxed{n}`, MATH's solution, HumanEval's canonical solution, MBPP's code), tokenized and scored exactly as a
+model's completion would be: what it does not credit is what the environments' extraction, equivalence or
+sandbox get wrong (or what the data set's references get wrong). `--model` samples a checkpoint instead."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nextrl.config import load_config
+from nextrl.engine.base import Rollout
+from nextrl.env import build_environment
+from nextrl.eval.passk import evaluate_pass_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SETS = {  # name: (environment, file, its reward spec)
+    "gsm8k": ("math", DATA / "gsm8k" / "test.jsonl", "correct"),
+    "math500": ("math", DATA / "math" / "math500_test.jsonl", "correct"),
+    "humaneval": ("code", DATA / "humaneval" / "HumanEval.jsonl.gz", "passed"),
+    "mbpp": ("code", DATA / "mbpp" / "mbpp.jsonl", "passed"),
+}
+
+
+def reference(record: dict) -> str:
+    """The data set's own solution, written as a completion of the environment's prompt."""
+    if "canonical_solution" in record:  # HumanEval: the body after the prompt's signature
+        return record["canonical_solution"]
+    if "code" in record and "test_list" in record:  # MBPP
+        return record["code"].replace("\r\n", "\n")
+    if "####" in record.get("answer", ""):  # GSM8K
+        work, _, final = record["answer"].rpartition("####")
+        return f"{work.strip()}\nThe answer is \\boxed{{{final.strip()}}}."
+    return record["solution"]  # MATH: ends in \boxed{...}
+
+
+class OracleEngine:
+    """A `RolloutEngine` that answers each prompt with its task's reference solution, n times."""
+
+    def __init__(self, tokenizer, tasks_by_prompt: dict[tuple[int, ...], dict]):
+        self.tok, self.by_prompt = tokenizer, tasks_by_prompt
+
+    def generate(self, prompts, params) -> list[list[Rollout]]:
+        out = []
+        for p in prompts:
+            ids = self.tok(reference(self.by_prompt[tuple(p)]), add_special_tokens=False)["input_ids"]
+            out.append(
+                [Rollout(list(p), ids, [0.0] * len(ids), [1] * len(ids), "stop", phase_starts=[0])] * params.n
+            )
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--oracle", action="store_true", help="answer with the reference solutions")
+    who.add_argument("--model", type=Path, help="a Hugging Face model folder with its tokenizer")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("-n", "--samples", type=int, default=1)
+    ap.add_argument("--k", type=int, action="append")
+    ap.add_argument("--problems", type=int, default=100_000, help="at most this many per set")
+    ap.add_argument("--max-tokens", type=int, default=256, help="completion budget of a sampled model")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    ks = args.k or [1]
+    from nextrl.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(args.model or DATA / "qwen3_tokenizer"))
+    model = None
+    if args.model:
+        from nextrl.model.build import load_model
+
+        model = load_model(args.model, vocab_size=len(tok)).eval()
+    rows = []
+    for name in args.sets:
+        env_name, path, spec = SETS[name]
+        budget = 4096 if args.oracle else args.max_tokens  # the oracle's solutions are never cut
+        cfg = load_config(
+            "micro",
+            [
+                f"env.name={env_name}",
+                f"env.options={{path: '{path}', max_tokens: {budget}}}",
+                f"reward={spec}",
+            ],
+        )
+        env = build_environment(cfg, tok)
+        source = env.task_source(cfg)
+        if args.oracle:
+            records = source.records
+            engine = OracleEngine(
+                tok, {tuple(env.make_task(r, i).prompt_ids): r for i, r in enumerate(records)}
+            )
+        else:
+            from nextrl.engine import build_engine
+
+            engine = build_engine(cfg.sampling, cfg.sharing, model, tok.pad_token_id, None, seed=0)
+        t = time.time()
+        with torch.no_grad():
+            res = evaluate_pass_at_k(env, engine, source, args.problems, args.samples, ks, batch=32)
+        skipped = source.stats().get("skipped_gold", 0)
+        rows.append((name, res, time.time() - t, skipped))
+        print(name, {k: v for k, v in res.items()}, f"{time.time() - t:.1f} s", flush=True)
+    who = "reference solutions (--oracle)" if args.oracle else f"`{args.model}`"
+    cmd = "python bench/passk.py " + " ".join(a for a in sys.argv[1:] if a != "--no-write")
+    lines = [
+        f"### pass@k through the environments: {who} ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"- command: `{cmd}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; tokenizer: {Path(tok.name_or_path).name}",
+        "",
+        "| set | problems | gold answers skipped | " + " | ".join(f"pass@{k}" for k in ks) + " | seconds |",
+        "|---|---|---|" + "---|" * len(ks) + "---|",
+    ]
+    for name, res, sec, skipped in rows:
+        cells = " | ".join(f"{res[f'pass@{k}']['mean']:.1%} ± {res[f'pass@{k}']['stderr']:.1%}" for k in ks)
+        lines.append(f"| {name} | {res['problems']} | {skipped} | {cells} | {sec:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
