@@ -84,3 +84,12 @@ def test_empty_thoughts_need_the_structured_format():
     with pytest.raises(ConfigError, match="rl.empty_thought_samples"):
         load_config("micro", ["rl.empty_thought_samples=1", "env.thought_tokens=0"])
     assert load_config("micro", ["rl.empty_thought_samples=1"]).rl.empty_thought_samples == 1
+
+
+def test_a_key_under_a_shorthand_section_overrides_a_preset_that_used_the_shorthand():
+    """tiny.yaml says `reward: prefix_match+0.1*info_gain`; `--set reward.spec=…` (or another reward key)
+    must still work."""
+    cfg = load_config("tiny", ["reward.spec=prefix_match", "reward.ema_tau=0.5"])
+    assert str(cfg.reward.spec) == "prefix_match" and cfg.reward.ema_tau == 0.5
+    keep = load_config("tiny", ["reward.ema_tau=0.5"])
+    assert str(keep.reward.spec) == str(load_config("tiny").reward.spec)

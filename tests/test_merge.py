@@ -144,7 +144,6 @@ def test_merge_ends_with_each_model_on_each_domain(micro_run, tmp_path):
     lines = result.output.splitlines()
     header = next((line for line in lines if line.startswith("model")), None)
     assert header is not None, result.output
-    print(result.output)
     assert all(f"{d} pass@{k}" in header for d in ("next_token", "math") for k in (1, 2))
     at = lines.index(header)
     assert [line.split()[0] for line in lines[at + 1 : at + 4]] == ["rl", "baseline", "m"], result.output

@@ -67,3 +67,30 @@ def test_eval_refuses_k_above_the_samples(tmp_path):
     assert result.exit_code == 2 and "between 1 and --samples (4)" in result.output
     result = CliRunner().invoke(app, ["eval", str(tmp_path), "--set", "env.name=math"])
     assert result.exit_code == 2 and "not a Hugging Face model folder" in result.output
+
+
+def test_pass_at_k_counts_each_problem_once_across_epochs():
+    """A source that starts a new epoch inside a batch must not give a problem twice: 5 problems, batches of 4."""
+    from nextrl.engine.base import Rollout, SamplingParams
+    from nextrl.env.base import Environment, Reward, Task
+    from nextrl.env.records import RecordTasks
+    from nextrl.eval.passk import evaluate_pass_at_k
+
+    class Env(Environment):
+        reward_components = ("correct",)
+
+        def sampling_params(self, n, temperature, top_p):
+            return SamplingParams.simple(1, n=n)
+
+        def score(self, tasks, rollouts, scorer=None):
+            return [[Reward(1.0, {"correct": float(t.meta["i"] % 2 == 0)}) for _ in g] for t, g in
+                    zip(tasks, rollouts, strict=True)]  # fmt: skip
+
+    class Engine:
+        def generate(self, prompts, params):
+            return [[Rollout(list(p), [1], [0.0], [1], "stop")] * params.n for p in prompts]
+
+    records = [{"i": i} for i in range(5)]
+    source = RecordTasks(records, lambda r, i: Task(f"p{i}", [1], meta={"i": r["i"]}), seed=0)
+    res = evaluate_pass_at_k(Env(), Engine(), source, problems=100, n=2, ks=[1], batch=4)
+    assert res["problems"] == 5 and res["pass@1"]["mean"] == pytest.approx(3 / 5)

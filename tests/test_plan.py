@@ -32,6 +32,26 @@ def test_decode_flops_and_bytes_by_hand():
     assert c.seconds["decode"] == pytest.approx(2 * (2 * 240 + 16 * 3) / (100.0 * 0.7))
 
 
+def test_memory_per_gpu_by_hand():
+    from nextrl.plan.cost import memory
+
+    w = Workload(positions=4, group_size=2, context=8, thought=3, answer=1, per_prefix=2, decode_batch=5,
+                 micro_batch=2, recompute=False)  # fmt: skip
+    hw = Hardware("small", 1.0, 1.0, memory_bytes=2000.0, gpus_per_node=1)
+    mem = memory(TINY, w, hw, learner_gpus=2)
+    # KV: 16 B per token; a sequence holds its 4 completion tokens and, shared, 8 / (2·2) prompt tokens
+    per_seq = 16 * 4 + 16 * 8 / 4
+    assert mem.kv_cache == 5 * per_seq and mem.rollout == 2 * 240 + 5 * per_seq
+    # learner: 16 B per parameter over 2 GPUs, activations 34 · 2 sequences · 12 tokens · 4 hidden · 1 layer
+    assert mem.activations == 34 * 2 * 12 * 4 and mem.learner == 16 * 240 / 2 + 34 * 2 * 12 * 4
+    assert mem.max_decode_batch == int((2000 - 480) // per_seq) and not mem.fits  # 1920 + 3264 > 2000
+    unshared = memory(TINY, Workload(context=8, thought=3, answer=1, share_prefix=False, decode_batch=5), hw, 1)
+    assert unshared.kv_cache == 5 * 16 * (4 + 8)
+    # checkpointing: each layer keeps its 2-byte input, one layer's 34 bytes are alive at a time
+    kept = memory(TINY, Workload(context=8, thought=3, answer=1, micro_batch=2), hw, 1)
+    assert kept.activations == (2 * 1 + 34) * 2 * 12 * 4
+
+
 def test_prefix_sharing_saves_prefill_and_training_flops():
     on = step_cost(model("qwen3-0.6b"), Workload(), hardware("h100"), 8)
     off = step_cost(model("qwen3-0.6b"), Workload(share_prefix=False), hardware("h100"), 8)
@@ -82,6 +102,66 @@ def test_cli_prints_and_writes_the_plan(tmp_path):
         and "bottleneck" in result.output
         and "without prefix sharing" in result.output
     )
-    assert json.loads(out.read_text())["nodes"] == 8
+    plan = json.loads(out.read_text())
+    assert plan["nodes"] == 8 and plan["memory"]["fits"] and "memory per GPU" in result.output
     bad = CliRunner().invoke(app, ["plan", "--model", "gpt-9"])
     assert bad.exit_code == 2 and "unknown model 'gpt-9'" in bad.output
+
+
+def synthetic_runs(hw, truth):
+    """Runs whose seconds the cost model itself gives under known numbers `truth` (log scale)."""
+    import dataclasses
+
+    from nextrl.plan.calibrate import MeasuredRun, predict, profile_with
+
+    shape = ModelShape("tiny", 256, 4, 4, 4, 64, 688, 4096, tied=True)
+    base = Workload(positions=16, group_size=8, context=128, thought=16, answer=1, per_prefix=4,
+                    decode_batch=128, micro_batch=64, mean_thought=4.0)  # fmt: skip
+    variants = [{}, {"context": 64}, {"context": 256}, {"group_size": 4}, {"group_size": 16},
+                {"thought": 48, "mean_thought": 10.0}, {"per_prefix": 1}, {"share_prefix": False},
+                {"lm_term": False}, {"model_scored": False}, {"trained_fraction": 0.3}]  # fmt: skip
+    h, e = profile_with(hw, truth)
+    runs = []
+    for i, v in enumerate(variants):
+        run = MeasuredRun(f"r{i}", shape, dataclasses.replace(base, **v), 8, 1.0, "float32")
+        runs.append(dataclasses.replace(run, seconds=predict(run, h, e)))
+    return runs
+
+
+def test_calibration_recovers_known_numbers_and_predicts_left_out_runs():
+    """On runs made by the cost model with known efficiencies and overheads, the fit finds them again and every
+    left-out run is predicted to within a fraction of a percent."""
+    import numpy as np
+
+    from nextrl.plan.calibrate import calibrate, render
+
+    hw = Hardware("cpu", 90e9, 20e9, 24e9, gpus_per_node=1, link_bytes_per_s=20e9, layer_overhead_s=3e-4)
+    truth = np.log([0.2, 0.05, 0.3, 0.5, 2e-3, 0.05])
+    result = calibrate(synthetic_runs(hw, truth), hw)
+    assert result["worst_error"] < 0.01
+    fitted = result["fitted"]
+    assert fitted["forward"] == pytest.approx(0.2, rel=0.05)
+    assert fitted["train"] == pytest.approx(0.3, rel=0.05) and fitted["lm"] == pytest.approx(0.5, rel=0.05)
+    assert fitted["step_overhead_s"] == pytest.approx(0.05, rel=0.05)
+    assert "worst error" in render(result) and len(render(result).splitlines()) == 1 + 11 + 1
+
+
+def test_calibration_reads_run_folders_and_names_bad_ones(tmp_path):
+    from nextrl.config import dump_config, load_config
+    from nextrl.plan.calibrate import read_run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cfg = load_config("micro", ["sampling.group_size=4", "env.thought_tokens=6"])
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    rows = [{"stage": "rl", "step": s, "step_seconds": 0.5, "thought/len_mean": 2.0 + s} for s in (1, 2, 3)]
+    rows.append({"stage": "rl", "step": 3, "step_seconds": 0.25, "thought/len_mean": 3.0})  # resumed: last wins
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = read_run(folder)
+    assert run.steps == 3 and run.seconds == pytest.approx(1.25)
+    assert run.workload.group_size == 4 and run.workload.thought == 6 and run.workload.mean_thought == pytest.approx(10 / 3)
+    assert run.shape.hidden == cfg.model.hidden_size and run.shape.layers == cfg.model.num_layers
+    result = CliRunner().invoke(app, ["plan", "--calibrate", str(folder), str(tmp_path)])
+    assert result.exit_code == 2 and "not a run folder (no config.yaml)" in result.output
+    result = CliRunner().invoke(app, ["plan", "--calibrate", str(folder)])
+    assert result.exit_code == 2 and "at least 7 runs" in result.output

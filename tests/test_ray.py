@@ -129,6 +129,13 @@ def test_asynchronous_rollouts_stay_within_the_staleness_bound_and_resume(cluste
         straight.close()
     assert [m["staleness/max"] for m in rows] == [0, 1, 1, 1]
     assert all(m["staleness/mean"] <= 1 for m in rows)
+    # the histogram counts every trained group once, by how many updates old it was
+    groups = straight.rl.positions_per_step
+    assert [(m["staleness/0"], m["staleness/1"]) for m in rows][0] == (groups, 0)
+    assert all(m["staleness/0"] + m["staleness/1"] == groups and m["staleness/1"] > 0 for m in rows[1:])
+    # per role: the workers were busy, and the learner waited less than a step (generation overlapped)
+    assert all(m["time/rollout_busy_s"] > 0 and 0 <= m["time/learner_waiting_s"] < m["step_seconds"]
+               for m in rows)  # fmt: skip
     assert all(0 < m["is_weight_mean"] <= straight.rl.is_cap for m in rows if m.get("is_weight_mean"))
     first = trainer(micro, tmp_path / "b", a_sync)
     trained(first, stop_after=2)  # checkpoint at step 2 holds step 3's rollouts, already generated

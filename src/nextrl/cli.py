@@ -207,7 +207,8 @@ def eval_models(
     ],
     run_dir: RunOpt = None,
     preset: Annotated[
-        str | None, typer.Option("--preset", "-p", help="config of the domains (default: the run's, or micro)")
+        str | None,
+        typer.Option("--preset", "-p", help="config of the domains (default: the run's, or micro)"),
     ] = None,
     overrides: SetOpt = None,
     samples: SamplesOpt = 4,
@@ -238,7 +239,9 @@ def plan(
     model: Annotated[
         str, typer.Option(help="model shape: qwen3-0.6b … qwen3-32b, llama3-8b, llama3-70b")
     ] = "qwen3-8b",
-    hardware: Annotated[str, typer.Option(help="h100, h200, b200 or dgx-b200")] = "dgx-b200",
+    hardware: Annotated[
+        str, typer.Option(help="h100, h200, b200, dgx-b200, or this-machine (measured now)")
+    ] = "dgx-b200",
     nodes: Annotated[int, typer.Option(help="nodes (of hardware's GPUs per node)")] = 64,
     deadline_days: Annotated[
         float | None, typer.Option(help="also: the fewest nodes that finish in time")
@@ -252,18 +255,45 @@ def plan(
     staleness: Annotated[int, typer.Option(help="async: steps generation may run ahead")] = 1,
     profiles: Annotated[Path | None, typer.Option(help="YAML overriding hardware/models figures")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the plan as JSON here")] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option("--calibrate", help="predict the measured RUNS on this machine instead of planning"),
+    ] = False,
+    runs: Annotated[list[Path] | None, typer.Argument(help="run folders (with --calibrate)")] = None,
 ) -> None:
     """Plan an RL run: steps, wall-clock, GPU-hours, where the time goes, sync vs async, the bottleneck and the
-    change that helps most (see docs/planning.md)."""
+    change that helps most (see docs/planning.md). With --calibrate RUN_DIR...: how well the same model
+    predicts runs measured on this machine."""
     import json
 
     from nextrl.plan.cost import Workload
     from nextrl.plan.planner import make_plan, nodes_for_deadline
     from nextrl.plan.profiles import hardware as hw_profile
     from nextrl.plan.profiles import model as model_profile
+    from nextrl.utils.io import atomic_write_text
 
+    if calibrate or runs:
+        try:
+            if not calibrate:
+                raise UsageError("run folders are read only with --calibrate")
+            result = _calibrate(runs or [])
+        except NextRLError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(e.exit_code) from None
+        from nextrl.plan.calibrate import render
+
+        typer.echo(render(result))
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+        return
     try:
-        m, hw = model_profile(model, profiles), hw_profile(hardware, profiles)
+        m = model_profile(model, profiles)
+        if hardware == "this-machine":
+            from nextrl.plan.machine import this_machine
+
+            hw = this_machine()
+        else:
+            hw = hw_profile(hardware, profiles)
         w = Workload(
             positions, group_size, context, thought, per_prefix=per_prefix, share_prefix=not no_share
         )
@@ -295,11 +325,36 @@ def plan(
         typer.echo(
             f"without prefix sharing: x{off['slowdown']:.2f} the time for the same steps ({off['days']:,.1f} days)"
         )
+    mem = p["memory"]
+    typer.echo(
+        f"memory per GPU: rollout {mem['rollout'] / 1e9:,.1f} GB (KV cache {mem['kv_cache'] / 1e9:,.1f} GB at "
+        f"decode batch {w.decode_batch}), learner {mem['learner'] / 1e9:,.1f} GB, of {mem['capacity'] / 1e9:,.0f} GB: "
+        + ("fits" if mem["fits"] else "DOES NOT FIT")
+        + f"; the largest decode batch that fits: {mem['max_decode_batch']:,}"
+    )
     if "nodes_for_deadline" in p:
         n = p["nodes_for_deadline"]
         typer.echo(f"nodes to finish in {deadline_days:g} days: {n if n else 'more than 100,000'}")
     if json_out is not None:
-        json_out.write_text(json.dumps(p, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(p, indent=2) + "\n")
+
+
+def _calibrate(runs: list[Path]) -> dict:
+    """Each run predicted from the others on this machine's measured profile (`nextrl.plan.calibrate`)."""
+    import torch
+
+    from nextrl.accounting.peak import cpu_prefers_bf16
+    from nextrl.plan.calibrate import calibrate, check_count, read_run
+    from nextrl.plan.machine import this_machine
+
+    measured = [read_run(r) for r in runs]
+    check_count(len(measured))  # before measuring the machine
+    auto = "bfloat16" if cpu_prefers_bf16(torch.device("cpu")) else "float32"
+    dtypes = {auto if r.dtype == "auto" else r.dtype for r in measured}
+    if len(dtypes) > 1:
+        raise UsageError(f"--calibrate: the runs use different matmul dtypes {sorted(dtypes)}; give one kind")
+    hw = this_machine(torch.bfloat16 if dtypes.pop() == "bfloat16" else torch.float32)
+    return calibrate(measured, hw)
 
 
 def main() -> None:  # pragma: no cover

@@ -77,6 +77,8 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        if part in SHORTHANDS and node is data and not isinstance(child, dict):
+            child = node[part] = {SHORTHANDS[part]: child}  # a preset's shorthand, e.g. `reward: info_gain`
         if not isinstance(child, dict):
             raise ConfigError(f"override key '{'.'.join(path)}': '{part}' is not a section")
         node = child

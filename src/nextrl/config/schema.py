@@ -236,7 +236,9 @@ class MixtureAdaptConfig(_Strict):
     strength: float = Field(1.0, ge=0.0, description="how strongly shares follow signal (0: fixed weights)")
     rate: float = Field(0.1, gt=0.0, le=1.0, description="moving-average rate of ŝ_k, one update per RL step")
     floor: float = Field(0.05, gt=0.0, description="added to ŝ_k so that a silent environment can recover")
-    min_share: float = Field(0.05, ge=0.0, lt=1.0, description="least share of an environment with weight > 0")
+    min_share: float = Field(
+        0.05, ge=0.0, lt=1.0, description="least share of an environment with weight > 0"
+    )
 
 
 class EnvConfig(_Strict):

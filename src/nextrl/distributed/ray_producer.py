@@ -81,7 +81,7 @@ class RolloutWorker:
         account = StepAccount()
         groups = self.producer.rollout(tasks, account)
         work = {k: (w.tokens, w.attended, w.logits) for k, w in account.work.items()}
-        return groups, work, account.generation_seconds
+        return groups, work, account.rollout_seconds
 
     def sync(self, state_dict, env_state, version: int) -> int:
         if version < self.producer.version:
@@ -227,7 +227,10 @@ class RayProducer:
         t = time.time()
         results = batch.results if batch.results is not None else self._get(batch)
         account.generation_seconds += time.time() - t  # what the learner waited for (overlap excluded)
+        account.waiting_seconds += time.time() - t
         groups: list[ScoredGroup] = []
+        busy = [seconds for _, _, seconds in results]
+        account.rollout_seconds += sum(busy) / max(len(self.workers), 1)  # per worker, on average
         for part_groups, work, _ in results:
             groups += part_groups
             for k, (tokens, attended, logits) in work.items():

@@ -78,9 +78,13 @@ class DomainTable:
                 r = row.get(d, {}).get(f"pass@{k}")
                 cells += (f"{r['mean']:.1%} ± {r['stderr']:.1%}" if r else "–").rjust(20)
             lines.append(names[model].ljust(width) + cells)
-        counts = {d: next(iter(r[d]["problems"] for r in self.cells.values() if d in r)) for d in self.domains}
+        counts = {
+            d: next(iter(r[d]["problems"] for r in self.cells.values() if d in r)) for d in self.domains
+        }
         lines.append(
-            "(" + ", ".join(f"{d}: {n} problems" for d, n in counts.items()) + f"; {self.samples} samples each)"
+            "("
+            + ", ".join(f"{d}: {n} problems" for d, n in counts.items())
+            + f"; {self.samples} samples each)"
         )
         lines += [f"{d}: not evaluated, {why}" for d, why in self.skipped.items()]
         return "\n".join(lines)
@@ -145,7 +149,9 @@ def evaluate_domains(
         row = table.cells.setdefault(name, {})
         for domain, (env, make_source) in found.items():
             with torch.no_grad():
-                row[domain] = evaluate_pass_at_k(env, engine, make_source(), problems, samples, ks, temperature)
+                row[domain] = evaluate_pass_at_k(
+                    env, engine, make_source(), problems, samples, ks, temperature
+                )
     return table
 
 

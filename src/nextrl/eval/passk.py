@@ -48,8 +48,11 @@ def evaluate_pass_at_k(
     while len(counts) < problems:
         # each problem once: a source that starts over (a new epoch) has no more problems to give
         drawn = source.take(min(batch, problems - len(counts)), 0)
-        tasks = [t for t in drawn if t.task_id not in seen]
-        seen.update(t.task_id for t in tasks)
+        tasks = []
+        for t in drawn:  # one at a time: a batch that spans two epochs can hold a problem twice
+            if t.task_id not in seen:
+                seen.add(t.task_id)
+                tasks.append(t)
         if not tasks:
             break
         groups = engine.generate([t.prompt_ids for t in tasks], params)

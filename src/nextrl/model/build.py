@@ -30,10 +30,9 @@ def autocast_dtype(cfg: ModelConfig, device: torch.device | None = None) -> torc
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    from nextrl.accounting.peak import matmul_peak
+    from nextrl.accounting.peak import cpu_prefers_bf16
 
-    faster = matmul_peak(device, torch.bfloat16) > 1.2 * matmul_peak(device, torch.float32)
-    return torch.bfloat16 if faster else None
+    return torch.bfloat16 if cpu_prefers_bf16(device) else None
 
 
 def build_llama(

@@ -7,6 +7,11 @@ keys attended, positions projected to logits) exactly as the engine and the loss
 (GPUs × peak × efficiency)); decode is memory-bound where its arithmetic intensity says so: each decode
 iteration reads the weights once for the whole batch of live sequences and each sequence's KV cache, and
 takes the longer of its compute and its memory time.
+
+Small models on a CPU (and any model at small batch) are also bound by the fixed cost of each call: a kernel
+launch or a Python step per layer (`Hardware.layer_overhead_s`), the sampling bookkeeping of each decode
+iteration (`iteration_overhead_s`) and of each RL step (`step_overhead_s`). Datasheet profiles leave them at 0;
+"this machine" measures the first and `nextrl plan --calibrate` fits the others (`nextrl.plan.calibrate`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from dataclasses import dataclass, field
 from nextrl.accounting.flops import FlopModel, TokenWork
 from nextrl.plan.profiles import Hardware, ModelShape
 
-STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "lm", "optimizer", "weight_sync")
+STAGES = (
+    "prefill", "decode", "scoring", "loss_forward", "loss_backward", "lm", "optimizer", "weight_sync", "overhead"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,18 @@ class Workload:
     lm_term: bool = True
     updates_per_batch: int = 1
     decode_batch: int = 256  # live sequences per GPU in a decode iteration
+    micro_batch: int = 64  # sequences per loss pass
+    # thought tokens a sample really generates on average (None: the whole budget `thought`); decoding still
+    # runs until the longest sample of a batch ends, which the budget bounds
+    mean_thought: float | None = None
+    # share of the groups the loss trains on: GRPO skips groups whose rewards are all equal (no signal)
+    trained_fraction: float = 1.0
+    recompute: bool = True  # activation checkpointing in the learner (memory only; its FLOPs are not counted)
+
+    @property
+    def completion(self) -> float:
+        """Tokens a sample generates on average."""
+        return (self.thought if self.mean_thought is None else self.mean_thought) + self.answer
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,8 @@ class Efficiency:
 
     prefill: float = 0.5
     scoring: float = 0.5
-    train: float = 0.4
+    train: float = 0.4  # the RL loss over prefix trees and their branches
+    lm: float = 0.4  # the next-token term: plain causal sequences
     decode_compute: float = 0.5
     decode_memory: float = 0.7
 
@@ -60,7 +80,8 @@ class StepCost:
         return sum(self.flops.values())
 
     def generation_seconds(self) -> float:
-        return sum(self.seconds.get(k, 0.0) for k in ("prefill", "decode", "scoring"))
+        """Rollouts and their rewards, with the step's fixed overhead (the producer's bookkeeping)."""
+        return sum(self.seconds.get(k, 0.0) for k in ("prefill", "decode", "scoring", "overhead"))
 
     def training_seconds(self) -> float:
         return sum(self.seconds.get(k, 0.0) for k in ("loss_forward", "loss_backward", "lm", "optimizer"))
@@ -71,9 +92,10 @@ def flop_model(m: ModelShape) -> FlopModel:
 
 
 def step_work(w: Workload) -> dict[str, TokenWork]:
-    """The step's work per pass, as the engine and the loss would record it."""
+    """The step's work per pass, as the engine and the loss would record it (completions of their mean
+    length)."""
     samples = w.positions * w.group_size
-    comp = w.thought + w.answer
+    comp = w.completion
     stripes = math.ceil(w.positions / w.per_prefix)
     work = {k: TokenWork() for k in ("prefill", "decode", "scoring", "loss", "lm")}
     if w.share_prefix:  # each stripe's prefix once (its positions' prompts nest in it); one logit per prompt
@@ -88,19 +110,24 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
         bare = _scaled(_seq(w.context, 0, 1), w.positions if not w.share_prefix else stripes)
         work["scoring"] = _sum(branch, prefix, bare)
     prefix = _scaled(_seq(w.context, 0, 0), stripes if w.share_prefix else samples)
-    work["loss"] = _scaled(_sum(prefix, _scaled(_seq(comp, w.context, comp), samples)), w.updates_per_batch)
+    loss = _sum(prefix, _scaled(_seq(comp, w.context, comp), samples))
+    work["loss"] = _scaled(loss, w.updates_per_batch * w.trained_fraction)
     if w.lm_term:
         work["lm"] = _scaled(_seq(w.context, 0, w.context), stripes)
     return work
 
 
-def _seq(length: int, past: int, logits: int) -> TokenWork:
-    t = TokenWork()
-    t.add_sequence(length, past, logits)
-    return t
+def stripes_of(w: Workload) -> int:
+    return math.ceil(w.positions / w.per_prefix)
 
 
-def _scaled(t: TokenWork, k: int) -> TokenWork:
+def _seq(length: float, past: int, logits: float) -> TokenWork:
+    """`TokenWork.add_sequence` for a length that may be a mean (not rounded: a plan's counts are expected
+    values)."""
+    return TokenWork(length, length * past + length * (length + 1) / 2, logits)  # type: ignore[arg-type]
+
+
+def _scaled(t: TokenWork, k: float) -> TokenWork:
     return TokenWork(t.tokens * k, t.attended * k, t.logits * k)
 
 
@@ -108,14 +135,11 @@ def _sum(*ts: TokenWork) -> TokenWork:
     return TokenWork(sum(t.tokens for t in ts), sum(t.attended for t in ts), sum(t.logits for t in ts))
 
 
-def step_cost(
-    m: ModelShape, w: Workload, hw: Hardware, gpus: int, eff: Efficiency = Efficiency()
-) -> StepCost:
-    """FLOPs, bytes and seconds of one step on `gpus` GPUs of `hw` (every GPU works on every stage)."""
+def step_flops(m: ModelShape, w: Workload) -> dict[str, float]:
+    """FLOPs of one step per stage (the backward of the loss costs twice its forward, the lm term three times)."""
     fm = flop_model(m)
     work = step_work(w)
-    c = StepCost()
-    c.flops = {
+    return {
         "prefill": fm.forward_work(work["prefill"]),
         "decode": fm.forward_work(work["decode"]),
         "scoring": fm.forward_work(work["scoring"]),
@@ -125,27 +149,88 @@ def step_cost(
         "optimizer": 0.0,
         "weight_sync": 0.0,
     }
+
+
+def step_cost(
+    m: ModelShape,
+    w: Workload,
+    hw: Hardware,
+    gpus: int,
+    eff: Efficiency = Efficiency(),
+    flops: dict[str, float] | None = None,
+) -> StepCost:
+    """FLOPs, bytes and seconds of one step on `gpus` GPUs of `hw` (every GPU works on every stage). `flops`
+    replaces the work model's FLOPs per stage (a measured run's counted FLOPs, in calibration)."""
+    c = StepCost()
+    c.flops = {**step_flops(m, w), **(flops or {})}
     peak = gpus * hw.peak_flops
     for k, e in (("prefill", eff.prefill), ("scoring", eff.scoring)):
         c.seconds[k] = c.flops[k] / (peak * e)
-    for k in ("loss_forward", "loss_backward", "lm"):
+    for k in ("loss_forward", "loss_backward"):
         c.seconds[k] = c.flops[k] / (peak * eff.train)
-    # decode: iterations of `decode_batch` live sequences per GPU, one token each
-    samples, comp = w.positions * w.group_size, w.thought + w.answer
+    c.seconds["lm"] = c.flops["lm"] / (peak * eff.lm)
+    # decode: iterations of `decode_batch` live sequences per GPU, one token each; a batch decodes until its
+    # longest sample ends (the budget), its compute follows the tokens really generated (the mean)
+    samples, comp = w.positions * w.group_size, w.completion
     rounds = math.ceil(samples / (w.decode_batch * gpus))
+    iterations = rounds * (w.thought + w.answer)
     live = min(w.decode_batch, math.ceil(samples / gpus))
     weights_bytes = 2.0 * m.params
     kv_bytes = live * m.kv_bytes_per_token * (w.context + comp / 2)
-    per_iter_flops = c.flops["decode"] / (samples * comp) * live
-    per_iter = max(
-        per_iter_flops / (hw.peak_flops * eff.decode_compute),
-        (weights_bytes + kv_bytes) / (hw.hbm_bytes_per_s * eff.decode_memory),
-    )
-    c.seconds["decode"] = rounds * comp * per_iter
-    c.bytes["decode"] = rounds * comp * (weights_bytes + kv_bytes) * gpus
+    compute = c.flops["decode"] / gpus / (hw.peak_flops * eff.decode_compute)
+    memory = iterations * (weights_bytes + kv_bytes) / (hw.hbm_bytes_per_s * eff.decode_memory)
+    c.seconds["decode"] = max(compute, memory) + iterations * hw.iteration_overhead_s
+    c.bytes["decode"] = iterations * (weights_bytes + kv_bytes) * gpus
     # Adam reads and writes weights, gradients and two moments in fp32: ~16 bytes per parameter, sharded
     c.bytes["optimizer"] = 16.0 * m.params * w.updates_per_batch
     c.seconds["optimizer"] = c.bytes["optimizer"] / (gpus * hw.hbm_bytes_per_s * eff.decode_memory)
     c.bytes["weight_sync"] = weights_bytes
     c.seconds["weight_sync"] = weights_bytes / hw.link_bytes_per_s
+    # the fixed cost of calls: every layer of every forward (decode iterations, prefill and scoring batches,
+    # loss micro-batches forward and backward), and the step's own bookkeeping
+    batches = math.ceil(samples / (w.decode_batch * gpus))
+    trained = samples * w.trained_fraction
+    micro = math.ceil(trained / (w.micro_batch * gpus)) * w.updates_per_batch
+    lm_micro = math.ceil(stripes_of(w) / (w.micro_batch * gpus)) if w.lm_term else 0
+    calls = iterations + batches * (1 + 2 * w.model_scored) + 3 * (micro + lm_micro)
+    c.seconds["overhead"] = calls * m.layers * hw.layer_overhead_s + hw.step_overhead_s
     return c
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes one GPU holds at the peak of its role (the larger of the two in synchronous mode)."""
+
+    rollout: float  # bf16 weights + the KV cache of `decode_batch` live sequences
+    kv_cache: float
+    learner: float  # fp32 master, gradient and Adam moments (sharded over `learner_gpus`) + activations
+    activations: float
+    capacity: float
+    max_decode_batch: int  # the most live sequences whose KV cache fits beside the weights
+
+    @property
+    def fits(self) -> bool:
+        return max(self.rollout, self.learner) <= self.capacity
+
+
+def memory(m: ModelShape, w: Workload, hw: Hardware, learner_gpus: int) -> Memory:
+    """What a rollout GPU and a learner GPU must hold (bytes), against `hw.memory_bytes`.
+
+    KV cache: every live sequence's completion, and its prompt once per sequence without prefix sharing or once
+    per stripe with it (a stripe's positions nest in one prefix of about `context` tokens). Learner: 16 bytes
+    per parameter (fp32 weights, gradients and two Adam moments), sharded over the learner GPUs (FSDP), and the
+    activations of one micro-batch: ~34 bytes per token, hidden unit and layer without recomputation
+    (Korthikanti et al. 2022, bf16); with activation checkpointing (`recompute`) each layer keeps only its bf16
+    input (2 bytes) and one layer's activations are alive at a time."""
+    per_seq = m.kv_bytes_per_token * (w.thought + w.answer)
+    if w.share_prefix:
+        per_seq += m.kv_bytes_per_token * w.context / (w.group_size * w.per_prefix)
+    else:
+        per_seq += m.kv_bytes_per_token * w.context
+    weights = 2.0 * m.params
+    kv = w.decode_batch * per_seq
+    per_token = (2.0 * m.layers + 34.0) if w.recompute else 34.0 * m.layers
+    activations = per_token * w.micro_batch * (w.context + w.thought + w.answer) * m.hidden
+    learner = 16.0 * m.params / max(learner_gpus, 1) + activations
+    room = max(hw.memory_bytes - weights, 0.0)
+    return Memory(weights + kv, kv, learner, activations, hw.memory_bytes, int(room // per_seq))

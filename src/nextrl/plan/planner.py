@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any
 
-from nextrl.plan.cost import Efficiency, Workload, step_cost
+from nextrl.plan.cost import Efficiency, Workload, memory, step_cost
 from nextrl.plan.profiles import Hardware, ModelShape
 from nextrl.plan.simulate import pipeline_seconds
 
@@ -86,6 +86,8 @@ def make_plan(
                   "utilization": steps * per_gpu.total_flops / (gpus * hw.peak_flops * asyn),
                   "rollout_gpus": rollout, "learner_gpus": gpus - rollout, "staleness": staleness},
         "bottleneck": max(per_gpu.seconds, key=per_gpu.seconds.get),
+        "memory": dataclasses.asdict(mem := memory(m, w, hw, gpus - rollout if asyn < sync else gpus))
+        | {"fits": mem.fits},
     }  # fmt: skip
     if advise:
         plan["advice"] = advice(total_flops, m, hw, nodes, w, staleness, eff, best)

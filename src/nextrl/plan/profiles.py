@@ -22,6 +22,10 @@ class Hardware:
     memory_bytes: float
     gpus_per_node: int = 8
     link_bytes_per_s: float = 900e9  # weight sync bandwidth per GPU (NVLink)
+    # fixed costs (`nextrl.plan.cost`): per layer of every forward call, per decode iteration, per RL step
+    layer_overhead_s: float = 0.0
+    iteration_overhead_s: float = 0.0
+    step_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True)

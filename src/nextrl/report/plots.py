@@ -213,7 +213,11 @@ def domains_plot(records: list[dict]) -> bytes | None:
     names = domain_names(records)
     if not names:
         return None
-    metrics = [("reward", "reward"), ("accuracy", "accuracy (correct samples)"), ("signal_fraction", "signal")]
+    metrics = [
+        ("reward", "reward"),
+        ("accuracy", "accuracy (correct samples)"),
+        ("signal_fraction", "signal"),
+    ]
     fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(11, 3.5))
     for ax, (key, label) in zip(axes, metrics, strict=True):
         for i, d in enumerate(names):

@@ -38,13 +38,16 @@ class RLState:
 
 class StepAccount:
     """Filled during one step: `work[pass]` by every pass (the engine's prefill/decode, reward scoring, the
-    loss's forward, the reference, the lm term), `generation_seconds` and `training_seconds` by the stages."""
+    loss's forward, the reference, the lm term), `generation_seconds` and `training_seconds` by the stages,
+    `rollout_seconds` and `waiting_seconds` by the producer (the roles' time)."""
 
     def __init__(self) -> None:
         self.t0 = time.time()
         self.work: dict[str, TokenWork] = {k: TokenWork() for k in ("prefill", "decode", "scoring")}
         self.generation_seconds = 0.0
         self.training_seconds = 0.0
+        self.rollout_seconds = 0.0  # a rollout worker busy generating and scoring (mean over workers)
+        self.waiting_seconds = 0.0  # the learner waiting for rollouts
 
     def pass_work(self, name: str) -> TokenWork:
         return self.work.setdefault(name, TokenWork())
@@ -117,6 +120,10 @@ class StepAccount:
             "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
             "samples_per_second": len(flat) / max(dt, 1e-9),
             "tokens_per_second": (prompt_tokens + gen_tokens + train_tokens) / max(dt, 1e-9),
+            "step_seconds": dt,
+            # per role: what a rollout worker spent busy and what the learner waited for (training: below)
+            "time/rollout_busy_s": self.rollout_seconds,
+            "time/learner_waiting_s": self.waiting_seconds,
             "generation_seconds": t_gen,
             "training_seconds": t_train,
             "flops/step": sum(flops.values()),

@@ -89,8 +89,10 @@ class Producer:
 
     def produce(self, n: int, step: int, account: StepAccount) -> list[ScoredGroup]:
         """Tasks for about `n` positions (a source may round up), G rollouts each, scored and fed back."""
+        t = time.time()
         groups = self.rollout(self.source.take(n, step), account)
         self.visit(groups)
+        account.waiting_seconds += time.time() - t  # in one process the learner waits for all of it
         return groups
 
     def visit(self, groups: list[ScoredGroup]) -> None:
@@ -99,6 +101,13 @@ class Producer:
     def rollout(self, tasks: list[Task], account: StepAccount) -> list[ScoredGroup]:
         """G rollouts of each task, scored (the part a remote worker runs). A mixture of environments is split
         by environment: each part samples with its own plan and is scored by its own environment."""
+        t = time.time()
+        try:
+            return self._rollout_parts(tasks, account)
+        finally:
+            account.rollout_seconds += time.time() - t
+
+    def _rollout_parts(self, tasks: list[Task], account: StepAccount) -> list[ScoredGroup]:
         parts = self.env.split(tasks)
         if len(parts) == 1 and parts[0][0] is self.env:
             return self._rollout(self.env, self.params, tasks, account)

@@ -124,6 +124,8 @@ class RLTrainer:
             stale = [version - g.policy_version for g in groups] or [0]
             result.metrics["staleness/mean"] = sum(stale) / len(stale)
             result.metrics["staleness/max"] = max(stale)
+            for k in range(self.rl.max_off_policy_steps + 1):  # the histogram: groups k updates old
+                result.metrics[f"staleness/{k}"] = stale.count(k)
         return self.record(account, drawn, result, ds)
 
     def collect(self, account: StepAccount) -> tuple[list[ScoredGroup], list[ScoredGroup], dict[str, Any]]:

@@ -32,5 +32,7 @@ def is_correct(components: dict[str, float]) -> bool:
     """Whether a sample is right: its correctness component is 1."""
     name = correctness_component(components)
     if name is None:
-        raise ValueError(f"no correctness component among {sorted(components)} (expected one of {CORRECTNESS})")
+        raise ValueError(
+            f"no correctness component among {sorted(components)} (expected one of {CORRECTNESS})"
+        )
     return components[name] >= 1.0
