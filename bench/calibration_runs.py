@@ -61,6 +61,7 @@ def main() -> None:
         if ctx not in indexes:
             indexes[ctx] = select_stage(cfg, base, args.out / f".index{ctx}", device, autocast)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
+        indexes[ctx].save(out / "index")  # the prompts' geometry, which the planner reads
         logger = MetricsLogger(out)
         t = time.time()
         try:

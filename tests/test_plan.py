@@ -165,3 +165,26 @@ def test_calibration_reads_run_folders_and_names_bad_ones(tmp_path):
     assert result.exit_code == 2 and "not a run folder (no config.yaml)" in result.output
     result = CliRunner().invoke(app, ["plan", "--calibrate", str(folder)])
     assert result.exit_code == 2 and "at least 7 runs" in result.output
+
+
+def test_prompt_geometry_of_an_index_by_hand():
+    """Context 8 (starts on strides of 4): positions 10 and 12 of a document share the start 4, position 13
+    starts at 8. Prompts 6, 8 and 5 tokens; units [10, 12] and [13]; shared prompts 8 and 5 tokens."""
+    import numpy as np
+
+    from nextrl.selection.index import PositionIndex
+
+    index = PositionIndex(
+        doc_tokens={"a": np.arange(20)}, doc_split={"a": "train"}, doc_id=["a", "a", "a"],
+        position=[13, 10, 12], entropy=[1.0] * 3, bucket=["hard"] * 3, split=["train"] * 3,
+    )  # fmt: skip
+    g = index.prompt_geometry("train", context=8, per_unit=4)
+    assert g == pytest.approx({"prompt_fill": (6 + 8 + 5) / 3 / 8, "unit_size": 1.5, "unit_fill": 6.5 / 8})
+    # the planner's work: 3 positions in 2 units of 6.5 tokens on average, prompts of 19/3 tokens
+    w = Workload(positions=3, group_size=1, context=8, thought=0, answer=1, per_prefix=4, model_scored=False,
+                 lm_term=True, **g)  # fmt: skip
+    from nextrl.plan.cost import step_work
+
+    work = step_work(w)
+    assert work["prefill"].tokens == pytest.approx(2 * 6.5) and work["lm"].tokens == pytest.approx(2 * 6.5)
+    assert work["decode"].attended == pytest.approx(3 * (19 / 3 + 1))  # one answer token after each prompt

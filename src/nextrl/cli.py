@@ -339,6 +339,17 @@ def plan(
         atomic_write_text(json_out, json.dumps(p, indent=2) + "\n")
 
 
+def _geometry(run: Path) -> dict | None:
+    """How a run's prompts share prefixes, from its position index (None when it has none)."""
+    from nextrl.selection.index import PositionIndex
+
+    if not (run / "index" / "positions.parquet").is_file():
+        return None
+    cfg = load_config(str(run / "config.yaml"))
+    index = PositionIndex.load(run / "index")
+    return index.prompt_geometry("train", cfg.selection.context, cfg.rl.positions_per_prefix)
+
+
 def _calibrate(runs: list[Path]) -> dict:
     """Each run predicted from the others on this machine's measured profile (`nextrl.plan.calibrate`)."""
     import torch
@@ -347,7 +358,7 @@ def _calibrate(runs: list[Path]) -> dict:
     from nextrl.plan.calibrate import calibrate, check_count, read_run
     from nextrl.plan.machine import this_machine
 
-    measured = [read_run(r) for r in runs]
+    measured = [read_run(r, geometry=_geometry(r)) for r in runs]
     check_count(len(measured))  # before measuring the machine
     auto = "bfloat16" if cpu_prefers_bf16(torch.device("cpu")) else "float32"
     dtypes = {auto if r.dtype == "auto" else r.dtype for r in measured}

@@ -65,8 +65,11 @@ def _rl_rows(path: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def read_run(folder: str | Path, vocab: int | None = None) -> MeasuredRun:
-    """A run folder as the planner sees it: shape and workload from its config, seconds from its metrics."""
+def read_run(
+    folder: str | Path, vocab: int | None = None, geometry: dict[str, float] | None = None
+) -> MeasuredRun:
+    """A run folder as the planner sees it: shape and workload from its config, seconds from its metrics,
+    and the prompts' geometry (`PositionIndex.prompt_geometry` of its index) when given."""
     folder = Path(folder)
     if not (folder / "config.yaml").is_file():
         raise UsageError(f"--calibrate {folder}: not a run folder (no config.yaml)")
@@ -106,6 +109,7 @@ def read_run(folder: str | Path, vocab: int | None = None) -> MeasuredRun:
         micro_batch=cfg.rl.micro_batch_size,
         mean_thought=float(np.mean(thought)) if thought else None,
         trained_fraction=float(np.mean(trained)) if trained else 1.0,
+        **(geometry or {}),
     )
     dtype = "bfloat16" if m.dtype == "bfloat16" else "float32" if m.dtype == "float32" else "auto"
     counted = {

@@ -50,6 +50,11 @@ class Workload:
     # share of the groups the loss trains on: GRPO skips groups whose rewards are all equal (no signal)
     trained_fraction: float = 1.0
     recompute: bool = True  # activation checkpointing in the learner (memory only; its FLOPs are not counted)
+    # prompt geometry (`PositionIndex.prompt_geometry`): mean prompt length over `context`; positions that
+    # really share one prefix (None: `per_prefix`, every stripe full); that prefix's length over `context`
+    prompt_fill: float = 1.0
+    unit_size: float | None = None
+    unit_fill: float = 1.0
 
     @property
     def completion(self) -> float:
@@ -93,32 +98,35 @@ def flop_model(m: ModelShape) -> FlopModel:
 
 def step_work(w: Workload) -> dict[str, TokenWork]:
     """The step's work per pass, as the engine and the loss would record it (completions of their mean
-    length)."""
+    length; prompts as long and as shared as the workload's geometry says)."""
     samples = w.positions * w.group_size
     comp = w.completion
-    stripes = math.ceil(w.positions / w.per_prefix)
+    units = stripes_of(w)
+    shared = w.unit_fill * w.context  # tokens of one unit's shared prompt
+    prompt = w.prompt_fill * w.context  # tokens of one position's prompt
     work = {k: TokenWork() for k in ("prefill", "decode", "scoring", "loss", "lm")}
-    if w.share_prefix:  # each stripe's prefix once (its positions' prompts nest in it); one logit per prompt
-        work["prefill"] = _scaled(_seq(w.context, 0, 0), stripes)
+    if w.share_prefix:  # each unit's prefix once (its positions' prompts nest in it); one logit per prompt
+        work["prefill"] = _scaled(_seq(shared, 0, 0), units)
         work["prefill"].logits = w.positions
     else:  # every sample prefills its own prompt
-        work["prefill"] = _scaled(_seq(w.context, 0, 1), samples)
-    work["decode"] = _scaled(_seq(comp, w.context, comp), samples)
+        work["prefill"] = _scaled(_seq(prompt, 0, 1), samples)
+    work["decode"] = _scaled(_seq(comp, prompt, comp), samples)
     if w.model_scored:  # with the thought under the policy, without it under the EMA baseline
-        branch = _scaled(_seq(comp + 1, w.context, 1), samples)
-        prefix = _scaled(_seq(w.context, 0, 0), stripes if w.share_prefix else samples)
-        bare = _scaled(_seq(w.context, 0, 1), w.positions if not w.share_prefix else stripes)
+        branch = _scaled(_seq(comp + 1, prompt, 1), samples)
+        prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
+        bare = _scaled(_seq(shared, 0, 1), units) if w.share_prefix else _scaled(_seq(prompt, 0, 1), w.positions)
         work["scoring"] = _sum(branch, prefix, bare)
-    prefix = _scaled(_seq(w.context, 0, 0), stripes if w.share_prefix else samples)
-    loss = _sum(prefix, _scaled(_seq(comp, w.context, comp), samples))
+    prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
+    loss = _sum(prefix, _scaled(_seq(comp, prompt, comp), samples))
     work["loss"] = _scaled(loss, w.updates_per_batch * w.trained_fraction)
-    if w.lm_term:
-        work["lm"] = _scaled(_seq(w.context, 0, w.context), stripes)
+    if w.lm_term:  # the text the positions read, once per unit
+        work["lm"] = _scaled(_seq(shared, 0, shared), units)
     return work
 
 
-def stripes_of(w: Workload) -> int:
-    return math.ceil(w.positions / w.per_prefix)
+def stripes_of(w: Workload) -> float:
+    """Prompt-prefix units per step: `positions / per_prefix` when every stripe is full."""
+    return w.positions / (w.unit_size or w.per_prefix)
 
 
 def _seq(length: float, past: int, logits: float) -> TokenWork:

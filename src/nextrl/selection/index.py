@@ -62,6 +62,22 @@ class PositionIndex:
             out += [rows[i : i + per_unit] for i in range(0, len(rows), per_unit)]
         return out
 
+    def prompt_geometry(self, split: str, context: int, per_unit: int) -> dict[str, float]:
+        """How the prompts of `split` share prefixes, for the planner (`nextrl.plan`): `prompt_fill`, the mean
+        prompt length over `context`; `unit_size`, the mean positions per prefix unit (`units`: at most
+        `per_unit`, fewer where a document's positions fall in different context stripes); `unit_fill`, the
+        mean length of a unit's shared prompt (to its last position) over `context`."""
+        units = self.units(split, context, per_unit)
+        if not units:
+            return {"prompt_fill": 1.0, "unit_size": float(per_unit), "unit_fill": 1.0}
+        starts = {r: context_start(self.position[r], context) for u in units for r in u}
+        prompts = [self.position[r] - starts[r] for r in starts]
+        return {
+            "prompt_fill": float(np.mean(prompts)) / context,
+            "unit_size": float(np.mean([len(u) for u in units])),
+            "unit_fill": float(np.mean([self.position[u[-1]] - starts[u[-1]] for u in units])) / context,
+        }
+
     def tasks(self, make_task, rows: list[int], context: int) -> list:
         """`make_task(doc_id, tokens, position, context, bucket)` for these rows (an environment's `make_task`)."""
         return [
