@@ -85,10 +85,12 @@ def build_rl_trainer(
     device,
     autocast,
     logger: MetricsLogger | None = None,
+    model_path: Path | None = None,
 ) -> RLTrainer:
     """The RL trainer of a run: the environment `cfg.env.name` names, the index's training positions as its
     task source, the configured engine, in this process or on Ray workers (`placement`). `policy` is trained
-    in place."""
+    in place; `model_path` is the folder it was loaded from (an engine that loads its own copy, vLLM, needs
+    it)."""
     env = build_environment(cfg, tokenizer)
     if isinstance(env, MixedEnvironment):  # each environment its own tasks, shared by the mixture's weights
         sources = {n: e.task_source(cfg) or position_tasks(cfg, index, e) for n, e in env.envs.items()}
@@ -97,7 +99,13 @@ def build_rl_trainer(
     else:
         source = env.task_source(cfg) or position_tasks(cfg, index, env)
     engine = build_engine(
-        cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=cfg.rl.seed
+        cfg.sampling,
+        cfg.sharing,
+        policy,
+        tokenizer.pad_token_id,
+        autocast,
+        seed=cfg.rl.seed,
+        model_path=model_path,
     )
     producer = None
     if cfg.placement.kind == "ray":  # rollouts on Ray actors; the learner stays here
@@ -119,7 +127,9 @@ def rl_stage(
     stop_after: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     policy = copy.deepcopy(base.model).to(device)
-    trainer = build_rl_trainer(cfg, policy, base.tokenizer, index, out / "rl", device, autocast, logger)
+    trainer = build_rl_trainer(
+        cfg, policy, base.tokenizer, index, out / "rl", device, autocast, logger, model_path=base.path
+    )
     if resume:
         trainer.maybe_resume()
     try:

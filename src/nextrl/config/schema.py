@@ -317,6 +317,13 @@ class SamplingConfig(_Strict):
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     batch_size: int = Field(128, ge=1, description="sequences decoded together by the rollout engine")
+    engine: Literal["torch", "vllm"] = Field(
+        "torch",
+        description="rollout engine: nextrl's PyTorch sampler (prefix sharing, exact resume), or vLLM (GPU; "
+        "pip install -e '.[vllm]'), loaded from the base model's folder and synced from the learner in memory",
+    )
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM's share of the GPU")
+    vllm_block_size: int = Field(32, ge=1, description="vLLM KV block (prefix caching reuses whole blocks)")
 
     @model_validator(mode="before")
     @classmethod
@@ -585,6 +592,11 @@ class RunConfig(_Strict):
                     f"config key 'pretrain.seq_len': {self.pretrain.seq_len} exceeds "
                     f"model.max_position_embeddings={self.model.max_position_embeddings}"
                 )
+        if self.sampling.engine == "vllm" and self.placement.kind == "ray":
+            raise ValueError(
+                "config key 'sampling.engine': vllm runs in the learner's process for now; rollout workers on "
+                "Ray hold the PyTorch engine (use placement.kind=local with vllm)"
+            )
         if self.rl.max_off_policy_steps:
             if self.placement.kind != "ray":
                 raise ValueError(

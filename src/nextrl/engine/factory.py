@@ -1,4 +1,5 @@
-"""Build the configured in-process rollout engine (the one place that picks the sampler from `sharing`)."""
+"""Build the configured rollout engine (the one place that picks the sampler from `sampling.engine` and
+`sharing`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,23 @@ def build_engine(
     autocast: torch.dtype | None,
     seed: int | None,
     batch_size: int | None = None,
-) -> TorchSampler:
+    model_path=None,
+):
+    """The engine for `model`; vLLM loads `model_path` (the folder `model` was loaded from) and is synced from
+    the learner afterwards."""
+    if cfg.engine == "vllm":
+        from nextrl.engine.vllm_engine import VLLMEngine
+        from nextrl.errors import ConfigError
+
+        if model_path is None:
+            raise ConfigError("config key 'sampling.engine': vllm needs the model on disk (a folder to load)")
+        return VLLMEngine.from_pretrained(
+            model_path,
+            seed,
+            dtype="bfloat16" if autocast == torch.bfloat16 else "float32",
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            block_size=cfg.vllm_block_size,
+        )
     batch = batch_size or cfg.batch_size
     if sharing.enabled:
         return PrefixSharingSampler(
