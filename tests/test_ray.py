@@ -180,3 +180,43 @@ def test_a_killed_worker_is_replaced_and_no_sample_is_lost_or_doubled(cluster, m
         assert all(len(x.rollouts) == g for x in t.last_groups)
     finally:
         t.close()
+
+
+def test_two_learner_ranks_take_the_single_learners_steps_and_resume(cluster, micro, tmp_path):
+    """placement.learners=2: rank 1 on a Ray actor trains half the micro-batches, the gradients are summed by
+    torch.distributed (gloo) before each step. The weights match the single learner's (up to the order of
+    float additions), both ranks hold the same weights, and a resumed run copies the restored state to rank 1."""
+    one = [*RAY, "placement.workers=1", "rl.micro_batch_size=4"]
+    two = [*one, "placement.learners=2"]
+    single = trained(trainer(micro, tmp_path / "one", one))
+    group = trainer(micro, tmp_path / "two", two)
+    try:
+        assert group.learner.peers.world == 2
+        group.train()
+        rank1 = group.learner.peers.rank_weights(1)
+        for k, v in group.policy.state_dict().items():
+            assert torch.equal(rank1[k], v), k  # the ranks never drift apart
+    finally:
+        group.close()
+    assert group.state.reward_history == pytest.approx(single.state.reward_history, abs=1e-6)
+    assert group.state.flops == single.state.flops  # rank 1's passes are counted
+    for (k, a), b in zip(group.policy.state_dict().items(), single.policy.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), k
+    trained(trainer(micro, tmp_path / "three", two), stop_after=2)
+    resumed = trainer(micro, tmp_path / "three", two)
+    try:
+        assert resumed.maybe_resume()
+        resumed.train()
+        rank1 = resumed.learner.peers.rank_weights(1)
+        assert all(torch.equal(rank1[k], v) for k, v in resumed.policy.state_dict().items())
+    finally:
+        resumed.close()
+    for a, b in zip(resumed.policy.state_dict().values(), group.policy.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_learner_ranks_need_ray():
+    from nextrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="placement.learners"):
+        load_config("micro", ["placement.learners=2"])

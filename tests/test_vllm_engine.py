@@ -119,12 +119,15 @@ def test_a_sampled_stop_token_ends_the_thought_and_eos_the_completion():
 
 
 def test_seeds_are_deterministic_and_top_p_is_refused():
-    a = VLLMEngine(FakeLLM(), seed=3, sampling_params_cls=FakeParams)
-    b = VLLMEngine(FakeLLM(), seed=3, sampling_params_cls=FakeParams)
+    a = VLLMEngine(FakeLLM(), seed=3, sampling_params_cls=FakeParams, seed_requests=True)
+    b = VLLMEngine(FakeLLM(), seed=3, sampling_params_cls=FakeParams, seed_requests=True)
     a.generate([[1, OPEN]], params())
     b.generate([[1, OPEN]], params())
     seeds = lambda e: [r[1].seed for step in e.llm.requests for r in step]  # noqa: E731
-    assert seeds(a) == seeds(b) and len(set(seeds(a))) == len(seeds(a))
+    assert seeds(a) == seeds(b) and len(set(seeds(a))) == len(seeds(a)) and None not in seeds(a)
+    c = VLLMEngine(FakeLLM(), seed=3, sampling_params_cls=FakeParams)  # the default: vLLM's engine-wide seed
+    c.generate([[1, OPEN]], params())
+    assert set(seeds(c)) == {None}
     with pytest.raises(ConfigError, match="top_p=1"):
         a.generate([[1, OPEN]], SamplingParams(phases=(Phase(2),), top_p=0.9))
 

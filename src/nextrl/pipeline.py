@@ -112,7 +112,12 @@ def build_rl_trainer(
         from nextrl.distributed.ray_producer import RayProducer
 
         producer = RayProducer(cfg, policy, tokenizer, source, env, autocast, out_dir)
-    return RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer)
+    trainer = RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer)
+    if cfg.placement.learners > 1:  # data-parallel learner ranks beside the driver's
+        from nextrl.distributed.learner_group import RayLearnerGroup
+
+        RayLearnerGroup(cfg, trainer.learner, tokenizer.pad_token_id, autocast)
+    return trainer
 
 
 def rl_stage(

