@@ -98,8 +98,10 @@ def build_rl_trainer(
         source = MixtureTaskSource(sources, env.weights, Adaptation(**adapt.model_dump()) if adapt else None)
     else:
         source = env.task_source(cfg) or position_tasks(cfg, index, env)
+    # on Ray the workers hold the configured engine; the driver's only states what the producer serves
+    local = cfg.placement.kind == "local"
     engine = build_engine(
-        cfg.sampling,
+        cfg.sampling if local else cfg.sampling.model_copy(update={"engine": "torch"}),
         cfg.sharing,
         policy,
         tokenizer.pad_token_id,
@@ -111,7 +113,7 @@ def build_rl_trainer(
     if cfg.placement.kind == "ray":  # rollouts on Ray actors; the learner stays here
         from nextrl.distributed.ray_producer import RayProducer
 
-        producer = RayProducer(cfg, policy, tokenizer, source, env, autocast, out_dir)
+        producer = RayProducer(cfg, policy, tokenizer, source, env, autocast, out_dir, model_path)
     trainer = RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer)
     if cfg.placement.learners > 1:  # data-parallel learner ranks beside the driver's
         from nextrl.distributed.learner_group import RayLearnerGroup

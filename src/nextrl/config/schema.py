@@ -604,11 +604,6 @@ class RunConfig(_Strict):
             raise ValueError(
                 "config key 'placement.learners': more than one learner rank needs Ray (placement.kind=ray)"
             )
-        if self.sampling.engine == "vllm" and self.placement.kind == "ray":
-            raise ValueError(
-                "config key 'sampling.engine': vllm runs in the learner's process for now; rollout workers on "
-                "Ray hold the PyTorch engine (use placement.kind=local with vllm)"
-            )
         if self.rl.max_off_policy_steps:
             if self.placement.kind != "ray":
                 raise ValueError(

@@ -49,7 +49,9 @@ class RolloutWorker:
     """One rollout worker (run as a Ray actor): policy copy, engine, environment, and the local producer's
     `rollout` (tasks in, scored groups out)."""
 
-    def __init__(self, cfg: dict, policy, tokenizer, autocast, seed: int, threads: int):
+    def __init__(
+        self, cfg: dict, policy, tokenizer, autocast, seed: int, threads: int, model_path: str | None = None
+    ):
         from nextrl.engine import build_engine
         from nextrl.env import build_environment
 
@@ -57,8 +59,14 @@ class RolloutWorker:
         self.cfg = cfg = RunConfig.model_validate(cfg)
         self.policy = policy.eval()
         self.env = build_environment(cfg, tokenizer)
-        self.engine = build_engine(
-            cfg.sampling, cfg.sharing, policy, tokenizer.pad_token_id, autocast, seed=seed
+        self.engine = build_engine(  # vLLM (sampling.engine=vllm) loads model_path and is synced from then on
+            cfg.sampling,
+            cfg.sharing,
+            policy,
+            tokenizer.pad_token_id,
+            autocast,
+            seed=seed,
+            model_path=model_path,
         )
         handle = ScoringModel(
             policy, tokenizer.pad_token_id, autocast, cfg.sharing.enabled, cfg.sharing.max_tree_nodes
@@ -106,6 +114,9 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def engine_name(self) -> str:
+        return type(self.engine).__name__
+
 
 def split_tasks(tasks: list[Task], parts: int) -> list[list[Task]]:
     """Consecutive slices of at most about len/parts tasks that never cut a run of tasks sharing a `group_key`
@@ -142,7 +153,17 @@ class RayProducer:
     """The `Producer` interface (produce / sync / state_dict / load_state_dict / capabilities / close) over
     Ray rollout workers."""
 
-    def __init__(self, cfg: RunConfig, policy, tokenizer, source: TaskSource, env, autocast, run_dir: Path):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        policy,
+        tokenizer,
+        source: TaskSource,
+        env,
+        autocast,
+        run_dir: Path,
+        model_path: Path | None = None,
+    ):
         try:
             import ray
         except ImportError:
@@ -163,6 +184,7 @@ class RayProducer:
             self.started_cluster = True
         self._actor = ray.remote(num_cpus=pc.cpus_per_worker, num_gpus=pc.gpus_per_worker)(RolloutWorker)
         self._spawn_args = (cfg.model_dump(mode="json"), ray.put(policy), tokenizer, autocast)
+        self._model_path = str(model_path) if model_path is not None else None
         self._threads = max(1, int(pc.cpus_per_worker))
         self.workers = [self._spawn(cfg.rl.seed + i) for i in range(pc.workers)]
         ray.get([w.version.remote() for w in self.workers])  # fail here, not in the first step
@@ -176,11 +198,15 @@ class RayProducer:
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(entropies=True, work=True, state=True)  # the workers' in-process engines
+        if self.cfg.sampling.engine == "vllm":  # what the workers' engines serve, stated without asking them
+            from nextrl.engine.vllm_engine import VLLMEngine
+
+            return VLLMEngine.capabilities
+        return EngineCapabilities(entropies=True, work=True, state=True)  # the workers' PyTorch samplers
 
     def _spawn(self, seed: int):
         cfg, policy_ref, tokenizer, autocast = self._spawn_args
-        return self._actor.remote(cfg, policy_ref, tokenizer, autocast, seed, self._threads)
+        return self._actor.remote(cfg, policy_ref, tokenizer, autocast, seed, self._threads, self._model_path)
 
     def _replace(self, i: int) -> None:
         """A fresh worker in slot `i` (the old one died), with the current weights and environment state. Its

@@ -145,7 +145,8 @@ def evaluate_domains(
     table = DomainTable(list(ks), samples, skipped=skipped)
     for name, model in models:
         model.eval()
-        engine = build_engine(cfg.sampling, cfg.sharing, model, tokenizer.pad_token_id, None, seed=cfg.seed)
+        sampling = cfg.sampling.model_copy(update={"engine": "torch"})  # any checkpoint, loaded here
+        engine = build_engine(sampling, cfg.sharing, model, tokenizer.pad_token_id, None, seed=cfg.seed)
         row = table.cells.setdefault(name, {})
         for domain, (env, make_source) in found.items():
             with torch.no_grad():

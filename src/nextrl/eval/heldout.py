@@ -76,8 +76,8 @@ def evaluate_models(
     for name, model in models.items():
         bar.set_postfix(model=name)
         model.to(device)
-        engine = build_engine(
-            cfg.sampling,
+        engine = build_engine(  # nextrl's own engine for every model evaluated (vLLM serves training rollouts)
+            cfg.sampling.model_copy(update={"engine": "torch"}),
             cfg.sharing,
             model,
             tokenizer.pad_token_id,
