@@ -90,6 +90,8 @@ class LearnerPeers(Protocol):
 
 
 class Learner:
+    peers: LearnerPeers | None = None  # the other data-parallel ranks, if any (set by a learner group)
+
     def __init__(
         self,
         cfg: RunConfig,
