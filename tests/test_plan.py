@@ -188,3 +188,18 @@ def test_prompt_geometry_of_an_index_by_hand():
     work = step_work(w)
     assert work["prefill"].tokens == pytest.approx(2 * 6.5) and work["lm"].tokens == pytest.approx(2 * 6.5)
     assert work["decode"].attended == pytest.approx(3 * (19 / 3 + 1))  # one answer token after each prompt
+
+
+def test_empty_thought_samples_add_their_passes_by_hand():
+    """k = 1 empty thought per group: the thought is sampled G − 1 times; the closed prompts are prefilled again
+    for the answers and once more for the close token's log-prob; the next-token term adds each position's
+    context + <think></think> + its token."""
+    from nextrl.plan.cost import step_work
+
+    base = dict(positions=2, group_size=3, context=8, thought=2, answer=1, per_prefix=1, model_scored=False)
+    plain = step_work(Workload(**base, lm_term=False))
+    empty = step_work(Workload(**base, lm_term=True, empty_thought_samples=1))
+    assert plain["decode"].tokens == 2 * 3 * 3 and empty["decode"].tokens == 2 * 2 * 3 + 2 * 1 * 1
+    # each of 2 prompts of 8 tokens: once for the thoughts, then prompt + </think> twice (answers, log-prob)
+    assert plain["prefill"].tokens == 2 * 8 and empty["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
+    assert empty["lm"].tokens == 2 * 8 + 2 * (8 + 2) and empty["lm"].logits == 2 * 8 + 2

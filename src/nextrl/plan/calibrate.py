@@ -8,8 +8,8 @@ length and signal are inputs, and a policy that closes its thoughts early decode
 
 The work of each stage is what the run's own counters recorded (`flops/<stage>` in metrics.jsonl, the numbers
 MFU comes from), so the calibration tests the planner's *time* model; the table's last column repeats the
-prediction with the work the planner's model derives from the config alone, to show that model's own error
-(it does not know a stripe's real span in its document). The planner's cost model
+prediction (also left-out) with the work the planner's model derives from the config and the run's prompt
+geometry, which is what a plan has. The planner's cost model
 (`nextrl.plan.cost.step_cost`) on "this machine" (`nextrl.plan.machine`: measured
 peak, bandwidth and per-layer call overhead) leaves six numbers open: the share of the peak reached by
 forward passes (prefill and scoring), by decode, by the RL loss (prefix trees and branches) and by the
@@ -109,11 +109,14 @@ def read_run(
         micro_batch=cfg.rl.micro_batch_size,
         mean_thought=float(np.mean(thought)) if thought else None,
         trained_fraction=float(np.mean(trained)) if trained else 1.0,
+        empty_thought_samples=cfg.rl.empty_thought_samples,
         **(geometry or {}),
     )
     dtype = "bfloat16" if m.dtype == "bfloat16" else "float32" if m.dtype == "float32" else "auto"
     counted = {
-        k: float(np.mean([r.get(f"flops/{k}", 0.0) for r in rows])) for k in COUNTED if f"flops/{k}" in rows[0]
+        k: float(np.mean([r.get(f"flops/{k}", 0.0) for r in rows]))
+        for k in COUNTED
+        if f"flops/{k}" in rows[0]
     }
     seconds = sum(r["step_seconds"] for r in rows)
     return MeasuredRun(folder.name, shape, w, len(rows), seconds, dtype, counted or None)
@@ -159,6 +162,7 @@ def calibrate(runs: list[MeasuredRun], hw: Hardware) -> dict[str, Any]:
     for i, run in enumerate(runs):
         h, e = profile_with(hw, fit(runs[:i] + runs[i + 1 :], hw))
         pred = predict(run, h, e)
+        from_config = predict(run, h, e, counted=False)
         rows.append(
             {
                 "run": run.name,
@@ -172,19 +176,19 @@ def calibrate(runs: list[MeasuredRun], hw: Hardware) -> dict[str, Any]:
                 "measured_s": run.seconds,
                 "predicted_s": pred,
                 "error": pred / run.seconds - 1.0,
+                "config_only_s": from_config,
+                "config_only_error": from_config / run.seconds - 1.0,
             }
         )
     x = fit(runs, hw)
     h, e = profile_with(hw, x)
-    for row, run in zip(rows, runs, strict=True):  # the same numbers on the work the planner's model says
-        row["config_only_s"] = predict(run, h, e, counted=False)
-        row["config_only_error"] = row["config_only_s"] / run.seconds - 1.0
     return {
         "hardware": dataclasses.asdict(h),
         "efficiency": dataclasses.asdict(e),
         "fitted": dict(zip(PARAMS, np.exp(x).tolist(), strict=True)),
         "runs": rows,
         "worst_error": max(abs(r["error"]) for r in rows),
+        "worst_config_only_error": max(abs(r["config_only_error"]) for r in rows),
         "in_sample_worst_error": max(abs(predict(r, h, e) / r.seconds - 1.0) for r in runs),
     }
 
@@ -209,7 +213,8 @@ def render(result: dict[str, Any]) -> str:
         f"{result['in_sample_worst_error']:.1%}). Fitted: forward {f['forward']:.1%}, decode {f['decode']:.1%}, "
         f"loss {f['train']:.1%}, lm term {f['lm']:.1%} of the peak; {f['iteration_overhead_s'] * 1e3:.2f} ms per decode iteration, "
         f"{f['step_overhead_s'] * 1e3:.0f} ms per step; measured {result['hardware']['layer_overhead_s'] * 1e6:.0f}"
-        " µs per layer call. 'config only': the work from the planner's model of the config instead of the "
-        "run's counted FLOPs (fitted numbers of all runs)"
+        f" µs per layer call. 'config only' (worst {result['worst_config_only_error']:.1%}): the same "
+        "left-out prediction on the work the planner's model derives from the config and the run's prompt "
+        "geometry, instead of the run's counted FLOPs"
     )
     return "\n".join(lines)

@@ -55,6 +55,9 @@ class Workload:
     prompt_fill: float = 1.0
     unit_size: float | None = None
     unit_fill: float = 1.0
+    # samples per group whose thought is closed at once (`rl.empty_thought_samples`): their answers are
+    # generated from the closed prompts, and the close token's log-prob takes a pass over the prompts
+    empty_thought_samples: int = 0
 
     @property
     def completion(self) -> float:
@@ -99,28 +102,55 @@ def flop_model(m: ModelShape) -> FlopModel:
 def step_work(w: Workload) -> dict[str, TokenWork]:
     """The step's work per pass, as the engine and the loss would record it (completions of their mean
     length; prompts as long and as shared as the workload's geometry says)."""
+    k = w.empty_thought_samples
+    thinking = w.positions * (w.group_size - k)  # samples that think; k per group close the thought at once
     samples = w.positions * w.group_size
     comp = w.completion
     units = stripes_of(w)
     shared = w.unit_fill * w.context  # tokens of one unit's shared prompt
     prompt = w.prompt_fill * w.context  # tokens of one position's prompt
-    work = {k: TokenWork() for k in ("prefill", "decode", "scoring", "loss", "lm")}
+
+    def prompts_once(extra: int, logits: float) -> TokenWork:
+        """Every prompt (+ `extra` tokens) through the model once: per unit with sharing, else per position."""
+        if w.share_prefix:
+            t = _scaled(_seq(shared, 0, 0), units)
+            return TokenWork(
+                t.tokens + extra * w.positions, t.attended + extra * w.positions * shared, logits
+            )
+        return _scaled(_seq(prompt + extra, 0, logits / max(w.positions, 1)), w.positions)
+
+    work = {k_: TokenWork() for k_ in ("prefill", "decode", "scoring", "loss", "lm")}
     if w.share_prefix:  # each unit's prefix once (its positions' prompts nest in it); one logit per prompt
         work["prefill"] = _scaled(_seq(shared, 0, 0), units)
         work["prefill"].logits = w.positions
     else:  # every sample prefills its own prompt
-        work["prefill"] = _scaled(_seq(prompt, 0, 1), samples)
-    work["decode"] = _scaled(_seq(comp, prompt, comp), samples)
+        work["prefill"] = _scaled(_seq(prompt, 0, 1), thinking)
+    work["decode"] = _scaled(_seq(comp, prompt, comp), thinking)
+    if k:  # the closed prompts' answers (a second prefill, k samples each) and the close token's log-prob
+        closed = (
+            prompts_once(1, w.positions)
+            if w.share_prefix
+            else _scaled(_seq(prompt + 1, 0, 1), w.positions * k)
+        )
+        work["prefill"] = _sum(work["prefill"], closed, prompts_once(1, w.positions))
+        work["decode"] = _sum(work["decode"], _scaled(_seq(w.answer, prompt + 2, w.answer), w.positions * k))
     if w.model_scored:  # with the thought under the policy, without it under the EMA baseline
         branch = _scaled(_seq(comp + 1, prompt, 1), samples)
-        prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
-        bare = _scaled(_seq(shared, 0, 1), units) if w.share_prefix else _scaled(_seq(prompt, 0, 1), w.positions)
+        prefix = (
+            _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
+        )
+        bare = (
+            _scaled(_seq(shared, 0, 1), units) if w.share_prefix else _scaled(_seq(prompt, 0, 1), w.positions)
+        )
         work["scoring"] = _sum(branch, prefix, bare)
     prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
     loss = _sum(prefix, _scaled(_seq(comp, prompt, comp), samples))
     work["loss"] = _scaled(loss, w.updates_per_batch * w.trained_fraction)
-    if w.lm_term:  # the text the positions read, once per unit
+    if w.lm_term:  # the text the positions read, once per unit, and "an empty thought changes nothing": each
+        # position's context + <think></think> + its true token, a sequence of its own, one target
         work["lm"] = _scaled(_seq(shared, 0, shared), units)
+        if w.thought > 0:
+            work["lm"] = _sum(work["lm"], _scaled(_seq(prompt + 2, 0, 1), w.positions))
     return work
 
 
