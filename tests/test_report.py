@@ -319,3 +319,29 @@ def test_mixture_domains_table_and_plot(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"stage": "rl", "step": 1, "reward/mean": 0.1}) + "\n")
     html = write_report(tmp_path).read_text()
     assert "<h2>Domains</h2>" not in html and "Per domain" not in html
+
+
+@pytest.mark.slow  # the micro main job (once per session)
+def test_any_task_source_fits_the_summary(real):
+    """A run whose tasks come from a mixture, or from a problem file, writes its source's counts into the
+    summary (`selection.rl_task_source`); before, the unknown keys failed the run at its very end."""
+    from nextrl.env import MixtureTaskSource
+    from nextrl.pipeline import _pool
+
+    class Source:
+        def __init__(self, counts):
+            self.counts = counts
+
+        def stats(self):
+            return self.counts
+
+    mix = MixtureTaskSource({"next_token": Source({"active": 10, "visits": 3}), "math": Source({"problems": 7})},
+                            {"next_token": 1, "math": 1})  # fmt: skip
+    for counts in (mix.stats(), {"problems": 7, "given": 12}, {"active": 5, "visits": 9}):
+        summary = copy.deepcopy(real)
+        summary["selection"].update(_pool({"positions": counts}))
+        parsed = RunSummary.model_validate(summary)
+        if "active" in counts:
+            assert parsed.selection.rl_positions_active == 5 and parsed.selection.rl_task_source is None
+        else:
+            assert parsed.selection.rl_task_source == counts

@@ -323,10 +323,18 @@ def _flop_matched(v: dict[str, Any], flops_rl: float, baseline: dict[str, Any]) 
     return v
 
 
+POOL_KEYS = ("active", "active_units", "active_by_bucket", "retired", "retired_by_reason", "visits")
+
+
 def _pool(rl_summary: dict[str, Any]) -> dict[str, Any]:
-    """Retirement and visit counts of the curriculum's position pool (absent without a curriculum)."""
+    """Retirement and visit counts of the curriculum's position pool (absent without a curriculum), and what
+    any other task source counts (problems given, a mixture's sources and shares) under `rl_task_source`."""
     counts = rl_summary.get("positions") or {}
-    return {f"rl_positions_{k}": v for k, v in counts.items()}
+    pool: dict[str, Any] = {f"rl_positions_{k}": v for k, v in counts.items() if k in POOL_KEYS}
+    rest = {k: v for k, v in counts.items() if k not in POOL_KEYS}
+    if rest:
+        pool["rl_task_source"] = rest
+    return pool
 
 
 def _rl_tokens_per_second(out: Path) -> float:

@@ -182,6 +182,8 @@ class SelectionSummary(_Schema):
     rl_positions_retired: int | None = None
     rl_positions_retired_by_reason: dict[str, int] | None = None
     rl_positions_visits: int | None = None
+    # what a task source other than the position pool counts: problems given, a mixture's sources and shares
+    rl_task_source: dict[str, Any] | None = None
 
 
 class RLRunSummary(_Schema):
