@@ -8,6 +8,7 @@ trainer recompute the recorded log-probs with an ordinary unpadded forward.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -164,6 +165,7 @@ class TorchSampler:
             raise ValueError("empty prompt: there is no token to condition the first sample on")
         seqs = [_Seq(list(p), params.phases) for p in prompts for _ in range(params.n)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
+        self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -180,8 +182,16 @@ class TorchSampler:
         return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     def _run_chunk(self, seqs: list[_Seq], params: SamplingParams) -> None:
+        t = time.perf_counter()
+        state = self._prefill_chunk(seqs)
+        t1 = time.perf_counter()
+        self._decode_chunk(seqs, params, state)
+        self.last_seconds["prefill"] += t1 - t
+        self.last_seconds["decode"] += time.perf_counter() - t1
+
+    def _prefill_chunk(self, seqs: list[_Seq]):
+        """The prompts through the model at once (left-padded): the cache and the first logits."""
         model, device = self.model, _device(self.model)
-        gen = self._generator(device)
         width = max(len(s.prompt) for s in seqs)
         ids = torch.tensor(
             [[self.pad_token_id] * (width - len(s.prompt)) + s.prompt for s in seqs], device=device
@@ -205,6 +215,12 @@ class TorchSampler:
         next_pos = attn.sum(-1)  # position of each sequence's next token
         for s in seqs:
             s.settle()
+        return cache, attn, next_pos, logits
+
+    def _decode_chunk(self, seqs: list[_Seq], params: SamplingParams, state) -> None:
+        model, device = self.model, _device(self.model)
+        gen = self._generator(device)
+        cache, attn, next_pos, logits = state
         live = list(range(len(seqs)))  # indices into seqs of the rows still in the batch
         while True:
             # drop finished rows (from the cache too) so they stop costing compute

@@ -12,6 +12,7 @@ Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,7 @@ class PrefixSharingSampler(TorchSampler):
         groups = group_by_prefix(prompts, self.max_nodes)
         seqs = [[_Seq(list(p), params.phases) for _ in range(params.n)] for p in prompts]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
+        self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -67,6 +69,7 @@ class PrefixSharingSampler(TorchSampler):
         seqs: list[list[_Seq]],
         params: SamplingParams,
     ) -> None:
+        t_start = time.perf_counter()
         model, device = self.model, _device(self.model)
         gen = self._generator(device)
         trees: list[PackedTree] = [build_tree([prompts[i] for i in g]) for g in groups]
@@ -114,6 +117,16 @@ class PrefixSharingSampler(TorchSampler):
             logits = model.get_output_embeddings()(
                 hidden[[b for b, _ in distinct], [n for _, n in distinct]]
             )[which]
+        t_decode = time.perf_counter()
+        self.last_seconds["prefill"] += t_decode - t_start
+        try:
+            self._decode_trees(trees, slots, live, logits, cache, vis, rows_alive, params, gen, dtype)
+        finally:
+            self.last_seconds["decode"] += time.perf_counter() - t_decode
+
+    def _decode_trees(self, trees, slots, live, logits, cache, vis, rows_alive, params, gen, dtype) -> None:
+        """Sample every live branch one token per step from the trees' shared cache until all have ended."""
+        model, device = self.model, _device(self.model)
         while True:
             if live:
                 tokens, logps, ents = _sample(logits, params, gen)

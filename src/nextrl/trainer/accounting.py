@@ -48,6 +48,12 @@ class StepAccount:
         self.training_seconds = 0.0
         self.rollout_seconds = 0.0  # a rollout worker busy generating and scoring (mean over workers)
         self.waiting_seconds = 0.0  # the learner waiting for rollouts
+        # seconds by stage in this process (prefill, decode, scoring, loss_forward, loss_backward, lm,
+        # optimizer); what no stage claims is reported as `other` (Python, bookkeeping, waiting on workers)
+        self.stage_seconds: dict[str, float] = {}
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
     def pass_work(self, name: str) -> TokenWork:
         return self.work.setdefault(name, TokenWork())
@@ -124,6 +130,8 @@ class StepAccount:
             # per role: what a rollout worker spent busy and what the learner waited for (training: below)
             "time/rollout_busy_s": self.rollout_seconds,
             "time/learner_waiting_s": self.waiting_seconds,
+            **{f"time/{k}_s": v for k, v in sorted(self.stage_seconds.items())},
+            "time/other_s": max(dt - sum(self.stage_seconds.values()), 0.0),
             "generation_seconds": t_gen,
             "training_seconds": t_train,
             "flops/step": sum(flops.values()),

@@ -9,6 +9,7 @@ read. Micro-batches are weighted so that their sum is exactly the loss of the wh
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,21 +183,32 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             for idx in chunks:
                 chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
+                t = time.time()
                 loss, metrics = self.chunk_loss(chunk, chunk_adv)
                 weight = loss_weight(self.rl.loss_norm, chunk, rollouts)
+                t1 = time.time()
                 (loss * weight).backward()
+                self.account.add_seconds("loss_forward", t1 - t)
+                self.account.add_seconds("loss_backward", time.time() - t1)
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * weight / n_up
+            t = time.time()
             if lm_seqs:
                 totals["lm_loss"] = totals.get("lm_loss", 0.0) + self.lm_term(lm_seqs) / n_up
             if lm_empty:
                 nll = self.lm_term(*lm_empty)
                 totals["lm_loss_empty_thought"] = totals.get("lm_loss_empty_thought", 0.0) + nll / n_up
+            t1 = time.time()
+            self.account.add_seconds("lm", t1 - t)
             if self.peers:  # the whole batch's gradient on every rank, before anything reads it
                 self.peers.reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
+                t2 = time.time()
+                self.account.add_seconds("gradient_sync", t2 - t1)
+                t1 = t2
             grad_norm += clip_grad(self.policy.parameters(), self.rl.grad_clip) / n_up
             self.optimizer.step()
             self.env.after_update()  # e.g. RLP's EMA baseline follows every optimizer step
+            self.account.add_seconds("optimizer", time.time() - t1)
         self.scheduler.step()
         if self.peers:  # each rank summed its share of every metric
             totals = self.peers.reduce_metrics(totals)

@@ -133,14 +133,18 @@ class Producer:
             answers = self._generate(closed_prompts(prompts, close), answer_params(params, k), account)
             entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
             # log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought
+            t_close = time.time()
             close_lp = self.policy.logprobs(
                 prompts, [[close]] * len(prompts), params.temperature, work=account.work["prefill"]
             )[:, 0].tolist()
+            account.add_seconds("prefill", time.time() - t_close)  # a teacher-forced pass over the prompts
             empty = join_empty_thought(prompts, answers, close_lp, entropies, close)
             rollouts = [list(a) + list(b) for a, b in zip(rollouts, empty, strict=True)]
         account.generation_seconds += time.time() - t
         self.policy.work = account.work["scoring"]
+        t_score = time.time()
         rewards = env.score(tasks, rollouts, self.policy)
+        account.add_seconds("scoring", time.time() - t_score)
         return [
             ScoredGroup(task, ro, rw, self.version, k)
             for task, ro, rw in zip(tasks, rollouts, rewards, strict=True)
@@ -148,7 +152,14 @@ class Producer:
 
     def _generate(self, prompts, params: SamplingParams, account: StepAccount) -> list[list[Rollout]]:
         """The engine's rollouts, with the work it reports added to this step's prefill/decode counts."""
+        t = time.time()
         rollouts = self.engine.generate(prompts, params)
+        split = getattr(self.engine, "last_seconds", None)  # engines that time their prefill and decode
+        if split:
+            for k, v in split.items():
+                account.add_seconds(k, v)
+        else:
+            account.add_seconds("generation", time.time() - t)
         if self.engine.capabilities.work:
             for k in ("prefill", "decode"):
                 w = self.engine.last_work[k]

@@ -1,0 +1,78 @@
+"""Where an RL step's time goes: seconds per step and model-FLOP utilisation of each stage, from a run folder's
+metrics (`time/<stage>_s` and `flops/<stage>`, logged every RL step).
+
+    python bench/stage_times.py RUN_DIR [--no-write]
+    python bench/calibration_runs.py --out runs/stages --only default && python bench/stage_times.py runs/stages/default
+
+`other` is what no stage claims: Python between the stages, bookkeeping, the task source. MFU is against the
+measured matmul peak of the run's dtype on this machine (the denominator every run's MFU uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nextrl.accounting.peak import cpu_prefers_bf16, matmul_peak
+from nextrl.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ["prefill", "decode", "scoring", "loss_forward", "loss_backward", "lm", "optimizer", "gradient_sync",
+         "generation", "other"]  # fmt: skip
+FLOPS = {"prefill": ["prefill"], "decode": ["decode"], "scoring": ["scoring"],
+         "loss_forward": ["loss_forward", "reference"], "loss_backward": ["loss_backward"], "lm": ["lm"]}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    rows: dict[int, dict] = {}
+    for line in (args.run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("stage") == "rl":
+            rows[r["step"]] = r
+    steps = [rows[k] for k in sorted(rows)][1:]  # the first step pays one-time costs (allocation, caches)
+    if not steps:
+        raise SystemExit(f"{args.run}: fewer than two RL steps with per-stage times")
+    cfg = load_config(str(args.run / "config.yaml"))
+    bf16 = cfg.model.dtype == "bfloat16" or (
+        cfg.model.dtype == "auto" and cpu_prefers_bf16(torch.device("cpu"))
+    )
+    peak = matmul_peak(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32)
+    step_s = float(np.mean([r["step_seconds"] for r in steps]))
+    lines = [
+        f"### Where an RL step's time goes: `{args.run.name}` ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"- command: `python bench/stage_times.py {args.run}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {'bf16' if bf16 else 'fp32'} matmul peak "
+        f"{peak / 1e9:.0f} GFLOP/s; {len(steps)} steps after the first, {step_s:.2f} s per step",
+        "",
+        "| stage | seconds / step | share | MFU |",
+        "|---|---|---|---|",
+    ]
+    for stage in ORDER:
+        key = f"time/{stage}_s"
+        if not any(key in r for r in steps):
+            continue
+        sec = float(np.mean([r.get(key, 0.0) for r in steps]))
+        flops = sum(float(np.mean([r.get(f"flops/{k}", 0.0) for r in steps])) for k in FLOPS.get(stage, []))
+        mfu = f"{flops / sec / peak:.1%}" if flops and sec > 0 else "–"
+        lines.append(f"| {stage} | {sec:.3f} | {sec / step_s:.0%} | {mfu} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
