@@ -33,7 +33,7 @@ CASES = {
     "dyn": [
         "rl.dynamic_sampling=true",
         "curriculum.prefer=uncertain",
-        "curriculum.retire_after=1",
+        "curriculum.retire_after=2",
         "rl.entropy_mask_rho=0.5",
     ],
 }
