@@ -34,8 +34,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from nextrl.engine.base import Phase, SamplingParams
 from nextrl.engine.tree_sampler import PrefixSharingSampler
 from nextrl.engine.vllm_engine import VLLMEngine
+from publish import publish  # bench/publish.py, beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB, OPEN, CLOSE = 4096, 4094, 4095
 POSITIONS, PER_STRIPE, G, THOUGHT = 16, 8, 8, 16
 
@@ -131,11 +131,7 @@ def main() -> None:
             f"| {ctx} | {rate['nextrl']:.1f} | {rate['vllm']:.1f} | {rate['vllm_phases']:.1f} | "
             f"{rate['nextrl'] / rate['vllm']:.2f}x | {tok['nextrl']} / {tok['vllm']} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from nextrl.config import load_config
 from nextrl.engine.base import Rollout
 from nextrl.env import build_environment
 from nextrl.eval.passk import evaluate_pass_at_k
+from publish import publish  # bench/publish.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -127,11 +128,7 @@ def main() -> None:
     for name, res, sec, skipped in rows:
         cells = " | ".join(f"{res[f'pass@{k}']['mean']:.1%} ± {res[f'pass@{k}']['stderr']:.1%}" for k in ks)
         lines.append(f"| {name} | {res['problems']} | {skipped} | {cells} | {sec:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

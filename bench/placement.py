@@ -24,8 +24,8 @@ from nextrl.config import load_config
 from nextrl.model.build import autocast_dtype
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer, select_stage
+from publish import publish  # bench/publish.py, beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = {
     "local": [],
     "ray, 1 worker": ["placement.kind=ray", "placement.workers=1", "placement.cpus_per_worker=2"],
@@ -103,11 +103,7 @@ def main() -> None:
             f"| {name} | {r['startup_s']:.1f} | {r['samples_per_s']:.1f} | {r['step_s']:.2f} | {r['wait_s']:.2f} | "
             f"{r['train_s']:.2f} | {r['staleness']:.2f} | {r['reward']:.3f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

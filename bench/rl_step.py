@@ -42,6 +42,7 @@ from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer
 from nextrl.selection.index import PositionIndex
 from nextrl.sharing.prefix_tree import build_tree
+from publish import publish  # bench/publish.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -207,11 +208,7 @@ def main() -> None:
             r["nextrl_shared"] = run_nextrl(base, index, context, args, True, Path(tmp) / f"s{context}")
             results[context] = r
             print(json.dumps({context: r}, indent=1, default=str))
-    lines = report(results, args, peak)
-    print("\n".join(lines))
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+    publish(report(results, args, peak), write=not args.no_write)
 
 
 def report(results: dict[int, dict[str, dict]], args, peak: float) -> list[str]:

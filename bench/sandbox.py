@@ -15,6 +15,7 @@ from pathlib import Path
 from nextrl.env.code import program
 from nextrl.env.records import read_records
 from nextrl.env.sandbox import Limits, run_many
+from publish import publish  # bench/publish.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +51,7 @@ def main() -> None:
         f"- throughput: {len(records) / seconds:.1f} programs/s with {args.workers} at a time "
         f"({seconds:.1f} s for {len(records)})",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import torch
 
 from nextrl.accounting.peak import cpu_prefers_bf16, matmul_peak
 from nextrl.config import load_config
+from publish import publish  # bench/publish.py, beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["prefill", "decode", "scoring", "loss_forward", "loss_backward", "lm", "optimizer", "gradient_sync",
          "generation", "other"]  # fmt: skip
 FLOPS = {"prefill": ["prefill"], "decode": ["decode"], "scoring": ["scoring"],
@@ -67,11 +67,7 @@ def main() -> None:
         flops = sum(float(np.mean([r.get(f"flops/{k}", 0.0) for r in steps])) for k in FLOPS.get(stage, []))
         mfu = f"{flops / sec / peak:.1%}" if flops and sec > 0 else "–"
         lines.append(f"| {stage} | {sec:.3f} | {sec / step_s:.0%} | {mfu} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
