@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from nextrl.cli import app
@@ -203,3 +204,14 @@ def test_empty_thought_samples_add_their_passes_by_hand():
     # each of 2 prompts of 8 tokens: once for the thoughts, then prompt + </think> twice (answers, log-prob)
     assert plain["prefill"].tokens == 2 * 8 and empty["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
     assert empty["lm"].tokens == 2 * 8 + 2 * (8 + 2) and empty["lm"].logits == 2 * 8 + 2
+
+
+def test_this_machine_is_measured_and_one_device_has_no_async_mode():
+    result = CliRunner().invoke(app, ["plan", "--hardware", "this-machine", "--model", "qwen3-0.6b",
+                                      "--flops", "1e17", "--nodes", "1", "--positions", "16"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "this-machine (cpu, " in result.output and "async: needs at least 2 GPUs" in result.output
+    from nextrl.plan.machine import measure_bandwidth, measure_layer_overhead
+
+    assert measure_bandwidth(torch.device("cpu"), megabytes=16) > 1e8  # bytes/s: any machine copies faster
+    assert 0 <= measure_layer_overhead(torch.device("cpu"), repeats=5) < 0.1

@@ -289,9 +289,13 @@ def plan(
     try:
         m = model_profile(model, profiles)
         if hardware == "this-machine":
+            import torch
+
+            from nextrl.accounting.peak import cpu_prefers_bf16
             from nextrl.plan.machine import this_machine
 
-            hw = this_machine()
+            # the dtype a run here would use: bf16 only where it is faster than fp32 (not where it is emulated)
+            hw = this_machine(torch.bfloat16 if cpu_prefers_bf16(torch.device("cpu")) else torch.float32)
         else:
             hw = hw_profile(hardware, profiles)
         w = Workload(
@@ -311,6 +315,9 @@ def plan(
     )
     for mode in ("sync", "async"):
         r = p[mode]
+        if mode == "async" and r["seconds"] == float("inf"):
+            typer.echo("async: needs at least 2 GPUs (rollouts and the learner apart)")
+            continue
         extra = f", {r['rollout_gpus']} rollout / {r['learner_gpus']} learner GPUs" if mode == "async" else ""
         typer.echo(
             f"{mode:5s}: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, utilisation {r['utilization']:.1%}{extra}"
