@@ -111,7 +111,7 @@ def main() -> None:
         print(ctx, {k: f"{POSITIONS * G / v:.1f} samples/s" for k, v in secs.items()}, flush=True)
     import vllm
 
-    cmd = "python bench/generation_peer.py " + " ".join(a for a in sys.argv[1:] if a != "--no-write")
+    cmd = " ".join(["python bench/generation_peer.py", *(a for a in sys.argv[1:] if a != "--no-write")])
     lines = [
         f"### Generation alone: nextrl against vLLM with prefix caching ({time.strftime('%Y-%m-%d')})",
         "",

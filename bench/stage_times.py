@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextrl.accounting.peak import cpu_prefers_bf16, matmul_peak
+from nextrl.accounting.peak import matmul_peak
 from nextrl.config import load_config
+from nextrl.model.build import autocast_dtype
 from publish import publish  # bench/publish.py, beside this script
 
 ORDER = ["prefill", "decode", "scoring", "loss_forward", "loss_backward", "lm", "optimizer", "gradient_sync",
@@ -44,9 +45,7 @@ def main() -> None:
     if not steps:
         raise SystemExit(f"{args.run}: fewer than two RL steps with per-stage times")
     cfg = load_config(str(args.run / "config.yaml"))
-    bf16 = cfg.model.dtype == "bfloat16" or (
-        cfg.model.dtype == "auto" and cpu_prefers_bf16(torch.device("cpu"))
-    )
+    bf16 = autocast_dtype(cfg.model, torch.device("cpu")) == torch.bfloat16  # the run's own rule
     peak = matmul_peak(torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32)
     step_s = float(np.mean([r["step_seconds"] for r in steps]))
     lines = [

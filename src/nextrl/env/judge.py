@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from nextrl.engine.base import Phase, Rollout, SamplingParams
+from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
-from nextrl.env.records import RecordTasks, read_records
+from nextrl.env.records import RecordTasks, file_tasks
 from nextrl.errors import ConfigError, DataError
 
 RUBRIC = (
@@ -103,13 +103,7 @@ class JudgeEnv(Environment):
         )
 
     def sampling_params(self, n: int, temperature: float, top_p: float) -> SamplingParams:
-        return SamplingParams(
-            phases=(Phase(self.max_tokens),),
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_ids=self.eos_ids,
-        )
+        return SamplingParams.simple(self.max_tokens, n, temperature, top_p, eos_token_ids=self.eos_ids)
 
     @torch.no_grad()
     def ratings(
@@ -162,16 +156,6 @@ class JudgeEnv(Environment):
     def state_dict(self) -> dict | None:
         return None  # the judge is frozen: rebuilt from its source on resume
 
-    def task_source(self, cfg) -> JudgeTasks:
-        return JudgeTasks(self, cfg.rl.seed)
-
-
-class JudgeTasks(RecordTasks):
-    """A `TaskSource` over the prompts of `env.options.path`."""
-
-    def __init__(self, env: JudgeEnv, seed: int):
-        self.env = env
-        records = read_records(env.options["path"])
-        if not records:
-            raise DataError(f"{env.options['path']}: no prompts")
-        super().__init__(records, env.make_task, seed, {"prompts": len(records)})
+    def task_source(self, cfg) -> RecordTasks:
+        """The prompts of `env.options.path`."""
+        return file_tasks(self, cfg.rl.seed, "prompts")

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from nextrl.engine.base import Phase, Rollout, SamplingParams
+from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
 from nextrl.env.records import RecordTasks, read_records
@@ -98,13 +98,7 @@ class MathEnv(Environment):
         return Task(f"math:{index}", ids, domain="math", group_key=None, meta={"gold": gold})
 
     def sampling_params(self, n: int, temperature: float, top_p: float) -> SamplingParams:
-        return SamplingParams(
-            phases=(Phase(self.max_tokens),),
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_ids=self.eos_ids,
-        )
+        return SamplingParams.simple(self.max_tokens, n, temperature, top_p, eos_token_ids=self.eos_ids)
 
     def is_correct(self, gold: str, completion: str) -> tuple[bool, str | None]:
         """(equivalent to the gold?, the boxed answer or None)."""

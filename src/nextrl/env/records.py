@@ -77,3 +77,13 @@ class RecordTasks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cursor = int(state["cursor"])
+
+
+def file_tasks(env, seed: int, noun: str) -> RecordTasks:
+    """The records of `env.options["path"]`, each made a task by `env.make_task`; a file without records is
+    named as having no `noun` (problems, prompts)."""
+    path = env.options["path"]
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no {noun}")
+    return RecordTasks(records, env.make_task, seed, {noun: len(records)})

@@ -104,18 +104,20 @@ def short_names(paths: list[str]) -> dict[str, str]:
 
 
 def domain_sources(cfg, tokenizer, index: PositionIndex | None) -> tuple[dict[str, tuple], dict[str, str]]:
-    """(name -> (environment, task-source factory)) for each domain that has problems, and (name -> why) for
-    each that has none."""
+    """(name -> (environment, its task source, the source's starting state)) for each domain that has
+    problems, and (name -> why) for each that has none. Each source is built once (a math source parses every
+    gold answer) and rewound to its starting state for every model."""
     env = build_environment(cfg, tokenizer)
     envs = dict(env.envs) if hasattr(env, "envs") else {cfg.env.name: env}
     found, skipped = {}, {}
     for name, e in envs.items():
-        if e.task_source(cfg) is not None:
-            found[name] = (e, lambda e=e: e.task_source(cfg))
-        elif hasattr(e, "make_task") and index is not None:
-            found[name] = (e, lambda e=e: HeldoutPositions(index, e, cfg.selection.context))
-        else:
+        source = e.task_source(cfg)
+        if source is None and hasattr(e, "make_task") and index is not None:
+            source = HeldoutPositions(index, e, cfg.selection.context)
+        if source is None:
             skipped[name] = "no problems of its own: give --run RUN_DIR for its held-out positions"
+        else:
+            found[name] = (e, source, source.state_dict())
     return found, skipped
 
 
@@ -148,11 +150,10 @@ def evaluate_domains(
         sampling = cfg.sampling.model_copy(update={"engine": "torch"})  # any checkpoint, loaded here
         engine = build_engine(sampling, cfg.sharing, model, tokenizer.pad_token_id, None, seed=cfg.seed)
         row = table.cells.setdefault(name, {})
-        for domain, (env, make_source) in found.items():
+        for domain, (env, source, start) in found.items():
+            source.load_state_dict(start)  # every model on the same problems
             with torch.no_grad():
-                row[domain] = evaluate_pass_at_k(
-                    env, engine, make_source(), problems, samples, ks, temperature
-                )
+                row[domain] = evaluate_pass_at_k(env, engine, source, problems, samples, ks, temperature)
     return table
 
 

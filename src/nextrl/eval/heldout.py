@@ -76,14 +76,16 @@ def evaluate_models(
     for name, model in models.items():
         bar.set_postfix(model=name)
         model.to(device)
-        engine = build_engine(  # nextrl's own engine for every model evaluated (vLLM serves training rollouts)
-            cfg.sampling.model_copy(update={"engine": "torch"}),
-            cfg.sharing,
-            model,
-            tokenizer.pad_token_id,
-            autocast,
-            seed=cfg.seed,
-            batch_size=cfg.eval.batch_size,
+        engine = (
+            build_engine(  # nextrl's own engine for every model evaluated (vLLM serves training rollouts)
+                cfg.sampling.model_copy(update={"engine": "torch"}),
+                cfg.sharing,
+                model,
+                tokenizer.pad_token_id,
+                autocast,
+                seed=cfg.seed,
+                batch_size=cfg.eval.batch_size,
+            )
         )
         std, wt, ln, gn = [], [], [], []
         for s in range(0, len(tasks), CHUNK):

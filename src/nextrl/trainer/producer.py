@@ -154,17 +154,14 @@ class Producer:
         """The engine's rollouts, with the work it reports added to this step's prefill/decode counts."""
         t = time.time()
         rollouts = self.engine.generate(prompts, params)
-        split = getattr(self.engine, "last_seconds", None)  # engines that time their prefill and decode
-        if split:
-            for k, v in split.items():
-                account.add_seconds(k, v)
-        else:
-            account.add_seconds("generation", time.time() - t)
         if self.engine.capabilities.work:
+            for k, v in self.engine.last_seconds.items():
+                account.add_seconds(k, v)
             for k in ("prefill", "decode"):
                 w = self.engine.last_work[k]
                 account.work[k].add(w.tokens, w.attended, w.logits)
-        else:  # an engine that does not report: estimate a plain prefill + decode per sample
+        else:  # an engine that does not report: its time as one stage, a plain prefill + decode per sample
+            account.add_seconds("generation", time.time() - t)
             for r in (r for g in rollouts for r in g):
                 account.work["prefill"].add_sequence(len(r.prompt_ids), logits=1)
                 n = len(r.completion_ids)
