@@ -8,8 +8,11 @@ figures with the exact command to BENCHMARKS.md.
 The workload is the same for all three: the default preset's pretrained base model (from the cache, pretrained
 on first use), documents of the built-in corpus, `--positions` positions per step drawn `--per-prefix` at a time
 from one document stripe (seeded uniform positions, so the selection rule plays no part), G samples each, a
-thought of up to `--thought` tokens and one answer token, the RPT prefix-match reward. Every sample is trained
-(uniform groups are kept), as TRL does. One warm-up step per framework is not timed.
+thought of up to `--thought` tokens and one answer token, the RPT prefix-match reward, no next-token term and no
+empty-thought samples (TRL has neither; `--main-job-terms` keeps the preset's reward, next-token term and
+empty-thought samples, for nextrl's stage profile only). Every sample is trained (uniform groups are kept), as
+TRL does. One warm-up step per framework is not timed. For nextrl with prefix sharing the report also gives the
+seconds, share and MFU of every stage of the step (`bench/stage_times.py`'s table).
 
 The analytic minimum FLOPs of a step is computed here from the tasks, independently of the trainer's counters:
 each distinct prompt token once (the trie of the step's prompts), each generated token once in decoding, and the
@@ -43,6 +46,7 @@ from nextrl.pipeline import build_rl_trainer
 from nextrl.selection.index import PositionIndex
 from nextrl.sharing.prefix_tree import build_tree
 from publish import publish  # bench/publish.py, beside this script
+from stage_times import stage_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -117,6 +121,8 @@ def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
         f"sharing.enabled={str(share).lower()}",
         f"rl.steps={args.steps + 1}",
     ]
+    if not args.main_job_terms:  # the workload TRL runs too
+        overrides += ["reward=prefix_match", "rl.lm_coef=0", "rl.empty_thought_samples=0"]
     cfg = load_config("tiny", overrides)
     autocast = autocast_dtype(cfg.model)
     policy = base.model.__class__(base.model.config)
@@ -145,6 +151,7 @@ def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
         "mfu_rollout": float(np.mean([m["mfu/rollout"] for m in steps])),
         "thought_len": float(np.mean([m["thought/len_mean"] for m in steps])),
         "busy_seconds": float(np.mean(seconds)),
+        "steps": steps,
     }
 
 
@@ -191,11 +198,18 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--thought", type=int, default=16)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--skip-plain", action="store_true", help="leave out nextrl without prefix sharing")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    ap.add_argument("--main-job-terms", action="store_true", help="nextrl with the tiny preset's reward, "
+                    "next-token term and empty-thought samples (not TRL's workload: implies --skip-trl)")  # fmt: skip
     args = ap.parse_args()
+    args.skip_trl = args.skip_trl or args.main_job_terms
 
     base = prepare_base(load_config("tiny"))
-    peak = matmul_peak(torch.device("cpu"), torch.bfloat16, remeasure=True)  # idle machine: measure afresh
+    dtype = (
+        autocast_dtype(load_config("tiny").model, torch.device("cpu")) or torch.float32
+    )  # the runs' own rule
+    peak = matmul_peak(torch.device("cpu"), dtype, remeasure=True)  # idle machine: measure afresh
     results: dict[int, dict[str, dict]] = {}
     n_units = args.positions // args.per_prefix * (args.steps + 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,24 +218,32 @@ def main() -> None:
             r: dict[str, dict] = {}
             if not args.skip_trl:
                 r["trl"] = run_trl(base, index, context, args, Path(tmp) / f"trl{context}")
-            r["nextrl_plain"] = run_nextrl(base, index, context, args, False, Path(tmp) / f"p{context}")
+            if not args.skip_plain:
+                r["nextrl_plain"] = run_nextrl(base, index, context, args, False, Path(tmp) / f"p{context}")
             r["nextrl_shared"] = run_nextrl(base, index, context, args, True, Path(tmp) / f"s{context}")
             results[context] = r
-            print(json.dumps({context: r}, indent=1, default=str))
-    publish(report(results, args, peak), write=not args.no_write)
+            print(json.dumps({context: {k: {kk: vv for kk, vv in v.items() if kk != "steps"} for k, v in r.items()}},
+                             indent=1, default=str))  # fmt: skip
+    publish(report(results, args, peak, dtype), write=not args.no_write)
 
 
-def report(results: dict[int, dict[str, dict]], args, peak: float) -> list[str]:
+def report(results: dict[int, dict[str, dict]], args, peak: float, dtype: torch.dtype) -> list[str]:
     cmd = "python bench/rl_step.py " + " ".join(sys.argv[1:])
     out = [
         f"### RL step: TRL vs nextrl, prefix sharing off/on ({time.strftime('%Y-%m-%d')})",
         "",
         f"- command: `{cmd.strip()}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}; measured bf16 matmul peak {peak / 1e9:.0f} GFLOP/s",
+        f"{torch.get_num_threads()}; measured {str(dtype).removeprefix('torch.')} matmul peak (the runs' dtype) "
+        f"{peak / 1e9:.0f} GFLOP/s",
         f"- workload: default (tiny) model, {args.positions} positions/step ({args.per_prefix} per document "
         f"stripe), G = {args.group_size}, thought ≤ {args.thought} tokens + 1 answer token, "
-        f"{args.steps} timed steps after 1 warm-up",
+        + (
+            "the tiny preset's reward, next-token term and empty-thought samples, "
+            if args.main_job_terms
+            else "prefix-match reward, "
+        )
+        + f"{args.steps} timed steps after 1 warm-up",
         "",
         "| context | framework | s/step | samples/s | FLOPs/sample | min FLOPs/sample | train MFU | vs TRL |",
         "|---|---|---|---|---|---|---|---|",
@@ -235,11 +257,16 @@ def report(results: dict[int, dict[str, dict]], args, peak: float) -> list[str]:
                 f"{v['flops_per_sample']:.3g} | {v.get('min_flops_per_sample', float('nan')):.3g} | "
                 f"{v.get('mfu_training', float('nan')):.1%} | {ratio} |"
             )
-        s, p = r["nextrl_shared"], r["nextrl_plain"]
+        s, p = r["nextrl_shared"], r.get("nextrl_plain")
+        if p is None:
+            continue
         out.append(
             f"| {context} | shared / plain | | {s['samples_per_second'] / p['samples_per_second']:.1f}x | "
             f"{s['flops_per_sample'] / p['flops_per_sample']:.2f}x | | | |"
         )
+    for context, r in results.items():
+        out += ["", f"nextrl with prefix sharing, context {context}, per stage:", ""]
+        out += stage_table(r["nextrl_shared"]["steps"], peak)
     return out
 
 

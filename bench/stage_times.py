@@ -31,6 +31,22 @@ FLOPS = {"prefill": ["prefill"], "decode": ["decode"], "scoring": ["scoring"],
          "loss_forward": ["loss_forward", "reference"], "loss_backward": ["loss_backward"], "lm": ["lm"]}  # fmt: skip
 
 
+def stage_table(steps: list[dict], peak: float) -> list[str]:
+    """Markdown rows: seconds per step, share of the step and MFU of each stage, means over `steps` (RL step
+    metrics with `time/<stage>_s`, `flops/<stage>` and `step_seconds`)."""
+    step_s = float(np.mean([r["step_seconds"] for r in steps]))
+    lines = ["| stage | seconds / step | share | MFU |", "|---|---|---|---|"]
+    for stage in ORDER:
+        key = f"time/{stage}_s"
+        if not any(key in r for r in steps):
+            continue
+        sec = float(np.mean([r.get(key, 0.0) for r in steps]))
+        flops = sum(float(np.mean([r.get(f"flops/{k}", 0.0) for r in steps])) for k in FLOPS.get(stage, []))
+        mfu = f"{flops / sec / peak:.1%}" if flops and sec > 0 else "–"
+        lines.append(f"| {stage} | {sec:.3f} | {sec / step_s:.0%} | {mfu} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -55,17 +71,8 @@ def main() -> None:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {'bf16' if bf16 else 'fp32'} matmul peak "
         f"{peak / 1e9:.0f} GFLOP/s; {len(steps)} steps after the first, {step_s:.2f} s per step",
         "",
-        "| stage | seconds / step | share | MFU |",
-        "|---|---|---|---|",
     ]
-    for stage in ORDER:
-        key = f"time/{stage}_s"
-        if not any(key in r for r in steps):
-            continue
-        sec = float(np.mean([r.get(key, 0.0) for r in steps]))
-        flops = sum(float(np.mean([r.get(f"flops/{k}", 0.0) for r in steps])) for k in FLOPS.get(stage, []))
-        mfu = f"{flops / sec / peak:.1%}" if flops and sec > 0 else "–"
-        lines.append(f"| {stage} | {sec:.3f} | {sec / step_s:.0%} | {mfu} |")
+    lines += stage_table(steps, peak)
     publish(lines, write=not args.no_write)
 
 

@@ -100,6 +100,57 @@ def test_lm_term_gradient_is_the_mean_nll():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def _lm_learner(model, sharing: bool, micro: int, lm_coef: float = 0.5) -> Learner:
+    cfg = load_config(
+        "micro",
+        ["model.dtype=float32", f"rl.micro_batch_size={micro}", f"rl.lm_coef={lm_coef}",
+         f"sharing.enabled={str(sharing).lower()}", "sharing.max_tree_nodes=40"],
+    )  # fmt: skip
+    learner = Learner.__new__(Learner)
+    learner.cfg, learner.rl, learner.policy, learner.pad_token_id, learner.peers = cfg, cfg.rl, model, 0, None
+    learner.device, learner.autocast, learner.account = torch.device("cpu"), None, StepAccount()
+    return learner
+
+
+def test_lm_terms_on_prefix_trees_equal_the_plain_path():
+    """The next-token term through prefix trees (the stripe's text and every position's empty-thought sequence
+    nest in it) gives the plain path's two means and the same gradient, at any micro-batch size and when a tree
+    is cut by `max_tree_nodes`; it encodes each shared token once, so it counts far fewer tokens."""
+    model = tiny_llama(40)
+    g = torch.Generator().manual_seed(0)
+    doc = torch.randint(3, 38, (30,), generator=g).tolist()
+    other = torch.randint(3, 38, (24,), generator=g).tolist()
+    lm_seqs = [doc[:26], other]  # one stripe's text and another document's
+    empty = ([doc[:p] + [1, 2, doc[p]] for p in (18, 21, 25)] + [other[:20] + [1, 2, other[20]], [7, 1, 2, 8]],
+             [0, 0, 0, 0, 0])  # fmt: skip
+    empty = (empty[0], [len(q) - 2 for q in empty[0]])  # one target each: the token after </think>
+
+    def run(sharing, micro):
+        learner = _lm_learner(model, sharing, micro)
+        model.zero_grad()
+        values = learner.lm_terms(lm_seqs, empty)
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return values, grad, learner.account.pass_work("lm").tokens
+
+    plain, plain_grad, plain_tokens = run(False, 64)
+    for micro in (1, 3, 64):
+        got, grad, tokens = run(True, micro)
+        assert got.keys() == plain.keys() == {"lm_loss", "lm_loss_empty_thought"}
+        for k in got:
+            assert got[k] == pytest.approx(plain[k], rel=1e-5)
+        torch.testing.assert_close(grad, plain_grad, rtol=1e-4, atol=1e-6)
+        assert tokens < plain_tokens
+    # the slow reference for the values: one sequence at a time
+    with torch.no_grad():
+        nll = [torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([q[:-1]])).logits[0][a:],
+                                                 torch.tensor(q[a + 1 :]), reduction="sum")
+               for q, a in zip(empty[0], empty[1], strict=True)]  # fmt: skip
+    assert got["lm_loss_empty_thought"] == pytest.approx(float(sum(nll)) / len(nll), rel=1e-5)
+    # nothing to train, and one term alone
+    assert _lm_learner(model, True, 4).lm_terms([], None) == {}
+    assert _lm_learner(model, True, 4).lm_terms(lm_seqs, None).keys() == {"lm_loss"}
+
+
 @pytest.mark.slow
 def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     """One real RL step on the micro preset: the last k samples of every group close the thought at once, with

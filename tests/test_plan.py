@@ -203,7 +203,10 @@ def test_empty_thought_samples_add_their_passes_by_hand():
     assert plain["decode"].tokens == 2 * 3 * 3 and empty["decode"].tokens == 2 * 2 * 3 + 2 * 1 * 1
     # each of 2 prompts of 8 tokens: once for the thoughts, then prompt + </think> twice (answers, log-prob)
     assert plain["prefill"].tokens == 2 * 8 and empty["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
-    assert empty["lm"].tokens == 2 * 8 + 2 * (8 + 2) and empty["lm"].logits == 2 * 8 + 2
+    # the LM term: each unit's text, then <think> and </think> as a branch of the tree per position (shared)
+    assert empty["lm"].tokens == 2 * 8 + 2 * 2 and empty["lm"].logits == 2 * 8 + 2
+    alone = step_work(Workload(**base, lm_term=True, share_prefix=False))  # or a sequence of its own
+    assert alone["lm"].tokens == 2 * 8 + 2 * (8 + 2) and alone["lm"].logits == 2 * 8 + 2
 
 
 def test_this_machine_is_measured_and_one_device_has_no_async_mode():

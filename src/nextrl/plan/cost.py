@@ -147,10 +147,16 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
     loss = _sum(prefix, _scaled(_seq(comp, prompt, comp), samples))
     work["loss"] = _scaled(loss, w.updates_per_batch * w.trained_fraction)
     if w.lm_term:  # the text the positions read, once per unit, and "an empty thought changes nothing": each
-        # position's context + <think></think> + its true token, a sequence of its own, one target
+        # position's context + <think></think> + its true token, one target; with sharing, a branch of the
+        # unit's tree (<think> and </think> attend to the prompt), without, a sequence of its own
         work["lm"] = _scaled(_seq(shared, 0, shared), units)
         if w.thought > 0:
-            work["lm"] = _sum(work["lm"], _scaled(_seq(prompt + 2, 0, 1), w.positions))
+            empty = (
+                TokenWork(2 * w.positions, w.positions * (2 * prompt + 3), w.positions)  # type: ignore[arg-type]
+                if w.share_prefix
+                else _scaled(_seq(prompt + 2, 0, 1), w.positions)
+            )
+            work["lm"] = _sum(work["lm"], empty)
     return work
 
 

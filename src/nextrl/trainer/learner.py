@@ -24,6 +24,7 @@ from nextrl.engine.base import PolicyWeights, Rollout
 from nextrl.env.base import Environment
 from nextrl.model.lm import lm_loss
 from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
+from nextrl.sharing.lm_loss import tree_token_nll
 from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
 from nextrl.sharing.prefix_tree import group_by_prefix
 from nextrl.trainer.accounting import StepAccount
@@ -193,11 +194,8 @@ class Learner:
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * weight / n_up
             t = time.time()
-            if lm_seqs:
-                totals["lm_loss"] = totals.get("lm_loss", 0.0) + self.lm_term(lm_seqs) / n_up
-            if lm_empty:
-                nll = self.lm_term(*lm_empty)
-                totals["lm_loss_empty_thought"] = totals.get("lm_loss_empty_thought", 0.0) + nll / n_up
+            for k, v in self.lm_terms(lm_seqs, lm_empty).items():
+                totals[k] = totals.get(k, 0.0) + v / n_up
             t1 = time.time()
             self.account.add_seconds("lm", t1 - t)
             if self.peers:  # the whole batch's gradient on every rank, before anything reads it
@@ -215,6 +213,52 @@ class Learner:
         if wait:
             wait()
         return {**totals, "grad_norm": grad_norm}
+
+    def lm_terms(
+        self, lm_seqs: list[list[int]], lm_empty: tuple[list[list[int]], list[int]] | None
+    ) -> dict[str, float]:
+        """Backward of `rl.lm_coef` × (the mean next-token loss over `lm_seqs` + the mean loss of `lm_empty`'s
+        targets); returns both means. With prefix sharing, all sequences go through their prefix trees together
+        (they nest in the stripes' text: each shared token is encoded once); without, `lm_term` per term."""
+        if not lm_seqs and not lm_empty:
+            return {}
+        if not self.cfg.sharing.enabled:
+            out = {"lm_loss": self.lm_term(lm_seqs)} if lm_seqs else {}
+            if lm_empty:
+                out["lm_loss_empty_thought"] = self.lm_term(*lm_empty)
+            return out
+        empty_seqs, empty_starts = lm_empty or ([], [])
+        seqs, starts = lm_seqs + empty_seqs, [0] * len(lm_seqs) + list(empty_starts)
+        term = [0] * len(lm_seqs) + [1] * len(empty_seqs)
+        n_pred = [0, 0]
+        for q, a, k in zip(seqs, starts, term, strict=True):
+            n_pred[k] += max(len(q) - 1 - a, 0)
+        weight = torch.tensor([1.0 / max(n_pred[k], 1) for k in term])
+        kinds = torch.tensor(term)
+        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
+        sharing, work = self.cfg.sharing, self.account.pass_work("lm")
+        chunks = plan_micro_batches(
+            [q[:-1] for q in seqs], self.rl.micro_batch_size, True, sharing.max_tree_nodes
+        )
+        sums = torch.zeros(2)
+        self.policy.train()
+        for idx in chunks[rank::world]:  # this rank's share of the micro-batches
+            nll = tree_token_nll(
+                self.policy,
+                [seqs[i] for i in idx],
+                [starts[i] for i in idx],
+                self.pad_token_id,
+                self.autocast,
+                sharing.max_tree_nodes,
+                work,
+            )
+            weighted = nll * weight[idx].to(nll.device)
+            (self.rl.lm_coef * weighted.sum()).backward()
+            sums.index_add_(0, kinds[idx], weighted.detach().cpu())
+        out = {"lm_loss": float(sums[0])} if lm_seqs else {}
+        if empty_seqs:
+            out["lm_loss_empty_thought"] = float(sums[1])
+        return out
 
     def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
         """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
