@@ -91,15 +91,16 @@ def tree_completion_logprobs(
         raise ValueError("empty prompt: there is no token to condition the first completion token on")
     groups = group_by_prefix(prompts, max_nodes)
     trees = [build_tree([prompts[i] for i in g]) for g in groups]
-    B, Np, nb = len(groups), max(len(t) for t in trees), max(len(g) for g in groups)
-    Tb = max((len(c) - 1 for c in completions), default=0)
-    Tb = max(Tb, 0)
-    ids = torch.full((B, Np + nb * Tb), pad_id, dtype=torch.long)
-    pos = torch.zeros((B, Np + nb * Tb), dtype=torch.long)
+    # branch inputs: each completion without its last token (a target only), packed end to end per row
+    blen = [max(len(c) - 1, 0) for c in completions]
+    B, Np = len(groups), max(len(t) for t in trees)
+    Nb = max(sum(blen[i] for i in g) for g in groups)
+    ids = torch.full((B, Np + Nb), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, Np + Nb), dtype=torch.long)
     prefix_mask = np.zeros((B, 1, Np, Np), dtype=bool)
-    branch_mask = np.zeros((B * nb, 1, max(Tb, 1), Np + Tb), dtype=bool)
-    causal = np.tril(np.ones((Tb, Tb), dtype=bool))
-    diag = np.arange(Np)
+    branch_mask = np.zeros((B, 1, Nb, Np + Nb), dtype=bool)
+    causal = np.tril(np.ones((max(blen, default=0),) * 2, dtype=bool))
+    diag = np.arange(max(Np, Nb))
     # For each (sequence, completion token): the row of the hidden state that predicts it. A prompt's last node
     # predicts the first token of each of its samples and is projected to the vocabulary once for all of them.
     row_of: dict[tuple[int, int], int] = {}
@@ -110,23 +111,22 @@ def tree_completion_logprobs(
         pos[b, :n] = torch.tensor(t.depth)
         anc = t.ancestor_mask()
         prefix_mask[b, 0, :n, :n] = anc
-        prefix_mask[b, 0, diag[n:], diag[n:]] = True  # padding nodes see themselves only
+        prefix_mask[b, 0, diag[n:Np], diag[n:Np]] = True  # padding nodes see themselves only
         if work is not None:
             work.add(n, sum(t.depth) + n)
+        off = 0  # where the next branch starts in the packed region
         for k, i in enumerate(g):
-            last, plen, comp = t.seq_nodes[k][-1], len(prompts[i]), list(completions[i])
-            m = max(len(comp) - 1, 0)  # branch inputs: the completion without its last token
-            off = Np + k * Tb
+            last, plen, comp, m = t.seq_nodes[k][-1], len(prompts[i]), list(completions[i]), blen[i]
             if m:
-                ids[b, off : off + m] = torch.tensor(comp[:m])
-                pos[b, off : off + m] = torch.arange(plen, plen + m)
-            bm = branch_mask[b * nb + k, 0]
-            bm[:m, :n] = anc[last]
-            bm[:m, Np : Np + m] = causal[:m, :m]
+                ids[b, Np + off : Np + off + m] = torch.tensor(comp[:m])
+                pos[b, Np + off : Np + off + m] = torch.arange(plen, plen + m)
+                bm = branch_mask[b, 0, off : off + m]
+                bm[:, :n] = anc[last]
+                bm[:, Np + off : Np + off + m] = causal[:m, :m]
             if work is not None:
                 work.add(m, m * plen + m * (m + 1) // 2)
             for j, tok in enumerate(comp):
-                key = (b, last if j == 0 else off + j - 1)
+                key = (b, last if j == 0 else Np + off + j - 1)
                 if key not in row_of:
                     row_of[key] = len(rows)
                     rows.append(b)
@@ -134,18 +134,13 @@ def tree_completion_logprobs(
                 where.append((i, j))
                 slot.append(row_of[key])
                 tgts.append(tok)
-    # rows that are no real query (padding) see their own column only: a fully masked row would be NaN
-    if Tb:
-        r_idx, _, q_idx = np.nonzero(~branch_mask.any(-1))
-        branch_mask[r_idx, 0, q_idx, Np + q_idx] = True
+            off += m
+        # padding at the end of the packed region sees its own column only (a fully masked row would be NaN)
+        branch_mask[b, 0, diag[off:Nb], Np + diag[off:Nb]] = True
     if work is not None:
         work.add(0, 0, logits=len(rows))
     layout = BranchLayout(
-        Np,
-        nb if Tb else 0,
-        Tb,
-        torch.from_numpy(prefix_mask).to(device),
-        torch.from_numpy(branch_mask[:, :, :Tb]).to(device),
+        Np, torch.from_numpy(prefix_mask).to(device), torch.from_numpy(branch_mask).to(device)
     )
     with _autocast(device, autocast), branch_attention(model):
         hidden = model.base_model(
