@@ -157,7 +157,9 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
     # accuracy per domain: math's `correct`, text's `prefix_match`, recomputed from the last step's groups
     for d, comp in (("math", "correct"), ("text", "prefix_match")):
         samples = [r.components[comp] for g in groups if g.task.domain == d for r in g.rewards]
-        assert rl_rows[-1][f"domain/{d}/accuracy"] == pytest.approx(sum(x >= 1 for x in samples) / len(samples))
+        assert rl_rows[-1][f"domain/{d}/accuracy"] == pytest.approx(
+            sum(x >= 1 for x in samples) / len(samples)
+        )
     # the first step draws at the configured 1:1 (every environment starts with full signal credit); then the
     # shares follow each environment's signal, never below min_share
     stats = a.source.stats()

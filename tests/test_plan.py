@@ -46,7 +46,9 @@ def test_memory_per_gpu_by_hand():
     # learner: 16 B per parameter over 2 GPUs, activations 34 · 2 sequences · 12 tokens · 4 hidden · 1 layer
     assert mem.activations == 34 * 2 * 12 * 4 and mem.learner == 16 * 240 / 2 + 34 * 2 * 12 * 4
     assert mem.max_decode_batch == int((2000 - 480) // per_seq) and not mem.fits  # 1920 + 3264 > 2000
-    unshared = memory(TINY, Workload(context=8, thought=3, answer=1, share_prefix=False, decode_batch=5), hw, 1)
+    unshared = memory(
+        TINY, Workload(context=8, thought=3, answer=1, share_prefix=False, decode_batch=5), hw, 1
+    )
     assert unshared.kv_cache == 5 * 16 * (4 + 8)
     # checkpointing: each layer keeps its 2-byte input, one layer's 34 bytes are alive at a time
     kept = memory(TINY, Workload(context=8, thought=3, answer=1, micro_batch=2), hw, 1)
@@ -156,11 +158,17 @@ def test_calibration_reads_run_folders_and_names_bad_ones(tmp_path):
     cfg = load_config("micro", ["sampling.group_size=4", "env.thought_tokens=6"])
     (folder / "config.yaml").write_text(dump_config(cfg))
     rows = [{"stage": "rl", "step": s, "step_seconds": 0.5, "thought/len_mean": 2.0 + s} for s in (1, 2, 3)]
-    rows.append({"stage": "rl", "step": 3, "step_seconds": 0.25, "thought/len_mean": 3.0})  # resumed: last wins
+    rows.append(
+        {"stage": "rl", "step": 3, "step_seconds": 0.25, "thought/len_mean": 3.0}
+    )  # resumed: last wins
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = read_run(folder)
     assert run.steps == 3 and run.seconds == pytest.approx(1.25)
-    assert run.workload.group_size == 4 and run.workload.thought == 6 and run.workload.mean_thought == pytest.approx(10 / 3)
+    assert (
+        run.workload.group_size == 4
+        and run.workload.thought == 6
+        and run.workload.mean_thought == pytest.approx(10 / 3)
+    )
     assert run.shape.hidden == cfg.model.hidden_size and run.shape.layers == cfg.model.num_layers
     result = CliRunner().invoke(app, ["plan", "--calibrate", str(folder), str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder (no config.yaml)" in result.output

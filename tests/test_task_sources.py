@@ -69,7 +69,9 @@ def reference_shares(weights, signal, a: Adaptation) -> dict[str, float]:
     shares = {k: v / sum(raw.values()) for k, v in raw.items()}
     low = [k for k in shares if weights[k] > 0 and shares[k] < a.min_share]
     rest = sum(v for k, v in shares.items() if k not in low)
-    return {k: a.min_share if k in low else v * (1 - a.min_share * len(low)) / rest for k, v in shares.items()}
+    return {
+        k: a.min_share if k in low else v * (1 - a.min_share * len(low)) / rest for k, v in shares.items()
+    }
 
 
 def run_adaptive(adapt: Adaptation | None, steps: int = 30, per_step: int = 20):

@@ -58,7 +58,9 @@ class FakeLLM:
     resets: int = 0
 
     def generate(self, prompts, params, use_tqdm=False):
-        self.requests.append([(list(p["prompt_token_ids"]), sp) for p, sp in zip(prompts, params, strict=True)])
+        self.requests.append(
+            [(list(p["prompt_token_ids"]), sp) for p, sp in zip(prompts, params, strict=True)]
+        )
         out = []
         for p, sp in zip(prompts, params, strict=True):
             samples = []
@@ -137,7 +139,7 @@ def test_weights_are_pushed_in_memory_and_the_prefix_cache_is_dropped():
     engine = VLLMEngine(llm, sampling_params_cls=FakeParams)
     state = {"w": torch.ones(2), "b": torch.zeros(1)}
     engine.sync_weights(PolicyWeights(5, lambda: state))
-    (method, (tensors,)), = llm.rpcs
+    ((method, (tensors,)),) = llm.rpcs
     assert method == "nextrl_load_weights" and [k for k, _ in tensors] == ["w", "b"]
     assert llm.resets == 1 and engine.policy_version == 5
     (group,) = engine.generate([[1, OPEN]], params(n=1))
@@ -154,7 +156,6 @@ def test_the_config_picks_the_engine_and_names_what_is_missing():
     cfg = load_config("micro", ["sampling.engine=vllm"])
     with pytest.raises(ConfigError, match="needs the model on disk"):
         build_engine(cfg.sampling, cfg.sharing, None, 0, None, seed=0)
-
 
 
 def test_missing_vllm_is_named(monkeypatch, tmp_path):
@@ -245,6 +246,8 @@ def test_a_micro_run_with_vllm_in_a_ray_rollout_worker(tmp_path):
         assert not t.producer.capabilities.entropies
         t.train()
         assert t.state.step == 2
-        assert {r.policy_version for g in t.last_groups for r in g.rollouts} == {1}  # made after the first push
+        assert {r.policy_version for g in t.last_groups for r in g.rollouts} == {
+            1
+        }  # made after the first push
     finally:
         t.close()

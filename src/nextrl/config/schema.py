@@ -322,6 +322,12 @@ class SamplingConfig(_Strict):
         description="rollout engine: nextrl's PyTorch sampler (prefix sharing, exact resume), or vLLM (GPU; "
         "pip install -e '.[vllm]'), loaded from the base model's folder and synced from the learner in memory",
     )
+    decode: Literal["auto", "lean", "hf"] = Field(
+        "auto",
+        description="the prefix-sharing sampler's forward: 'lean' (fused projections, a KV buffer written in place; "
+        "Llama, Mistral, Qwen2, Qwen3), 'hf' (the Hugging Face module: any model, the reference), 'auto' (lean "
+        "where it covers the model)",
+    )
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM's share of the GPU")
     vllm_block_size: int = Field(32, ge=1, description="vLLM KV block (prefix caching reuses whole blocks)")
 

@@ -38,6 +38,12 @@ def build_engine(
     batch = batch_size or cfg.batch_size
     if sharing.enabled:
         return PrefixSharingSampler(
-            model, pad_token_id, batch, autocast, seed=seed, max_nodes=sharing.max_tree_nodes
+            model,
+            pad_token_id,
+            batch,
+            autocast,
+            seed=seed,
+            max_nodes=sharing.max_tree_nodes,
+            decode=cfg.decode,
         )
     return TorchSampler(model, pad_token_id, batch, autocast, seed=seed)

@@ -7,7 +7,10 @@ branch to its row. A branch's query sees the ancestors of its prompt's last node
 through an explicit 4D attention mask, so every sample sees exactly what it would see alone (same tokens,
 same positions). No prompt key/value is ever copied per sample.
 
-Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's.
+Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's. The forward
+is nextrl's lean one (`lean_forward`: fused projections, a KV buffer written in place) where the model is a
+Llama/Mistral/Qwen-style decoder, else the Hugging Face module with its `DynamicCache` (`decode="hf"` forces
+it: the reference the lean forward is tested against).
 """
 
 from __future__ import annotations
@@ -20,17 +23,26 @@ from transformers import DynamicCache
 
 from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
+from nextrl.engine.lean_forward import LeanForward, supports
 from nextrl.engine.sampler import TorchSampler, _autocast, _device, _rollout, _sample, _Seq
+from nextrl.errors import ConfigError
 from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
 
 
 class PrefixSharingSampler(TorchSampler):
     """A `RolloutEngine` with the same contract and RNG handling as `TorchSampler`; `batch_size` bounds the
-    samples decoded together, `max_nodes` the prompt tokens packed into one tree."""
+    samples decoded together, `max_nodes` the prompt tokens packed into one tree; `decode` picks the forward
+    ("auto": lean where `lean_forward.supports` the model, "lean", or "hf")."""
 
-    def __init__(self, *args, max_nodes: int = 4096, **kwargs):
+    def __init__(self, *args, max_nodes: int = 4096, decode: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.max_nodes = max_nodes
+        reason = supports(self.model)
+        if decode == "lean" and reason is not None:
+            raise ConfigError(f"config key 'sampling.decode': lean needs a Llama-style decoder, not {reason}")
+        if decode not in ("auto", "lean", "hf"):
+            raise ConfigError(f"config key 'sampling.decode': {decode!r} is not auto, lean or hf")
+        self.lean = LeanForward(self.model) if decode != "hf" and reason is None else None
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         if any(len(p) == 0 for p in prompts):
@@ -41,6 +53,8 @@ class PrefixSharingSampler(TorchSampler):
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
         self.model.eval()
+        if self.lean is not None:
+            self.lean.refresh()  # the learner changed the weights in place since the last call
         try:
             with torch.no_grad():
                 chunk: list[list[int]] = []
@@ -79,7 +93,7 @@ class PrefixSharingSampler(TorchSampler):
         self.last_work["prefill"].add(0, 0, logits=sum(len({s[-1] for s in t.seq_nodes}) for t in trees))
         ids, pos, mask = tree_batch(trees, self.pad_token_id, device)
         dtype = self.autocast_dtype or next(model.parameters()).dtype
-        cache = DynamicCache()
+        cache = self.lean.new_cache() if self.lean is not None else DynamicCache()
         # Branch slots per row: (sequence, prompt's last node, prompt length). Slot q of row b is query q.
         slots = [
             [
@@ -96,13 +110,7 @@ class PrefixSharingSampler(TorchSampler):
             nodes = torch.tensor([node for _, node, _ in row], device=device)
             vis[b, : len(row)] = mask[b, 0, nodes]
         with _autocast(device, self.autocast_dtype):
-            hidden = model.base_model(
-                input_ids=ids,
-                attention_mask=attention_mask_for(model, mask, dtype),
-                position_ids=pos,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
+            hidden = self._forward(ids, pos, mask, cache, dtype)
         rows_alive = list(range(len(trees)))  # cache row r holds tree rows_alive[r]
         for row in slots:
             for s, _, _ in row:
@@ -176,13 +184,19 @@ class PrefixSharingSampler(TorchSampler):
             new_cols[rr, qslot[rr, cc], cc] = True
             vis = torch.cat([vis, new_cols], dim=2)
             with _autocast(device, self.autocast_dtype):
-                h = model.base_model(
-                    input_ids=inp,
-                    attention_mask=attention_mask_for(model, step_mask, dtype),
-                    position_ids=qpos,
-                    past_key_values=cache,
-                    use_cache=True,
-                ).last_hidden_state
+                h = self._forward(inp, qpos, step_mask, cache, dtype)
                 logits = model.get_output_embeddings()(h[rr, cc])
             # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
             live = [(rows_alive[r], per_row[r][c]) for r, c in zip(rr.tolist(), cc.tolist(), strict=True)]
+
+    def _forward(self, ids, pos, mask, cache, dtype) -> torch.Tensor:
+        """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`."""
+        if self.lean is not None:
+            return self.lean(ids, pos, mask, cache)
+        return self.model.base_model(
+            input_ids=ids,
+            attention_mask=attention_mask_for(self.model, mask, dtype),
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
