@@ -1,6 +1,7 @@
 """Empty-thought samples and the next-token term: the rollouts they make, what the loss trains on them, and
 the contexts the LM term reads."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,43 @@ def test_join_makes_close_an_action_then_the_answer():
     assert thought_only.action_mask == [1, 0]
     (everything,) = loss_token_masks([r], thought_only=False, rho=1.0)
     assert everything.action_mask == [1, 1]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_lead_tokens_in_the_engine_equal_the_separate_passes(temperature):
+    """`SamplingParams.lead`: the engine closes the thought of the last k samples itself, in the same call as
+    the thinking samples. Their rollouts are what the separate passes build (the answers from prompt +
+    </think>, the close scored by a teacher-forced pass, joined): same tokens, masks and phases greedy; the
+    close's log-prob and entropy are the policy's first-step ones in both engines."""
+    import dataclasses
+
+    from nextrl.engine import PrefixSharingSampler, TorchSampler
+    from nextrl.sharing.logprobs import completion_logprobs
+
+    model = tiny_llama(40).eval()
+    prompts = [[3, 4, 5, 6, 7] * 4, [3, 4, 5, 6, 8] * 4, [9, 10, 11]]
+    params = SamplingParams(phases=(Phase(6, (CLOSE,), (CLOSE,)), Phase(2)), n=4, temperature=temperature)
+    close_lp = completion_logprobs(model, prompts, [[CLOSE]] * 3, temperature, 0)[:, 0].tolist()
+    for engine in (TorchSampler, PrefixSharingSampler):
+        assert engine.capabilities.lead
+        lead = engine(model, 0, seed=0).generate(prompts, dataclasses.replace(params, lead=(CLOSE, 2)))
+        for group, lp in zip(lead, close_lp, strict=True):
+            for r in group[2:]:  # the empty-thought samples: </think> is an action with the policy's log-prob
+                assert r.completion_ids[0] == CLOSE and r.action_mask[0] == 1 and r.phase_starts[:2] == [0, 1]
+                assert r.logprobs[0] == pytest.approx(lp, abs=1e-5)
+                assert r.entropies[0] == pytest.approx(group[0].entropies[0], abs=1e-6)
+            assert all(r.completion_ids[0] != CLOSE or len(r.completion_ids) > 1 for r in group[2:])
+        if temperature:
+            continue
+        think = engine(model, 0, seed=0).generate(prompts, dataclasses.replace(params, n=2))
+        answers = engine(model, 0, seed=0).generate(closed_prompts(prompts, CLOSE), answer_params(params, 2))
+        joined = join_empty_thought(prompts, answers, close_lp, [g[0].entropies[0] for g in think], CLOSE)
+        for got, a, b in zip(lead, think, joined, strict=True):
+            for x, y in zip(got, [*a, *b], strict=True):
+                assert (x.completion_ids, x.action_mask, x.phase_starts, x.finish_reason) == (
+                    y.completion_ids, y.action_mask, y.phase_starts, y.finish_reason)  # fmt: skip
+                assert np.allclose(x.logprobs, y.logprobs, atol=1e-5)
+                assert np.allclose(x.entropies, y.entropies, atol=1e-5)
 
 
 def _task(ctx, target):

@@ -200,17 +200,21 @@ def test_prompt_geometry_of_an_index_by_hand():
 
 
 def test_empty_thought_samples_add_their_passes_by_hand():
-    """k = 1 empty thought per group: the thought is sampled G − 1 times; the closed prompts are prefilled again
-    for the answers and once more for the close token's log-prob; the next-token term adds each position's
-    context + <think></think> + its token."""
+    """k = 1 empty thought per group: the thought is sampled G − 1 times. An engine that takes lead tokens (ours)
+    decodes </think> and the answer from the prompt's cache; one that does not (vLLM) prefills the closed prompts
+    again for the answers and once more for the close token's log-prob. The next-token term adds each
+    position's context + <think></think> + its token."""
     from nextrl.plan.cost import step_work
 
     base = dict(positions=2, group_size=3, context=8, thought=2, answer=1, per_prefix=1, model_scored=False)
     plain = step_work(Workload(**base, lm_term=False))
     empty = step_work(Workload(**base, lm_term=True, empty_thought_samples=1))
-    assert plain["decode"].tokens == 2 * 3 * 3 and empty["decode"].tokens == 2 * 2 * 3 + 2 * 1 * 1
-    # each of 2 prompts of 8 tokens: once for the thoughts, then prompt + </think> twice (answers, log-prob)
-    assert plain["prefill"].tokens == 2 * 8 and empty["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
+    apart = step_work(Workload(**base, lm_term=True, empty_thought_samples=1, engine_lead=False))
+    assert plain["decode"].tokens == 2 * 3 * 3
+    assert empty["decode"].tokens == apart["decode"].tokens == 2 * 2 * 3 + 2 * 1 * 1
+    # each of 2 prompts of 8 tokens once; apart: then prompt + </think> twice (answers, log-prob)
+    assert plain["prefill"].tokens == empty["prefill"].tokens == 2 * 8
+    assert apart["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
     # the LM term: each unit's text, then <think> and </think> as a branch of the tree per position (shared)
     assert empty["lm"].tokens == 2 * 8 + 2 * 2 and empty["lm"].logits == 2 * 8 + 2
     alone = step_work(Workload(**base, lm_term=True, share_prefix=False))  # or a sequence of its own

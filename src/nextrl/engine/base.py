@@ -33,6 +33,11 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     eos_token_ids: tuple[int, ...] = ()  # end the whole completion in any phase
+    # (token, k): the last k of each prompt's n samples begin with `token` as an action: it is not drawn, but
+    # its log-prob and entropy are the policy's first-step ones (at `temperature`), and the phase program goes
+    # on from it (a stop token ends its phase). Empty-thought samples: `</think>` then the answer, generated
+    # with the thinking samples in one call. Only engines with `capabilities.lead`.
+    lead: tuple[int, int] | None = None
 
     @classmethod
     def simple(
@@ -82,6 +87,7 @@ class EngineCapabilities:
     entropies: bool = False  # Rollout.entropies filled for every token
     work: bool = False  # `last_work` / `last_seconds`: the work and seconds of the last `generate`, by stage
     state: bool = False  # `state_dict` / `load_state_dict` carry the sampling RNG, for exact resume
+    lead: bool = False  # honours `SamplingParams.lead`
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ class _Seq:
     mask: list[int] = field(default_factory=list)
     starts: list[int] = field(default_factory=lambda: [0])
     finish: str | None = None
+    lead: int | None = None  # the first token, taken as an action instead of drawn (SamplingParams.lead)
+
+    def first_override(self) -> int:
+        """The token this step must take instead of its draw (-1: its draw): the lead, at the first step."""
+        return self.lead if self.lead is not None and not self.ids and not self.forced else -1
 
     def end_phase(self, reason: str) -> None:
         if self.phase + 1 == len(self.phases):
@@ -83,8 +88,19 @@ class _Seq:
         self.settle()
 
 
+def _new_seqs(prompt: Sequence[int], params: SamplingParams) -> list[_Seq]:
+    """The n decoding states of one prompt; the last k take `params.lead`'s token first."""
+    tok, k = params.lead or (None, 0)
+    return [
+        _Seq(list(prompt), params.phases, lead=tok if j >= params.n - k else None) for j in range(params.n)
+    ]
+
+
 def _sample(
-    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    override: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick one token per row; return (tokens, logprobs, entropies). The logprob (and the entropy) is log_softmax(logits / T) of the chosen
     token under the temperature-scaled distribution BEFORE top-p truncation (T=1 when greedy): this is the
@@ -107,8 +123,15 @@ def _sample(
         cdf = probs.cumsum(-1)
         u = torch.rand((probs.shape[0], 1), generator=gen, device=probs.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    if override is not None:  # lead tokens: taken, not drawn; their log-prob is still the policy's
+        tokens = torch.where(override >= 0, override.to(tokens.device), tokens)
     entropy = -(logp.exp() * logp).sum(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
+
+
+def _overrides(seqs: Sequence[_Seq], device: torch.device) -> torch.Tensor | None:
+    over = [s.first_override() for s in seqs]
+    return torch.tensor(over, device=device) if any(t >= 0 for t in over) else None
 
 
 class TorchSampler:
@@ -139,7 +162,7 @@ class TorchSampler:
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds: dict[str, float] = {"prefill": 0.0, "decode": 0.0}
 
-    capabilities = EngineCapabilities(entropies=True, work=True, state=True)
+    capabilities = EngineCapabilities(entropies=True, work=True, state=True, lead=True)
 
     def sync_weights(self, weights: PolicyWeights) -> None:
         # the module is shared with the in-process learner, which updates it in place: nothing to copy
@@ -169,7 +192,7 @@ class TorchSampler:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
-        seqs = [_Seq(list(p), params.phases) for p in prompts for _ in range(params.n)]
+        seqs = [s for p in prompts for s in _new_seqs(p, params)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
@@ -238,7 +261,7 @@ class TorchSampler:
                 cache.batch_select_indices(sel)
                 attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
                 live = [live[row] for row in keep]
-            tokens, logps, ents = _sample(logits, params, gen)
+            tokens, logps, ents = _sample(logits, params, gen, _overrides([seqs[i] for i in live], device))
             for i, tok, lp, h in zip(live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True):
                 seqs[i].add(tok, lp, params, h)
             if all(seqs[i].finish is not None for i in live):

@@ -24,7 +24,16 @@ from transformers import DynamicCache
 from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.engine.lean_forward import LeanForward, supports
-from nextrl.engine.sampler import TorchSampler, _autocast, _device, _rollout, _sample, _Seq
+from nextrl.engine.sampler import (
+    TorchSampler,
+    _autocast,
+    _device,
+    _new_seqs,
+    _overrides,
+    _rollout,
+    _sample,
+    _Seq,
+)
 from nextrl.errors import ConfigError
 from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
 
@@ -48,7 +57,7 @@ class PrefixSharingSampler(TorchSampler):
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
         groups = group_by_prefix(prompts, self.max_nodes)
-        seqs = [[_Seq(list(p), params.phases) for _ in range(params.n)] for p in prompts]
+        seqs = [_new_seqs(p, params) for p in prompts]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
@@ -137,7 +146,8 @@ class PrefixSharingSampler(TorchSampler):
         model, device = self.model, _device(self.model)
         while True:
             if live:
-                tokens, logps, ents = _sample(logits, params, gen)
+                over = _overrides([slots[b][q][0] for b, q in live], device)
+                tokens, logps, ents = _sample(logits, params, gen, over)
                 for (b, q), tok, lp, h in zip(
                     live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
                 ):

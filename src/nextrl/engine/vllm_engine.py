@@ -133,6 +133,8 @@ class VLLMEngine:
             )
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
+        if params.lead is not None:
+            raise ValueError("the vLLM engine does not take lead tokens (capabilities.lead is False)")
         self.calls += 1
         t = time.perf_counter()
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}

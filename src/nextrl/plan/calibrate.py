@@ -110,6 +110,7 @@ def read_run(
         mean_thought=float(np.mean(thought)) if thought else None,
         trained_fraction=float(np.mean(trained)) if trained else 1.0,
         empty_thought_samples=cfg.rl.empty_thought_samples,
+        engine_lead=cfg.sampling.engine == "torch",
         **(geometry or {}),
     )
     dtype = "bfloat16" if m.dtype == "bfloat16" else "float32" if m.dtype == "float32" else "auto"

@@ -58,6 +58,9 @@ class Workload:
     # samples per group whose thought is closed at once (`rl.empty_thought_samples`): their answers are
     # generated from the closed prompts, and the close token's log-prob takes a pass over the prompts
     empty_thought_samples: int = 0
+    # the engine closes those thoughts itself, in the same call (`SamplingParams.lead`: nextrl's PyTorch
+    # engines): no second prefill of the closed prompts and no pass to score the close; vLLM has neither
+    engine_lead: bool = True
 
     @property
     def completion(self) -> float:
@@ -124,9 +127,11 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
         work["prefill"] = _scaled(_seq(shared, 0, 0), units)
         work["prefill"].logits = w.positions
     else:  # every sample prefills its own prompt
-        work["prefill"] = _scaled(_seq(prompt, 0, 1), thinking)
+        work["prefill"] = _scaled(_seq(prompt, 0, 1), samples if k and w.engine_lead else thinking)
     work["decode"] = _scaled(_seq(comp, prompt, comp), thinking)
-    if k:  # the closed prompts' answers (a second prefill, k samples each) and the close token's log-prob
+    if k and w.engine_lead:  # the empty samples decode </think> and their answer from the prompt's cache
+        work["decode"] = _sum(work["decode"], _scaled(_seq(w.answer, prompt + 1, w.answer), w.positions * k))
+    elif k:  # the closed prompts' answers (a second prefill, k samples each) and the close token's log-prob
         closed = (
             prompts_once(1, w.positions)
             if w.share_prefix

@@ -128,8 +128,16 @@ class Producer:
         prompts = [t.prompt_ids for t in tasks]
         close = env.think_close
         k = self.k_empty if close is not None and close >= 0 else 0  # only where a thought can be closed
-        rollouts = self._generate(prompts, dataclasses.replace(params, n=params.n - k), account)
-        if k:  # k samples per group close the thought at once (see trainer/empty_thought.py)
+        in_engine = bool(k) and self.engine.capabilities.lead and params.n > k
+        if in_engine:
+            # k samples per group close the thought at once (trainer/empty_thought.py), in the same call: the
+            # engine takes `</think>` as their first action, with the first-step log-prob and entropy it has
+            rollouts = self._generate(prompts, dataclasses.replace(params, lead=(close, k)), account)
+        else:
+            rollouts = self._generate(prompts, dataclasses.replace(params, n=params.n - k), account)
+        if (
+            k and not in_engine
+        ):  # no lead tokens: the answers from `prompt + </think>`, the close scored apart
             answers = self._generate(closed_prompts(prompts, close), answer_params(params, k), account)
             entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
             # log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought
