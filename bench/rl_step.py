@@ -108,6 +108,12 @@ def analytic_min_flops(fm: FlopModel, tasks, rollouts) -> float:
     return fm.forward_work(prefill) + fm.forward_work(decode) + 3 * fm.forward_work(loss)
 
 
+def positions_for(context: int, args) -> int:
+    """Positions the RL configs declare: the preset's 1024, or prompt + thought + answer at context 1024 (the
+    base model is pretrained at 1024; its rotary positions go on past that)."""
+    return max(1024, context + args.thought + 8)
+
+
 def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
     overrides = [
         f"selection.context={context}",
@@ -120,6 +126,7 @@ def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
         f"sampling.batch_size={args.positions * args.group_size}",
         f"sharing.enabled={str(share).lower()}",
         f"rl.steps={args.steps + 1}",
+        f"model.max_position_embeddings={positions_for(context, args)}",
     ]
     if not args.main_job_terms:  # the workload TRL runs too
         overrides += ["reward=prefix_match", "rl.lm_coef=0", "rl.empty_thought_samples=0"]
@@ -158,7 +165,14 @@ def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
 def run_trl(base, index, context, args, out: Path) -> dict:
     from trl_grpo import run_trl_grpo
 
-    cfg = load_config("tiny", [f"selection.context={context}", f"env.thought_tokens={args.thought}"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"selection.context={context}",
+            f"env.thought_tokens={args.thought}",
+            f"model.max_position_embeddings={positions_for(context, args)}",
+        ],
+    )
     env = NextTokenEnv(cfg.env, base.tokenizer)
     tasks = index.tasks(env.make_task, list(range(len(index.position))), context)
     res = run_trl_grpo(

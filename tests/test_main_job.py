@@ -46,6 +46,12 @@ def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared wi
     assert s["wall_seconds"] >= sum(s["stage_seconds"].values()) - 1e-6
     assert s["tokens_per_second"]["rl"] > 0
     assert set(s["flops"]["rl_breakdown"]) == set(FLOP_STAGES)
+    # the RL stage's seconds by pass: every step's stages plus what none claims, within the stage's wall time
+    secs = s["rl_summary"]["stage_seconds"]
+    assert {"prefill", "decode", "loss_forward", "loss_backward", "optimizer", "other"} <= set(secs)
+    assert 0 < sum(secs.values()) <= s["stage_seconds"]["rl"]
+    row = (out / "report.html").read_text().split("rl: decode", 1)[1].split("</tr>", 1)[0]
+    assert f"<td>{secs['decode']:.1f}</td>" in row  # the report's compute table shows them beside the FLOPs
     assert s["rl_summary"]["reward"] == "prefix_match" and s["rl_summary"]["loss_tokens"] == "all"
     assert set(s["information_gain"]) == set(s["models"]) and s["information_gain"]["rl"]["n"] > 0
     assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1

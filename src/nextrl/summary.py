@@ -199,6 +199,7 @@ class RLRunSummary(_Schema):
     samples_per_second: float
     generation_seconds: float
     training_seconds: float
+    stage_seconds: dict[str, float] = {}  # by pass, as `flops.rl_breakdown` (summaries before it: empty)
     mfu_training: float
     mfu_rollout: float
     matmul_peak_flops: float

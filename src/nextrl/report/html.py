@@ -235,6 +235,10 @@ def _ppl(summary: RunSummary) -> str:
     return f"<table><thead>{head}</thead>{rows}</table>"
 
 
+def _seconds(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
 def _compute(summary: RunSummary) -> str:
     # stage -> figure; a stage that did not run (no baseline) has no entry and shows "-"
     sections: dict[str, dict[str, Any]] = {
@@ -252,9 +256,15 @@ def _compute(summary: RunSummary) -> str:
         tps = "-" if num(t) is None else f"{num(t):,.0f}"
         rows.append(_row(escape(s), sci(f), wall, tps, "-" if n is None else _fmt(n)))
         if s == "rl":  # where the RL FLOPs went, right under its total
+            secs = summary.rl_summary.stage_seconds  # where its time went, by the same passes
             rows += [
-                _row(f"&nbsp;&nbsp;rl: {escape(k)}", sci(v), "", "", "")
+                _row(f"&nbsp;&nbsp;rl: {escape(k)}", sci(v), _seconds(secs.get(k)), "", "")
                 for k, v in summary.flops.rl_breakdown.items()
+            ]
+            rows += [
+                _row(f"&nbsp;&nbsp;rl: {escape(k)}", "-", _seconds(v), "", "")
+                for k, v in secs.items()
+                if k not in summary.flops.rl_breakdown
             ]
     head = "<tr><th>stage</th><th>FLOPs</th><th>wall s</th><th>tokens/s</th><th>steps</th></tr>"
     rl, base = num(summary.flops.rl), num(summary.flops.baseline)

@@ -34,6 +34,8 @@ class RLState:
     reward_history: list[float] = field(default_factory=list)
     groups_drawn: int = 0  # with dynamic sampling: every group generated, kept or dropped
     groups_with_signal: int = 0  # drawn groups whose rewards differ (the others carry no gradient)
+    # seconds by stage over the run (the per-step `time/<stage>_s` summed, `other` for what no stage claims)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class StepAccount:
@@ -105,6 +107,9 @@ class StepAccount:
         st.seconds += dt
         st.generation_seconds += t_gen
         st.training_seconds += t_train
+        other = {"other": max(dt - sum(self.stage_seconds.values()), 0.0)}
+        for k, v in {**self.stage_seconds, **other}.items():
+            st.stage_seconds[k] = st.stage_seconds.get(k, 0.0) + v
         f_gen = sum(flops[k] for k in GENERATION_STAGES)
         f_train = sum(flops[k] for k in TRAINING_STAGES)
         all_totals = [x for g in drawn for x in g.totals]
@@ -131,7 +136,7 @@ class StepAccount:
             "time/rollout_busy_s": self.rollout_seconds,
             "time/learner_waiting_s": self.waiting_seconds,
             **{f"time/{k}_s": v for k, v in sorted(self.stage_seconds.items())},
-            "time/other_s": max(dt - sum(self.stage_seconds.values()), 0.0),
+            "time/other_s": other["other"],
             "generation_seconds": t_gen,
             "training_seconds": t_train,
             "flops/step": sum(flops.values()),

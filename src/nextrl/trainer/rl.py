@@ -265,6 +265,7 @@ class RLTrainer:
             "samples_per_second": st.samples / max(st.seconds, 1e-9),
             "generation_seconds": st.generation_seconds,
             "training_seconds": st.training_seconds,
+            "stage_seconds": dict(st.stage_seconds),
             "matmul_peak_flops": self.peak,
             "mfu_training": mfu_training,
             "mfu_rollout": mfu_rollout,
