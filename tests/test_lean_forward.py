@@ -151,3 +151,17 @@ def test_other_models_run_through_the_module_and_lean_says_why_not():
     with pytest.raises(ConfigError, match="sampling.decode"):
         PrefixSharingSampler(tiny_llama(V), 0, decode="fast")
     assert PrefixSharingSampler(tiny_llama(V), 0).lean is not None
+
+
+def test_lean_forward_under_bf16_autocast_samples_what_the_module_samples():
+    """The GPU setting (matmuls in bf16 under autocast, the residual stream in fp32): the same dtypes flow through
+    both forwards, so the samples and log-probs are the same."""
+    model = tiny_llama(V).eval()
+    params = SamplingParams(phases=(Phase(12, (5,), (5,)), Phase(2)), n=4, temperature=1.0)
+    ps = prompts(5)
+    outs = [PrefixSharingSampler(model, 0, seed=1, decode=d, autocast_dtype=torch.bfloat16).generate(ps, params)
+            for d in ("hf", "lean")]  # fmt: skip
+    for ga, gb in zip(*outs, strict=True):
+        for a, b in zip(ga, gb, strict=True):
+            assert a.completion_ids == b.completion_ids
+            assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
