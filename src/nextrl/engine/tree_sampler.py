@@ -167,23 +167,26 @@ class PrefixSharingSampler(TorchSampler):
                 rows_alive = keep
             # Queries this step: the live slots of each alive row, padded with dummy queries that see only
             # their own new column (a fully masked row would be NaN) and that nobody else sees.
-            per_row = [[q for b2, q in live if b2 == b] for b in rows_alive]
-            width = max(len(r) for r in per_row)
+            per_row: dict[int, list[int]] = {b: [] for b in rows_alive}
+            for b, q in live:
+                per_row[b].append(q)
+            width = max(len(qs) for qs in per_row.values())
             n_rows = len(rows_alive)
-            inp = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
-            qpos = torch.zeros((n_rows, width), dtype=torch.long)
-            qslot = torch.zeros((n_rows, width), dtype=torch.long)
-            for r, (b, qs) in enumerate(zip(rows_alive, per_row, strict=True)):
-                for c, q in enumerate(qs):
-                    s, _, plen = slots[b][q]
-                    inp[r, c] = s.ids[-1]
-                    qpos[r, c] = plen + len(s.ids) - 1
-                    qslot[r, c] = q
-            n_real = sum(len(qs) for qs in per_row)
+            # built as lists and converted once: element-wise tensor writes cost ~1 ms per iteration
+            ids_l, pos_l, slot_l, real_l = [], [], [], []
+            for b in rows_alive:
+                qs = per_row[b]
+                pad = width - len(qs)
+                seqs_ = [slots[b][q] for q in qs]
+                ids_l.append([s.ids[-1] for s, _, _ in seqs_] + [self.pad_token_id] * pad)
+                pos_l.append([plen + len(s.ids) - 1 for s, _, plen in seqs_] + [0] * pad)
+                slot_l.append(qs + [0] * pad)
+                real_l.append([True] * len(qs) + [False] * pad)
+            n_real = len(live)
             # dummy queries have position 0 and are not counted
-            self.last_work["decode"].add(n_real, int(qpos.sum()) + n_real, logits=n_real)
-            real = torch.tensor([[c < len(qs) for c in range(width)] for qs in per_row], device=device)
-            inp, qpos, qslot = inp.to(device), qpos.to(device), qslot.to(device)
+            self.last_work["decode"].add(n_real, sum(map(sum, pos_l)) + n_real, logits=n_real)
+            inp, qpos = torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device)
+            qslot, real = torch.tensor(slot_l, device=device), torch.tensor(real_l, device=device)
             old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
             old = old & real[:, :, None]  # dummy queries see no old column
             eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
@@ -197,7 +200,10 @@ class PrefixSharingSampler(TorchSampler):
                 h = self._forward(inp, qpos, step_mask, cache, dtype)
                 logits = model.get_output_embeddings()(h[rr, cc])
             # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
-            live = [(rows_alive[r], per_row[r][c]) for r, c in zip(rr.tolist(), cc.tolist(), strict=True)]
+            live = [
+                (rows_alive[r], per_row[rows_alive[r]][c])
+                for r, c in zip(rr.tolist(), cc.tolist(), strict=True)
+            ]
 
     def _forward(self, ids, pos, mask, cache, dtype) -> torch.Tensor:
         """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`."""
