@@ -129,7 +129,10 @@ def _sample(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
-def _overrides(seqs: Sequence[_Seq], device: torch.device) -> torch.Tensor | None:
+def _overrides(seqs: Sequence[_Seq], params: SamplingParams, device: torch.device) -> torch.Tensor | None:
+    """The lead tokens this step takes instead of its draws (-1: draw), or None (no lead in this call or step)."""
+    if params.lead is None:  # the common case: nothing to look at in the decode loop
+        return None
     over = [s.first_override() for s in seqs]
     return torch.tensor(over, device=device) if any(t >= 0 for t in over) else None
 
@@ -261,7 +264,9 @@ class TorchSampler:
                 cache.batch_select_indices(sel)
                 attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
                 live = [live[row] for row in keep]
-            tokens, logps, ents = _sample(logits, params, gen, _overrides([seqs[i] for i in live], device))
+            tokens, logps, ents = _sample(
+                logits, params, gen, _overrides([seqs[i] for i in live], params, device)
+            )
             for i, tok, lp, h in zip(live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True):
                 seqs[i].add(tok, lp, params, h)
             if all(seqs[i].finish is not None for i in live):

@@ -146,7 +146,7 @@ class PrefixSharingSampler(TorchSampler):
         model, device = self.model, _device(self.model)
         while True:
             if live:
-                over = _overrides([slots[b][q][0] for b, q in live], device)
+                over = _overrides([slots[b][q][0] for b, q in live], params, device)
                 tokens, logps, ents = _sample(logits, params, gen, over)
                 for (b, q), tok, lp, h in zip(
                     live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True

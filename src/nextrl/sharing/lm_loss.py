@@ -11,11 +11,11 @@ path, `nextrl.model.lm.lm_loss`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 
 from nextrl.accounting.flops import TokenWork
+from nextrl.sharing.logprobs import _autocast
 from nextrl.sharing.prefix_tree import attention_mask_for, build_tree, group_by_prefix, tree_batch
 
 
@@ -60,8 +60,7 @@ def tree_token_nll(
     if work is not None:
         work.add(0, 0, logits=len(rows))
     dtype = autocast or next(model.parameters()).dtype
-    ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
-    with ctx:
+    with _autocast(device, autocast):
         hidden = model.base_model(
             input_ids=ids, position_ids=pos, attention_mask=attention_mask_for(model, mask, dtype)
         ).last_hidden_state

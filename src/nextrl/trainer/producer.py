@@ -135,9 +135,8 @@ class Producer:
             rollouts = self._generate(prompts, dataclasses.replace(params, lead=(close, k)), account)
         else:
             rollouts = self._generate(prompts, dataclasses.replace(params, n=params.n - k), account)
-        if (
-            k and not in_engine
-        ):  # no lead tokens: the answers from `prompt + </think>`, the close scored apart
+        if k and not in_engine:
+            # an engine without lead tokens: the answers from `prompt + </think>`, the close scored apart
             answers = self._generate(closed_prompts(prompts, close), answer_params(params, k), account)
             entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
             # log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought
