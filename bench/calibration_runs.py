@@ -32,6 +32,9 @@ VARIANTS = {  # name: overrides of the tiny preset (its own: context 128, G 8, t
     "stripe1": ["rl.positions_per_prefix=1"],
     "stripe16": ["rl.positions_per_prefix=16"],
     "no_sharing": ["sharing.enabled=false"],
+    # with sharing the next-token term rides in the loss: the runs without sharing are the ones that time its
+    # pass of its own, and leaving one out must leave another
+    "no_sharing_context256": ["sharing.enabled=false", "selection.context=256"],
     "positions32": ["rl.positions_per_step=32"],
     "prefix_match_only": ["reward.spec=prefix_match", "rl.lm_coef=0"],
     "no_lm_term": ["rl.lm_coef=0"],

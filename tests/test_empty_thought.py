@@ -223,5 +223,7 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
         want = torch.log_softmax(logits / cfg.sampling.temperature, -1)[close]
         assert empty.logprobs[0] == pytest.approx(float(want), abs=1e-4)
     assert "reward/empty_thought" in metrics and "reward/thinking" in metrics
-    assert metrics["lm_loss"] > 0 and trainer.state.flops["lm"] > 0
+    # the next-token term rides in the loss's forwards (prefix sharing): trained, no pass of its own
+    assert metrics["lm_loss"] > 0 and metrics["lm_loss_empty_thought"] > 0
+    assert trainer.state.flops["lm"] == 0 and trainer.state.flops["loss_forward"] > 0
     assert 0.0 <= metrics["groups/signal_fraction"] <= 1.0

@@ -166,27 +166,38 @@ def test_resumed_rl_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
-def test_shared_and_plain_loss_give_the_same_update(tmp_path):
+@pytest.mark.parametrize("lm_coef", [0.0, 0.5])
+def test_shared_and_plain_loss_give_the_same_update(tmp_path, lm_coef):
     # The same rollouts and advantages through the prefix-tree loss and the plain loss: the same gradient
     # (fp32; compared before the optimizer step, since Adam's first step is ~sign(g) and would amplify float
-    # noise in near-zero entries). Positions come in stripes, so the trees share document prefixes too.
-    cfg = load_config("micro", ["model.dtype=float32", "rl.positions_per_step=8", "rl.micro_batch_size=16"])
+    # noise in near-zero entries). Positions come in stripes, so the trees share document prefixes too. With
+    # the next-token term, the shared path trains it inside the loss's forwards (its sequences ride in the
+    # rollouts' prompt trees, micro-batches of 16 cut the batch), the plain path in passes of its own.
+    common = ["model.dtype=float32", f"rl.lm_coef={lm_coef}", "rl.micro_batch_size=16"]
+    cfg = load_config("micro", [*common, "rl.positions_per_step=8"])
     base = prepare_base(cfg)
     index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
     shared = _trainer(cfg, base, index, tmp_path / "s")
     tasks = shared.source.take(8, 0)
     rollouts = [r for g in shared.engine.generate([t.prompt_ids for t in tasks], shared.params) for r in g]
     advantages = [((i * 7) % 5 - 2) / 2 for i in range(len(rollouts))]
+    lm_seqs = shared.env.lm_sequences(tasks) if lm_coef else None
+    lm_empty = shared.env.empty_thought_targets(tasks) if lm_coef else None
     plain = _trainer(
-        load_config("micro", ["model.dtype=float32", "sharing.enabled=false"]), base, index, tmp_path / "p"
+        load_config("micro", [*common, "sharing.enabled=false"]), base, index, tmp_path / "p"
     )
     for t in (shared, plain):
         t.learner.optimizer.step = lambda: None  # keep the accumulated gradients to compare them
     m_shared, m_plain = (
-        shared.learner.update(rollouts, advantages),
-        plain.learner.update(rollouts, advantages),
+        shared.learner.update(rollouts, advantages, lm_seqs, lm_empty),
+        plain.learner.update(rollouts, advantages, lm_seqs, lm_empty),
     )
-    assert m_shared["loss"] == pytest.approx(m_plain["loss"], rel=1e-4, abs=1e-6)
+    terms = ["loss"] + (["lm_loss", "lm_loss_empty_thought"] if lm_coef else [])
+    for k in terms:
+        assert m_shared[k] == pytest.approx(m_plain[k], rel=1e-4, abs=1e-6), k
+    if lm_coef:
+        assert len(shared.learner.plan_chunks(rollouts, lm_seqs + lm_empty[0])) > 1
+        assert plain.learner.account.work["lm"].tokens > 0 and "lm" not in shared.learner.account.work
     loss_tokens = [t.learner.account.work["loss"].tokens for t in (shared, plain)]
     assert loss_tokens[0] < loss_tokens[1]  # the prefixes really were shared
     pairs = zip(shared.policy.named_parameters(), plain.policy.parameters(), strict=True)

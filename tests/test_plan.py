@@ -122,7 +122,10 @@ def synthetic_runs(hw, truth):
                     decode_batch=128, micro_batch=64, mean_thought=4.0)  # fmt: skip
     variants = [{}, {"context": 64}, {"context": 256}, {"group_size": 4}, {"group_size": 16},
                 {"thought": 48, "mean_thought": 10.0}, {"per_prefix": 1}, {"share_prefix": False},
-                {"lm_term": False}, {"model_scored": False}, {"trained_fraction": 0.3}]  # fmt: skip
+                {"lm_term": False}, {"model_scored": False}, {"trained_fraction": 0.3},
+                {"share_prefix": False, "context": 256}]  # fmt: skip
+    # (with prefix sharing the next-token term rides in the loss: only runs without sharing time an lm pass,
+    # and leaving one out must leave another)
     h, e = profile_with(hw, truth)
     runs = []
     for i, v in enumerate(variants):
@@ -146,7 +149,7 @@ def test_calibration_recovers_known_numbers_and_predicts_left_out_runs():
     assert fitted["forward"] == pytest.approx(0.2, rel=0.05)
     assert fitted["train"] == pytest.approx(0.3, rel=0.05) and fitted["lm"] == pytest.approx(0.5, rel=0.05)
     assert fitted["step_overhead_s"] == pytest.approx(0.05, rel=0.05)
-    assert "worst error" in render(result) and len(render(result).splitlines()) == 1 + 11 + 1
+    assert "worst error" in render(result) and len(render(result).splitlines()) == 1 + 12 + 1
 
 
 def test_calibration_reads_run_folders_and_names_bad_ones(tmp_path):
@@ -195,7 +198,14 @@ def test_prompt_geometry_of_an_index_by_hand():
     from nextrl.plan.cost import step_work
 
     work = step_work(w)
-    assert work["prefill"].tokens == pytest.approx(2 * 6.5) and work["lm"].tokens == pytest.approx(2 * 6.5)
+    assert work["prefill"].tokens == pytest.approx(2 * 6.5)
+    # the next-token term rides in the loss's forwards: the units' text once, every token projected
+    assert work["lm"].tokens == 0 and work["loss"].logits == pytest.approx(2 * 6.5 + 3)
+    assert work["loss"].tokens == pytest.approx(2 * 6.5 + 3 * 1)  # the prefix once, one answer token per sample
+    import dataclasses
+
+    plain = step_work(dataclasses.replace(w, share_prefix=False))
+    assert plain["lm"].tokens == pytest.approx(2 * 6.5)  # a pass of its own over the units' text
     assert work["decode"].attended == pytest.approx(3 * (19 / 3 + 1))  # one answer token after each prompt
 
 
@@ -215,8 +225,10 @@ def test_empty_thought_samples_add_their_passes_by_hand():
     # each of 2 prompts of 8 tokens once; apart: then prompt + </think> twice (answers, log-prob)
     assert plain["prefill"].tokens == empty["prefill"].tokens == 2 * 8
     assert apart["prefill"].tokens == 2 * 8 + 2 * (2 * 8 + 2)
-    # the LM term: each unit's text, then <think> and </think> as a branch of the tree per position (shared)
-    assert empty["lm"].tokens == 2 * 8 + 2 * 2 and empty["lm"].logits == 2 * 8 + 2
+    # the LM term rides in the loss's forward (shared): each unit's text is the prefix the loss encodes (every
+    # token projected), each position's </think> a node of the tree after its <think>, one target
+    assert empty["lm"].tokens == 0
+    assert empty["loss"].tokens == 2 * 8 + 2 * 1 + 2 * 3 * 3 and empty["loss"].logits == 2 * 8 + 2 + 2 * 3 * 3
     alone = step_work(Workload(**base, lm_term=True, share_prefix=False))  # or a sequence of its own
     assert alone["lm"].tokens == 2 * 8 + 2 * (8 + 2) and alone["lm"].logits == 2 * 8 + 2
 

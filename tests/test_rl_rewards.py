@@ -46,9 +46,9 @@ def spy(monkeypatch):
     chunks: list[list[Rollout]] = []
     real_chunk_loss, real_grpo_loss = Learner.chunk_loss, learner_module.grpo_loss
 
-    def chunk_loss(self, chunk, advantages):
+    def chunk_loss(self, chunk, advantages, *rest):
         chunks.append(list(chunk))
-        return real_chunk_loss(self, chunk, advantages)
+        return real_chunk_loss(self, chunk, advantages, *rest)
 
     def grpo_loss(batch, *args, **kwargs):
         batch.logprobs.retain_grad()

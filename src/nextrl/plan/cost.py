@@ -149,19 +149,22 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
         )
         work["scoring"] = _sum(branch, prefix, bare)
     prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
-    loss = _sum(prefix, _scaled(_seq(comp, prompt, comp), samples))
-    work["loss"] = _scaled(loss, w.updates_per_batch * w.trained_fraction)
-    if w.lm_term:  # the text the positions read, once per unit, and "an empty thought changes nothing": each
-        # position's context + <think></think> + its true token, one target; with sharing, a branch of the
-        # unit's tree (<think> and </think> attend to the prompt), without, a sequence of its own
+    branches = _scaled(_seq(comp, prompt, comp), samples)
+    work["loss"] = _scaled(_sum(prefix, branches), w.updates_per_batch * w.trained_fraction)
+    if w.lm_term and w.share_prefix:
+        # the next-token term rides in the loss's forwards (`tree_logprobs_and_nll`): the text the positions
+        # read is the units' prefix, encoded once for both (every unit's, trained groups or not) with each
+        # token projected to the vocabulary; each position's "context <think></think> x_t" adds its </think>
+        # node to the tree, one target
+        lm = _sum(prefix, TokenWork(0, 0, units * shared))  # type: ignore[arg-type]
+        if w.thought > 0:
+            lm = _sum(lm, TokenWork(w.positions, w.positions * (prompt + 1), w.positions))  # type: ignore[arg-type]
+        work["loss"] = _scaled(_sum(lm, _scaled(branches, w.trained_fraction)), w.updates_per_batch)
+    elif w.lm_term:  # a pass of its own: the text read, and every position's context + <think></think> + x_t
         work["lm"] = _scaled(_seq(shared, 0, shared), units)
         if w.thought > 0:
-            empty = (
-                TokenWork(2 * w.positions, w.positions * (2 * prompt + 3), w.positions)  # type: ignore[arg-type]
-                if w.share_prefix
-                else _scaled(_seq(prompt + 2, 0, 1), w.positions)
-            )
-            work["lm"] = _sum(work["lm"], empty)
+            work["lm"] = _sum(work["lm"], _scaled(_seq(prompt + 2, 0, 1), w.positions))
+        work["lm"] = _scaled(work["lm"], w.updates_per_batch)
     return work
 
 
@@ -240,7 +243,7 @@ def step_cost(
     batches = math.ceil(samples / (w.decode_batch * gpus))
     trained = samples * w.trained_fraction
     micro = math.ceil(trained / (w.micro_batch * gpus)) * w.updates_per_batch
-    lm_micro = math.ceil(stripes_of(w) / (w.micro_batch * gpus)) if w.lm_term else 0
+    lm_micro = math.ceil(stripes_of(w) / (w.micro_batch * gpus)) if w.lm_term and not w.share_prefix else 0
     calls = iterations + batches * (1 + 2 * w.model_scored) + 3 * (micro + lm_micro)
     c.seconds["overhead"] = calls * m.layers * hw.layer_overhead_s + hw.step_overhead_s
     return c

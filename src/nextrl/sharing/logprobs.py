@@ -86,15 +86,41 @@ def tree_completion_logprobs(
     """Same result as `completion_logprobs`, computed with each shared prompt prefix encoded once: the prompts
     of a group (at most `max_nodes` prompt tokens) form a prefix tree, and every completion is a branch from
     its prompt's last node (`branch_attention`). All groups of the call go through one batched forward."""
+    return tree_logprobs_and_nll(model, prompts, completions, temperature, pad_id, autocast, max_nodes, work)[0]
+
+
+def tree_logprobs_and_nll(
+    model,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    temperature: float,
+    pad_id: int,
+    autocast: torch.dtype | None = None,
+    max_nodes: int = 4096,
+    work: TokenWork | None = None,
+    lm_seqs: Sequence[Sequence[int]] = (),
+    lm_starts: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tree_completion_logprobs` of the completions, and in the same forward the summed next-token NLL (at
+    temperature 1) of each of `lm_seqs`' targets `lm_seqs[i][j + 1]` for `j >= lm_starts[i]` -> ([N, max
+    completion len], [len(lm_seqs)] fp32), both with gradient.
+
+    The RL step's next-token term reads the text its positions read, and "context <think></think> x_t": these
+    nest in the same prompt trees as the rollouts' prompts. Put into those trees (each sequence without its
+    last token, a target only), they cost the trie a few nodes per position and the vocabulary projection of
+    their targets, instead of a forward and backward of their own over the same prefix."""
     device = next(model.parameters()).device
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: there is no token to condition the first completion token on")
-    groups = group_by_prefix(prompts, max_nodes)
-    trees = [build_tree([prompts[i] for i in g]) for g in groups]
+    N = len(prompts)
+    lm_live = [i for i, s in enumerate(lm_seqs) if len(s) - 1 > lm_starts[i]]
+    inputs = [list(p) for p in prompts] + [list(lm_seqs[i][:-1]) for i in lm_live]
+    groups = group_by_prefix(inputs, max_nodes)
+    trees = [build_tree([inputs[i] for i in g]) for g in groups]
     # branch inputs: each completion without its last token (a target only), packed end to end per row
     blen = [max(len(c) - 1, 0) for c in completions]
     B, Np = len(groups), max(len(t) for t in trees)
-    Nb = max(sum(blen[i] for i in g) for g in groups)
+    Nb = max(sum(blen[i] for i in g if i < N) for g in groups)
     ids = torch.full((B, Np + Nb), pad_id, dtype=torch.long)
     pos = torch.zeros((B, Np + Nb), dtype=torch.long)
     prefix_mask = np.zeros((B, 1, Np, Np), dtype=bool)
@@ -103,8 +129,11 @@ def tree_completion_logprobs(
     diag = np.arange(max(Np, Nb))
     # For each (sequence, completion token): the row of the hidden state that predicts it. A prompt's last node
     # predicts the first token of each of its samples and is projected to the vocabulary once for all of them.
+    # The lm targets have rows of their own (another temperature); a node both need is projected twice.
     row_of: dict[tuple[int, int], int] = {}
     rows, cols, where, slot, tgts = [], [], [], [], []
+    lm_row_of: dict[tuple[int, int], int] = {}
+    lm_rows, lm_cols, lm_slot, lm_tgts, lm_owner = [], [], [], [], []
     for b, (g, t) in enumerate(zip(groups, trees, strict=True)):
         n = len(t)
         ids[b, :n] = torch.tensor(t.tokens)
@@ -116,6 +145,19 @@ def tree_completion_logprobs(
             work.add(n, sum(t.depth) + n)
         off = 0  # where the next branch starts in the packed region
         for k, i in enumerate(g):
+            if i >= N:  # an lm sequence: its targets are predicted by its own trie nodes
+                q = lm_live[i - N]
+                s, nodes = lm_seqs[q], t.seq_nodes[k]
+                for j in range(lm_starts[q], len(s) - 1):
+                    key = (b, nodes[j])
+                    if key not in lm_row_of:
+                        lm_row_of[key] = len(lm_rows)
+                        lm_rows.append(b)
+                        lm_cols.append(nodes[j])
+                    lm_slot.append(lm_row_of[key])
+                    lm_tgts.append(int(s[j + 1]))
+                    lm_owner.append(q)
+                continue
             last, plen, comp, m = t.seq_nodes[k][-1], len(prompts[i]), list(completions[i]), blen[i]
             if m:
                 ids[b, Np + off : Np + off + m] = torch.tensor(comp[:m])
@@ -138,7 +180,7 @@ def tree_completion_logprobs(
         # padding at the end of the packed region sees its own column only (a fully masked row would be NaN)
         branch_mask[b, 0, diag[off:Nb], Np + diag[off:Nb]] = True
     if work is not None:
-        work.add(0, 0, logits=len(rows))
+        work.add(0, 0, logits=len(rows) + len(lm_rows))
     layout = BranchLayout(
         Np, torch.from_numpy(prefix_mask).to(device), torch.from_numpy(branch_mask).to(device)
     )
@@ -149,14 +191,20 @@ def tree_completion_logprobs(
             attention_mask=layout.prefix_mask,
             layout=layout,
         ).last_hidden_state
-        r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        r = torch.tensor(rows + lm_rows, device=device, dtype=torch.long)
+        c = torch.tensor(cols + lm_cols, device=device, dtype=torch.long)
         logits = model.get_output_embeddings()(hidden[r, c])
-    logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    logp = torch.log_softmax(logits[: len(rows)].float() / (temperature if temperature > 0 else 1.0), dim=-1)
     Tc = max((len(c) for c in completions), default=0)
-    out = torch.zeros((len(prompts), Tc), dtype=logp.dtype, device=device)
+    out = torch.zeros((N, Tc), dtype=logp.dtype, device=device)
     if where:
         picked = logp[torch.tensor(slot, device=device), torch.tensor(tgts, device=device)]
         wi = torch.tensor([w[0] for w in where], device=device)
         wj = torch.tensor([w[1] for w in where], device=device)
         out = out.index_put((wi, wj), picked)
-    return out
+    nll = torch.zeros(len(lm_seqs), dtype=torch.float32, device=device)
+    if lm_slot:
+        lm_logp = torch.log_softmax(logits[len(rows) :].float(), dim=-1)
+        picked = -lm_logp[torch.tensor(lm_slot, device=device), torch.tensor(lm_tgts, device=device)]
+        nll = nll.index_add(0, torch.tensor(lm_owner, device=device), picked)
+    return out, nll

@@ -24,8 +24,7 @@ from nextrl.engine.base import PolicyWeights, Rollout
 from nextrl.env.base import Environment
 from nextrl.model.lm import lm_loss
 from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
-from nextrl.sharing.lm_loss import tree_token_nll
-from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
+from nextrl.sharing.logprobs import completion_logprobs, tree_logprobs_and_nll
 from nextrl.sharing.prefix_tree import group_by_prefix
 from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.producer import ScoredGroup
@@ -33,19 +32,25 @@ from nextrl.trainer.self_selection import loss_token_masks
 
 
 def plan_micro_batches(
-    prompts: list[list[int]], size: int, share_prefix: bool, max_nodes: int
+    prompts: list[list[int]], size: int, share_prefix: bool, max_nodes: int, counted: int | None = None
 ) -> list[list[int]]:
     """Indices of each micro-batch, about `size` sequences each. With prefix sharing, sequences whose prompts
     share a prefix stay in one micro-batch so that the prefix is encoded once (a group larger than `size` gets
-    a micro-batch of its own); without, consecutive slices."""
+    a micro-batch of its own); without, consecutive slices. Only the first `counted` sequences (default all)
+    count toward `size`: the others ride along with the sequences they share a prefix with."""
     if not share_prefix:
         return [list(range(s, min(s + size, len(prompts)))) for s in range(0, len(prompts), size)]
+    counted = len(prompts) if counted is None else counted
     chunks: list[list[int]] = []
+    filled = 0
     for g in group_by_prefix(prompts, max_nodes):
-        if chunks and len(chunks[-1]) + len(g) <= size:
+        n = sum(i < counted for i in g)
+        if chunks and filled + n <= size:
             chunks[-1] += g
+            filled += n
         else:
             chunks.append(list(g))
+            filled = n
     return chunks
 
 
@@ -58,6 +63,19 @@ def loss_weight(loss_norm: str, chunk: list[Rollout], batch: list[Rollout]) -> f
     if loss_norm == "grpo":
         return sum(any(r.action_mask) for r in chunk) / max(sum(any(r.action_mask) for r in batch), 1)
     return len(chunk) / len(batch)
+
+
+@dataclass
+class LMTargets:
+    """The next-token term's sequences (the text the positions read, then the empty-thought sequences), the
+    index of each one's first target, and each sequence's weight in the mean of its term (`kind` 0: `lm_loss`,
+    1: `lm_loss_empty_thought`)."""
+
+    seqs: list[list[int]]
+    starts: list[int]
+    weight: torch.Tensor
+    kind: torch.Tensor
+    names: tuple[str, ...]  # the metrics of the terms present
 
 
 @dataclass
@@ -176,28 +194,22 @@ class Learner:
                 wait()
             return {}
         totals: dict[str, float] = {}
-        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
-        chunks = (self.plan_chunks(rollouts) if rollouts else [])[rank::world]  # this rank's share
+        # With prefix sharing the next-token term rides in the loss's own forward: its sequences nest in the
+        # prompt trees the rollouts already encode (`tree_logprobs_and_nll`). Without, it is a pass of its own.
+        joint = self.cfg.sharing.enabled
+        lm = self.lm_targets(lm_seqs, lm_empty) if joint else None
         n_up = self.rl.updates_per_batch
         grad_norm = 0.0
         for _ in range(n_up):
             self.optimizer.zero_grad(set_to_none=True)
-            for idx in chunks:
-                chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
-                t = time.time()
-                loss, metrics = self.chunk_loss(chunk, chunk_adv)
-                weight = loss_weight(self.rl.loss_norm, chunk, rollouts)
-                t1 = time.time()
-                (loss * weight).backward()
-                self.account.add_seconds("loss_forward", t1 - t)
-                self.account.add_seconds("loss_backward", time.time() - t1)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v * weight / n_up
-            t = time.time()
-            for k, v in self.lm_terms(lm_seqs, lm_empty).items():
+            for k, v in self.backward_chunks(rollouts, advantages, lm).items():
                 totals[k] = totals.get(k, 0.0) + v / n_up
             t1 = time.time()
-            self.account.add_seconds("lm", t1 - t)
+            if not joint:
+                for k, v in self.lm_terms(lm_seqs, lm_empty).items():
+                    totals[k] = totals.get(k, 0.0) + v / n_up
+                self.account.add_seconds("lm", time.time() - t1)
+                t1 = time.time()
             if self.peers:  # the whole batch's gradient on every rank, before anything reads it
                 self.peers.reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
                 t2 = time.time()
@@ -214,12 +226,67 @@ class Learner:
             wait()
         return {**totals, "grad_norm": grad_norm}
 
+    def backward_chunks(
+        self, rollouts: list[Rollout], advantages: list[float], lm: LMTargets | None = None
+    ) -> dict[str, float]:
+        """Forward and backward of this rank's micro-batches: Σ weight × policy-gradient loss, plus with `lm`
+        `rl.lm_coef` × the next-token term's means from the same forwards. Returns the metrics (this rank's
+        share of the batch's)."""
+        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
+        chunks = self.plan_chunks(rollouts, lm.seqs if lm else [])[rank::world]
+        totals: dict[str, float] = {}
+        lm_sums = torch.zeros(2)
+        for idx, lm_idx in chunks:
+            chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
+            t = time.time()
+            lm_part = ([lm.seqs[i] for i in lm_idx], [lm.starts[i] for i in lm_idx]) if lm else ([], [])
+            loss, metrics, nll = self.chunk_loss(chunk, chunk_adv, *lm_part)
+            total = torch.zeros((), device=self.device)
+            if loss is not None:
+                weight = loss_weight(self.rl.loss_norm, chunk, rollouts)
+                total = total + loss * weight
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v * weight
+            if lm is not None and lm_idx:
+                weighted = nll * lm.weight[lm_idx].to(nll.device)
+                total = total + self.rl.lm_coef * weighted.sum()
+                lm_sums.index_add_(0, lm.kind[lm_idx], weighted.detach().cpu())
+            t1 = time.time()
+            total.backward()
+            # a micro-batch of next-token sequences alone is the lm pass
+            forward, backward = ("loss_forward", "loss_backward") if chunk else ("lm", "lm")
+            self.account.add_seconds(forward, t1 - t)
+            self.account.add_seconds(backward, time.time() - t1)
+        if lm is not None:
+            for k, name in enumerate(("lm_loss", "lm_loss_empty_thought")):
+                if name in lm.names:
+                    totals[name] = float(lm_sums[k])
+        return totals
+
+    def lm_targets(
+        self, lm_seqs: list[list[int]], lm_empty: tuple[list[list[int]], list[int]] | None
+    ) -> LMTargets | None:
+        """The next-token term's sequences, each weighted by 1 / the predicted tokens of its term (None: no
+        term). Both terms are means: the text read over its tokens, the empty-thought targets over theirs."""
+        if not lm_seqs and not lm_empty:
+            return None
+        empty_seqs, empty_starts = lm_empty or ([], [])
+        seqs, starts = lm_seqs + empty_seqs, [0] * len(lm_seqs) + list(empty_starts)
+        term = [0] * len(lm_seqs) + [1] * len(empty_seqs)
+        n_pred = [0, 0]
+        for q, a, k in zip(seqs, starts, term, strict=True):
+            n_pred[k] += max(len(q) - 1 - a, 0)
+        names = ("lm_loss",) * bool(lm_seqs) + ("lm_loss_empty_thought",) * bool(empty_seqs)
+        weight = torch.tensor([1.0 / max(n_pred[k], 1) for k in term])
+        return LMTargets(seqs, starts, weight, torch.tensor(term, dtype=torch.long), names)
+
     def lm_terms(
         self, lm_seqs: list[list[int]], lm_empty: tuple[list[list[int]], list[int]] | None
     ) -> dict[str, float]:
         """Backward of `rl.lm_coef` × (the mean next-token loss over `lm_seqs` + the mean loss of `lm_empty`'s
-        targets); returns both means. With prefix sharing, all sequences go through their prefix trees together
-        (they nest in the stripes' text: each shared token is encoded once); without, `lm_term` per term."""
+        targets) as a pass of its own; returns both means. With prefix sharing, all sequences go through their
+        prefix trees together (they nest in the stripes' text: each shared token is encoded once); without,
+        `lm_term` per term. (An update with rollouts trains the term inside the loss's forwards instead.)"""
         if not lm_seqs and not lm_empty:
             return {}
         if not self.cfg.sharing.enabled:
@@ -227,38 +294,7 @@ class Learner:
             if lm_empty:
                 out["lm_loss_empty_thought"] = self.lm_term(*lm_empty)
             return out
-        empty_seqs, empty_starts = lm_empty or ([], [])
-        seqs, starts = lm_seqs + empty_seqs, [0] * len(lm_seqs) + list(empty_starts)
-        term = [0] * len(lm_seqs) + [1] * len(empty_seqs)
-        n_pred = [0, 0]
-        for q, a, k in zip(seqs, starts, term, strict=True):
-            n_pred[k] += max(len(q) - 1 - a, 0)
-        weight = torch.tensor([1.0 / max(n_pred[k], 1) for k in term])
-        kinds = torch.tensor(term)
-        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
-        sharing, work = self.cfg.sharing, self.account.pass_work("lm")
-        chunks = plan_micro_batches(
-            [q[:-1] for q in seqs], self.rl.micro_batch_size, True, sharing.max_tree_nodes
-        )
-        sums = torch.zeros(2)
-        self.policy.train()
-        for idx in chunks[rank::world]:  # this rank's share of the micro-batches
-            nll = tree_token_nll(
-                self.policy,
-                [seqs[i] for i in idx],
-                [starts[i] for i in idx],
-                self.pad_token_id,
-                self.autocast,
-                sharing.max_tree_nodes,
-                work,
-            )
-            weighted = nll * weight[idx].to(nll.device)
-            (self.rl.lm_coef * weighted.sum()).backward()
-            sums.index_add_(0, kinds[idx], weighted.detach().cpu())
-        out = {"lm_loss": float(sums[0])} if lm_seqs else {}
-        if empty_seqs:
-            out["lm_loss_empty_thought"] = float(sums[1])
-        return out
+        return self.backward_chunks([], [], self.lm_targets(lm_seqs, lm_empty))
 
     def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
         """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
@@ -285,16 +321,27 @@ class Learner:
             total += float(loss.detach()) * share
         return total
 
-    def plan_chunks(self, rollouts: list[Rollout]) -> list[list[int]]:
+    def plan_chunks(
+        self, rollouts: list[Rollout], lm_seqs: list[list[int]] | None = None
+    ) -> list[tuple[list[int], list[int]]]:
+        """Micro-batches as (rollout indices, indices into `lm_seqs`): an lm sequence goes with the rollouts
+        whose prompts share its prefix (prefix sharing only), and does not count toward the size."""
         prompts = [r.prompt_ids for r in rollouts]
-        sharing = self.cfg.sharing
-        return plan_micro_batches(prompts, self.rl.micro_batch_size, sharing.enabled, sharing.max_tree_nodes)
+        sharing, size = self.cfg.sharing, self.rl.micro_batch_size
+        if not lm_seqs:
+            return [(c, []) for c in plan_micro_batches(prompts, size, sharing.enabled, sharing.max_tree_nodes)]
+        n = len(prompts)
+        inputs = prompts + [q[:-1] for q in lm_seqs]
+        # lm sequences alone (no rollouts) count themselves, as a pass of their own would
+        joint = plan_micro_batches(inputs, size, True, sharing.max_tree_nodes, counted=n or None)
+        return [([i for i in c if i < n], [i - n for i in c if i >= n]) for c in joint]
 
-    def logprobs(self, model, prompts, comps, work) -> torch.Tensor:
-        """Per-token log-probs of completions under `model`: the prefix-tree path or the plain reference path."""
+    def logprobs(self, model, prompts, comps, work, lm_seqs=(), lm_starts=()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of completions under `model` (the prefix-tree path or the plain reference path),
+        and with prefix sharing the summed NLL of each of `lm_seqs`' targets from the same forward."""
         T, pad = self.cfg.sampling.temperature, self.pad_token_id
         if self.cfg.sharing.enabled:
-            return tree_completion_logprobs(
+            return tree_logprobs_and_nll(
                 model,
                 prompts,
                 comps,
@@ -303,16 +350,30 @@ class Learner:
                 self.autocast,
                 max_nodes=self.cfg.sharing.max_tree_nodes,
                 work=work,
+                lm_seqs=lm_seqs,
+                lm_starts=lm_starts,
             )
-        return completion_logprobs(model, prompts, comps, T, pad, self.autocast, work=work)
+        if lm_seqs:
+            raise ValueError("the next-token term rides in the loss's forward only with prefix sharing")
+        logp = completion_logprobs(model, prompts, comps, T, pad, self.autocast, work=work)
+        return logp, logp.new_zeros(0)
 
     def chunk_loss(
-        self, chunk: list[Rollout], advantages: list[float]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self,
+        chunk: list[Rollout],
+        advantages: list[float],
+        lm_seqs: list[list[int]] | tuple = (),
+        lm_starts: list[int] | tuple = (),
+    ) -> tuple[torch.Tensor | None, dict[str, float], torch.Tensor]:
+        """The micro-batch's policy-gradient loss and metrics (None and {} without rollouts), and the summed
+        next-token NLL of each of `lm_seqs` from the same forward."""
         prompts = [r.prompt_ids for r in chunk]
         comps = [r.completion_ids for r in chunk]
         self.policy.train()
-        logp = self.logprobs(self.policy, prompts, comps, self.account.pass_work("loss"))
+        work = self.account.pass_work("loss" if chunk else "lm")
+        logp, nll = self.logprobs(self.policy, prompts, comps, work, lm_seqs, lm_starts)
+        if not chunk:
+            return None, {}, nll
         width = logp.shape[1]
 
         def padded(rows: list[list[float]]) -> torch.Tensor:
@@ -321,7 +382,7 @@ class Learner:
         ref = None
         if self.reference is not None:
             with torch.no_grad():
-                ref = self.logprobs(self.reference, prompts, comps, self.account.pass_work("reference"))
+                ref = self.logprobs(self.reference, prompts, comps, self.account.pass_work("reference"))[0]
         batch = PolicyBatch(
             logprobs=logp,
             old_logprobs=padded([r.logprobs for r in chunk]),
@@ -331,7 +392,7 @@ class Learner:
             # asynchronous rollouts: the learner's weights before this (single) update are the proximal policy
             prox_logprobs=logp.detach() if self.rl.max_off_policy_steps else None,
         )
-        return grpo_loss(
+        loss, metrics = grpo_loss(
             batch,
             self.rl.loss_norm,
             self.rl.clip_eps_low,
@@ -340,3 +401,4 @@ class Learner:
             max_tokens=self.max_new_tokens,
             is_cap=self.rl.is_cap,
         )
+        return loss, metrics, nll
