@@ -92,10 +92,22 @@ def plan_blocks(mask: torch.Tensor, rows: int):
 
 def blocked(q, k, v, blocks, scale):
     outs = []
-    for lo, hi, keys, m in blocks:
-        kk, vv = (k[:, :, keys], v[:, :, keys]) if isinstance(keys, slice) else (k[:, :, keys], v[:, :, keys])
-        outs.append(F.scaled_dot_product_attention(q[:, :, lo:hi], kk, vv, attn_mask=m, scale=scale))
+    for lo, hi, keys, m in blocks:  # keys: a slice (a view) or an index (a copy of the block's keys)
+        outs.append(F.scaled_dot_product_attention(q[:, :, lo:hi], k[:, :, keys], v[:, :, keys], attn_mask=m,
+                                                   scale=scale))  # fmt: skip
     return torch.cat(outs, dim=2)
+
+
+def candidates(q, k, v, mask, scale, block_sizes):
+    """name -> the attention of one layer under `mask`, each a zero-argument call."""
+    out = {
+        "sdpa_masked (nextrl)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    }
+    for b in block_sizes:
+        plan = plan_blocks(mask, b)
+        out[f"key_blocks {b}"] = lambda p=plan: blocked(q, k, v, p, scale)
+    out["math"] = lambda: math_attention(q, k, v, mask, scale)
+    return out
 
 
 def math_attention(q, k, v, mask, scale):
@@ -135,18 +147,14 @@ def main() -> None:
         v = torch.randn(B, H, nk, D, generator=g).requires_grad_()
         dense = mask.float().mean().item()
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        cands = {"sdpa_masked (nextrl)": lambda m=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m,
-                                                                                       scale=scale)}  # fmt: skip
-        for b in args.block:
-            plan = plan_blocks(mask, b)
-            cands[f"key_blocks {b}"] = lambda p=plan: blocked(q, k, v, p, scale)
-        cands["math"] = lambda m=mask: math_attention(q, k, v, m, scale)
-        for name, fn in cands.items():
+        for name, fn in candidates(q, k, v, mask, scale, args.block).items():
             err = (fn() - ref).abs().max().item()
             fwd = timed(lambda f=fn: f(), args.repeats)
             both = timed(lambda f=fn: f().sum().backward(), args.repeats)
             rows.append((region, f"{nq}×{nk}", f"{dense:.0%}", name, fwd, both, err))
-        rows.append((region, f"{nq}×{nk}", f"{dense:.0%}", *flex_row(q, k, v, mask, scale, ref, args.repeats)))
+        rows.append(
+            (region, f"{nq}×{nk}", f"{dense:.0%}", *flex_row(q, k, v, mask, scale, ref, args.repeats))
+        )
         print(rows[-1], flush=True)
     publish(report(rows, args, Np), write=not args.no_write)
 

@@ -183,9 +183,7 @@ def test_shared_and_plain_loss_give_the_same_update(tmp_path, lm_coef):
     advantages = [((i * 7) % 5 - 2) / 2 for i in range(len(rollouts))]
     lm_seqs = shared.env.lm_sequences(tasks) if lm_coef else None
     lm_empty = shared.env.empty_thought_targets(tasks) if lm_coef else None
-    plain = _trainer(
-        load_config("micro", [*common, "sharing.enabled=false"]), base, index, tmp_path / "p"
-    )
+    plain = _trainer(load_config("micro", [*common, "sharing.enabled=false"]), base, index, tmp_path / "p")
     for t in (shared, plain):
         t.learner.optimizer.step = lambda: None  # keep the accumulated gradients to compare them
     m_shared, m_plain = (

@@ -201,7 +201,9 @@ def test_prompt_geometry_of_an_index_by_hand():
     assert work["prefill"].tokens == pytest.approx(2 * 6.5)
     # the next-token term rides in the loss's forwards: the units' text once, every token projected
     assert work["lm"].tokens == 0 and work["loss"].logits == pytest.approx(2 * 6.5 + 3)
-    assert work["loss"].tokens == pytest.approx(2 * 6.5 + 3 * 1)  # the prefix once, one answer token per sample
+    assert work["loss"].tokens == pytest.approx(
+        2 * 6.5 + 3 * 1
+    )  # the prefix once, one answer token per sample
     import dataclasses
 
     plain = step_work(dataclasses.replace(w, share_prefix=False))

@@ -329,14 +329,18 @@ class Learner:
         prompts = [r.prompt_ids for r in rollouts]
         sharing, size = self.cfg.sharing, self.rl.micro_batch_size
         if not lm_seqs:
-            return [(c, []) for c in plan_micro_batches(prompts, size, sharing.enabled, sharing.max_tree_nodes)]
+            return [
+                (c, []) for c in plan_micro_batches(prompts, size, sharing.enabled, sharing.max_tree_nodes)
+            ]
         n = len(prompts)
         inputs = prompts + [q[:-1] for q in lm_seqs]
         # lm sequences alone (no rollouts) count themselves, as a pass of their own would
         joint = plan_micro_batches(inputs, size, True, sharing.max_tree_nodes, counted=n or None)
         return [([i for i in c if i < n], [i - n for i in c if i >= n]) for c in joint]
 
-    def logprobs(self, model, prompts, comps, work, lm_seqs=(), lm_starts=()) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs(
+        self, model, prompts, comps, work, lm_seqs=(), lm_starts=()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of completions under `model` (the prefix-tree path or the plain reference path),
         and with prefix sharing the summed NLL of each of `lm_seqs`' targets from the same forward."""
         T, pad = self.cfg.sampling.temperature, self.pad_token_id
