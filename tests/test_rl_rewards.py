@@ -71,7 +71,13 @@ def plain_logp(model, prompt, target):
     return float(torch.log_softmax(logits, -1)[target[0]])
 
 
-def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
+@pytest.mark.parametrize("engine_scored", [False, True])
+def test_info_gain_reward_matches_plain_forwards(micro, tmp_path, engine_scored):
+    """The info gain of every sample against plain forwards of the policy (with the thought) and the EMA
+    (without): scored by the reward's own teacher-forced pass, or read from what the engine recorded as it
+    sampled the answer (`score_plan`), which then leaves the with-thought pass out."""
+    import dataclasses
+
     t = trainer(micro, tmp_path, ["reward=info_gain+prefix_match+0.5*format", "reward.copy_guard=false"])
     ema = t.env.model_scored.ema
     ema.model.load_state_dict(t.policy.state_dict())
@@ -79,8 +85,23 @@ def test_info_gain_reward_matches_plain_forwards(micro, tmp_path):
         for p in ema.model.parameters():
             p.mul_(0.9)
     tasks = take_tasks(t, 3)
-    rollouts = t.engine.generate([x.prompt_ids for x in tasks], t.params)
+    params = t.params
+    if engine_scored:
+        phase, targets = t.env.score_plan(tasks)
+        params = dataclasses.replace(params, score_phase=phase, score_tokens=tuple(targets))
+    rollouts = t.engine.generate([x.prompt_ids for x in tasks], params)
+    before = t.policy_handle.work.logits
     rewards = t.env.score(tasks, rollouts, t.policy_handle)
+    read = sum(r.target_logprob is not None for g in rollouts for r in g)
+    assert read == (sum(len(g) for g in rollouts) if engine_scored else 0)  # (no thought here ends by eos)
+    # the pass without the thought always runs (one target per position); with it, only when not read
+    assert (t.policy_handle.work.logits - before == len(tasks)) == engine_scored
+    if engine_scored:  # some read, some scored by the pass (a thought cut by eos has no engine log-prob)
+        mixed = [[dataclasses.replace(r, target_logprob=None) if j % 2 else r for j, r in enumerate(g)]
+                 for g in rollouts]  # fmt: skip
+        again = t.env.score(tasks, mixed, t.policy_handle)
+        for a, b in zip(again, rewards, strict=True):
+            assert [x.total for x in a] == pytest.approx([x.total for x in b], abs=1e-5)
     env = t.env
     for task, group, rw in zip(tasks, rollouts, rewards, strict=True):
         base = plain_logp(ema.model, task.meta["context_ids"], task.meta["target_ids"])

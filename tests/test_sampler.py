@@ -219,3 +219,41 @@ def test_sampling_follows_the_tempered_truncated_distribution(top_p):
         se = (w * (1 - w) / rows) ** 0.5
         assert abs(freq[i].item() - w) <= 5 * se + 1e-12, (i, freq[i].item(), w)
     assert torch.allclose(logps, torch.log_softmax(logits / T, -1)[tokens])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.3])
+def test_target_logprob_is_the_answer_distribution_at_temperature_1(Engine, model, temperature):
+    """`SamplingParams.score_phase`: each sample records log p(its prompt's score token) at temperature 1 at
+    the first step of the answer phase, whether the thought ended by its stop token or by the forced close,
+    or was closed by a lead token; equal to a plain teacher-forced forward of prompt + thought. A sample that
+    ended (eos) before the answer phase has none; without `score_phase` nobody has one."""
+    import dataclasses
+
+    close, eos = 40, 41
+    params = SamplingParams(
+        phases=(Phase(5, (close, 30, 31), (close,)), Phase(1)),
+        n=6,
+        temperature=temperature,
+        eos_token_ids=(eos, 42),
+        lead=(close, 2),
+        score_phase=1,
+        score_tokens=(3, 11, 12, 50),
+    )
+    assert Engine.capabilities.score
+    groups = Engine(model, 0, seed=1).generate(PROMPTS, params)
+    checked, ended = 0, 0
+    for prompt, group, target in zip(PROMPTS, groups, params.score_tokens, strict=True):
+        for r in group:
+            if len(r.phase_starts) < 2 or r.phase_starts[1] >= len(r.completion_ids):
+                assert r.target_logprob is None and r.finish_reason == "eos"
+                ended += 1
+                continue
+            thought = r.completion_ids[: r.phase_starts[1]]
+            want = completion_logprobs(model, [prompt + thought], [[target]], 1.0, 0)[0, 0]
+            assert r.target_logprob == pytest.approx(float(want), abs=1e-5)
+            checked += 1
+    assert checked >= 12
+    plain = Engine(model, 0, seed=1).generate(PROMPTS, dataclasses.replace(params, score_phase=None))
+    assert all(r.target_logprob is None for g in plain for r in g)
+    with pytest.raises(ValueError, match="4 prompts"):
+        Engine(model, 0).generate(PROMPTS, dataclasses.replace(params, score_tokens=(1, 2)))

@@ -38,6 +38,13 @@ class SamplingParams:
     # on from it (a stop token ends its phase). Empty-thought samples: `</think>` then the answer, generated
     # with the thinking samples in one call. Only engines with `capabilities.lead`.
     lead: tuple[int, int] | None = None
+    # Teacher-forced scoring in the same call: at the first step of phase `score_phase`, each sample records
+    # log p(score_tokens[i]) at temperature 1 (`Rollout.target_logprob`; i: its prompt's index in the call)
+    # from the logits it samples from. The next-token environment's info gain reads the true next token's
+    # log-prob after the closed thought there, instead of a forward of its own. Only engines with
+    # `capabilities.score`.
+    score_phase: int | None = None
+    score_tokens: tuple[int, ...] = ()
 
     @classmethod
     def simple(
@@ -77,6 +84,9 @@ class Rollout:
     # entropy (nats) of the sampling distribution at each token (0.0 for forced tokens); engines may leave it
     # empty. Used by the high-entropy token mask and to re-score positions by the policy's own uncertainty.
     entropies: list[float] = field(default_factory=list)
+    # log p(SamplingParams.score_tokens[prompt]) at temperature 1 at the first step of `score_phase`, under the
+    # policy that generated the rollout; None when not asked for or the completion ended before that phase
+    target_logprob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class EngineCapabilities:
     work: bool = False  # `last_work` / `last_seconds`: the work and seconds of the last `generate`, by stage
     state: bool = False  # `state_dict` / `load_state_dict` carry the sampling RNG, for exact resume
     lead: bool = False  # honours `SamplingParams.lead`
+    score: bool = False  # honours `SamplingParams.score_phase` (fills `Rollout.target_logprob`)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,19 @@ class _Seq:
     starts: list[int] = field(default_factory=lambda: [0])
     finish: str | None = None
     lead: int | None = None  # the first token, taken as an action instead of drawn (SamplingParams.lead)
+    target: int | None = None  # the token to score at the first step of the score phase (SamplingParams)
+    target_logprob: float | None = None
+
+    def scores_now(self, phase: int | None) -> bool:
+        """Whether this step's logits are the ones its target is scored from: the score phase's first step."""
+        return (
+            self.target is not None
+            and self.target_logprob is None
+            and self.finish is None
+            and self.phase == phase
+            and self.used == 0
+            and self.forced is None
+        )
 
     def first_override(self) -> int:
         """The token this step must take instead of its draw (-1: its draw): the lead, at the first step."""
@@ -88,12 +101,37 @@ class _Seq:
         self.settle()
 
 
-def _new_seqs(prompt: Sequence[int], params: SamplingParams) -> list[_Seq]:
-    """The n decoding states of one prompt; the last k take `params.lead`'s token first."""
+def _new_seqs(prompt: Sequence[int], params: SamplingParams, index: int) -> list[_Seq]:
+    """The n decoding states of the call's prompt number `index`; the last k take `params.lead`'s token
+    first; each scores the prompt's `params.score_tokens` entry when asked to."""
     tok, k = params.lead or (None, 0)
+    target = params.score_tokens[index] if params.score_phase is not None else None
     return [
-        _Seq(list(prompt), params.phases, lead=tok if j >= params.n - k else None) for j in range(params.n)
+        _Seq(list(prompt), params.phases, lead=tok if j >= params.n - k else None, target=target)
+        for j in range(params.n)
     ]
+
+
+def _check_score(prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
+    if params.score_phase is not None and len(params.score_tokens) != len(prompts):
+        raise ValueError(
+            f"SamplingParams.score_tokens has {len(params.score_tokens)} tokens for {len(prompts)} prompts"
+        )
+
+
+def _score_targets(seqs: Sequence[_Seq], logits: torch.Tensor, params: SamplingParams) -> None:
+    """Record the target log-prob (temperature 1) of every sequence at the first step of its score phase,
+    from row r of `logits` for seqs[r] (the logits this step samples from)."""
+    if params.score_phase is None:
+        return
+    rows = [r for r, s in enumerate(seqs) if s.scores_now(params.score_phase)]
+    if not rows:
+        return
+    idx = torch.tensor(rows, device=logits.device)
+    tgt = torch.tensor([seqs[r].target for r in rows], device=logits.device)
+    lp = torch.log_softmax(logits[idx].float(), dim=-1).gather(-1, tgt[:, None]).squeeze(-1)
+    for r, v in zip(rows, lp.tolist(), strict=True):
+        seqs[r].target_logprob = v
 
 
 def _sample(
@@ -165,7 +203,7 @@ class TorchSampler:
         self.last_work: dict[str, TokenWork] = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds: dict[str, float] = {"prefill": 0.0, "decode": 0.0}
 
-    capabilities = EngineCapabilities(entropies=True, work=True, state=True, lead=True)
+    capabilities = EngineCapabilities(entropies=True, work=True, state=True, lead=True, score=True)
 
     def sync_weights(self, weights: PolicyWeights) -> None:
         # the module is shared with the in-process learner, which updates it in place: nothing to copy
@@ -195,7 +233,8 @@ class TorchSampler:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
-        seqs = [s for p in prompts for s in _new_seqs(p, params)]
+        _check_score(prompts, params)
+        seqs = [s for i, p in enumerate(prompts) for s in _new_seqs(p, params, i)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
@@ -264,6 +303,7 @@ class TorchSampler:
                 cache.batch_select_indices(sel)
                 attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
                 live = [live[row] for row in keep]
+            _score_targets([seqs[i] for i in live], logits, params)
             tokens, logps, ents = _sample(
                 logits, params, gen, _overrides([seqs[i] for i in live], params, device)
             )
@@ -295,4 +335,5 @@ def _rollout(s: _Seq, starts: list[int], version: int) -> Rollout:
         policy_version=version,
         phase_starts=starts,
         entropies=s.entropies,
+        target_logprob=s.target_logprob,
     )

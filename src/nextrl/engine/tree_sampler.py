@@ -27,11 +27,13 @@ from nextrl.engine.lean_forward import LeanForward, supports
 from nextrl.engine.sampler import (
     TorchSampler,
     _autocast,
+    _check_score,
     _device,
     _new_seqs,
     _overrides,
     _rollout,
     _sample,
+    _score_targets,
     _Seq,
 )
 from nextrl.errors import ConfigError
@@ -56,8 +58,9 @@ class PrefixSharingSampler(TorchSampler):
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: there is no token to condition the first sample on")
+        _check_score(prompts, params)
         groups = group_by_prefix(prompts, self.max_nodes)
-        seqs = [_new_seqs(p, params) for p in prompts]
+        seqs = [_new_seqs(p, params, i) for i, p in enumerate(prompts)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
         was_training = self.model.training
@@ -146,6 +149,7 @@ class PrefixSharingSampler(TorchSampler):
         model, device = self.model, _device(self.model)
         while True:
             if live:
+                _score_targets([slots[b][q][0] for b, q in live], logits, params)
                 over = _overrides([slots[b][q][0] for b, q in live], params, device)
                 tokens, logps, ents = _sample(logits, params, gen, over)
                 for (b, q), tok, lp, h in zip(

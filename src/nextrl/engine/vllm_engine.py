@@ -135,6 +135,8 @@ class VLLMEngine:
             raise ValueError("empty prompt: there is no token to condition the first sample on")
         if params.lead is not None:
             raise ValueError("the vLLM engine does not take lead tokens (capabilities.lead is False)")
+        if params.score_phase is not None:
+            raise ValueError("the vLLM engine does not score target tokens (capabilities.score is False)")
         self.calls += 1
         t = time.perf_counter()
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}

@@ -184,6 +184,12 @@ class Environment:
         """Sequences and the index of their one target for the loss on "an empty thought changes nothing"."""
         return [], []
 
+    def score_plan(self, tasks: Sequence[Task]) -> tuple[int, list[int]] | None:
+        """(phase, one token per task) whose log-prob at that phase's first step `score` can read from the
+        rollouts (`Rollout.target_logprob`, filled by engines with `capabilities.score`) instead of a
+        teacher-forced pass of its own; None: nothing to read."""
+        return None
+
     def state_dict(self) -> dict[str, Any] | None:
         return None
 

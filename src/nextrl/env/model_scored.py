@@ -32,6 +32,14 @@ class ModelScoredTerms:
         self.scorer: ScoringModel | None = None
         self.ema: EMAModel | None = None
 
+    @property
+    def tokens(self) -> int:
+        """True tokens scored after the thought: the most any present term reads."""
+        return max(
+            self.rc.info_gain_tokens if "info_gain" in self.names else 1,
+            self.rc.likelihood_tokens if "likelihood" in self.names else 1,
+        )
+
     def bind(self, scorer: ScoringModel) -> None:
         self.scorer = scorer
         if self.names and self.ema is None:
@@ -59,20 +67,31 @@ class ModelScoredTerms:
                 f"reward terms {self.names} need a scoring model: call bind_scorer() or pass scorer="
             )
         rc = self.rc
-        k = max(
-            rc.info_gain_tokens if "info_gain" in self.names else 1,
-            rc.likelihood_tokens if "likelihood" in self.names else 1,
-        )
+        k = self.tokens
         targets = [list(t.meta["target_ids"][:k]) for t in tasks]
-        # with the thought, under the scoring model: one sequence per sample
-        prompts, comps, thoughts = [], [], []
+        # with the thought, under the scoring model: one sequence per sample. A one-token target the engine
+        # already scored from the logits it sampled the answer from (`Rollout.target_logprob`) is read from the
+        # rollout; the others go through one teacher-forced pass.
+        prompts, comps, thoughts, read, missing = [], [], [], [], []
         for t, group, tgt in zip(tasks, rollouts, targets, strict=True):
             for r in group:
                 th, _ = closed_thought(r, self.think_close, self.eos_ids)
+                thoughts.append(th[:-1])
+                if k == 1 and r.target_logprob is not None:
+                    read.append((len(thoughts) - 1, r.target_logprob))
+                    continue
+                missing.append(len(thoughts) - 1)
                 prompts.append(list(t.prompt_ids) + th)
                 comps.append(tgt)
-                thoughts.append(th[:-1])
-        with_t = scorer.logprobs(prompts, comps)
+        width = max((len(tgt) for tgt in targets), default=0)
+        with_t = torch.zeros((len(thoughts), width))
+        if missing:
+            scored = scorer.logprobs(prompts, comps)
+            with_t = with_t.to(scored.device, scored.dtype)
+            with_t[torch.tensor(missing, device=scored.device), : scored.shape[1]] = scored
+        if read:
+            rows = torch.tensor([i for i, _ in read], device=with_t.device)
+            with_t[rows, 0] = torch.tensor([v for _, v in read], device=with_t.device, dtype=with_t.dtype)
         # without the thought, under the EMA baseline: one sequence per position (the bare context)
         contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
         without = scorer.like(self.ema.model).logprobs(contexts, targets)

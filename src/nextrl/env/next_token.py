@@ -206,6 +206,16 @@ class NextTokenEnv(Environment):
     def lm_sequences(self, tasks: Sequence[Task]) -> list[list[int]]:
         return lm_sequences(tasks)
 
+    def score_plan(self, tasks: Sequence[Task]) -> tuple[int, list[int]] | None:
+        """RLP's info gain scores the true next token after `prompt + thought + </think>`: exactly the
+        distribution the engine samples the answer from, so the engine records it (phase 1's first step) and
+        the with-thought pass is not run. Only when every model-scored term reads one token."""
+        if self._n_phases < 2 or not self.model_scored.names or self.model_scored.tokens != 1:
+            return None
+        if not all(t.meta.get("target_ids") for t in tasks):
+            return None
+        return 1, [int(t.meta["target_ids"][0]) for t in tasks]
+
     def empty_thought_targets(self, tasks: Sequence[Task]) -> tuple[list[list[int]], list[int]]:
         if self._n_phases < 2:  # no thought phase: nothing to close
             return [], []

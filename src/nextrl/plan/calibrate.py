@@ -94,6 +94,12 @@ def read_run(
     thought = [r["thought/len_mean"] for r in rows if "thought/len_mean" in r]
     trained = [r["groups/kept"] / r["groups/drawn"] for r in rows if r.get("groups/drawn")]
     terms = str(cfg.reward.spec)
+    # every model-scored term reads one true token: the engine scores it (`NextTokenEnv.score_plan`)
+    one_token = all(
+        (cfg.reward.info_gain_tokens if t == "info_gain" else cfg.reward.likelihood_tokens) == 1
+        for t in MODEL_SCORED
+        if t in terms
+    )
     w = Workload(
         positions=cfg.rl.positions_per_step,
         group_size=cfg.sampling.group_size,
@@ -111,6 +117,7 @@ def read_run(
         trained_fraction=float(np.mean(trained)) if trained else 1.0,
         empty_thought_samples=cfg.rl.empty_thought_samples,
         engine_lead=cfg.sampling.engine == "torch",
+        engine_scores=cfg.sampling.engine == "torch" and one_token,
         **(geometry or {}),
     )
     dtype = "bfloat16" if m.dtype == "bfloat16" else "float32" if m.dtype == "float32" else "auto"

@@ -61,6 +61,9 @@ class Workload:
     # the engine closes those thoughts itself, in the same call (`SamplingParams.lead`: nextrl's PyTorch
     # engines): no second prefill of the closed prompts and no pass to score the close; vLLM has neither
     engine_lead: bool = True
+    # the engine records the one true token's log-prob after the thought as it samples the answer
+    # (`SamplingParams.score_phase`, nextrl's PyTorch engines): the with-thought scoring pass is not run
+    engine_scores: bool = True
 
     @property
     def completion(self) -> float:
@@ -147,7 +150,7 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
         bare = (
             _scaled(_seq(shared, 0, 1), units) if w.share_prefix else _scaled(_seq(prompt, 0, 1), w.positions)
         )
-        work["scoring"] = _sum(branch, prefix, bare)
+        work["scoring"] = bare if w.engine_scores else _sum(branch, prefix, bare)
     prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
     branches = _scaled(_seq(comp, prompt, comp), samples)
     work["loss"] = _scaled(_sum(prefix, branches), w.updates_per_batch * w.trained_fraction)

@@ -25,7 +25,7 @@ from nextrl.engine.base import Rollout, SamplingParams
 
 def answer_params(params: SamplingParams, k: int) -> SamplingParams:
     """The answer phase alone (the thought is already closed), k samples per prompt."""
-    return dataclasses.replace(params, phases=params.phases[-1:], n=k)
+    return dataclasses.replace(params, phases=params.phases[-1:], n=k, score_phase=None, score_tokens=())
 
 
 def closed_prompts(prompts: Sequence[Sequence[int]], think_close: int) -> list[list[int]]:
