@@ -52,6 +52,10 @@ def test_main_job_outputs(micro_run):  # micro_run: tests/conftest.py, shared wi
     assert 0 < sum(secs.values()) <= s["stage_seconds"]["rl"]
     row = (out / "report.html").read_text().split("rl: decode", 1)[1].split("</tr>", 1)[0]
     assert f"<td>{secs['decode']:.1f}</td>" in row  # the report's compute table shows them beside the FLOPs
+    html = (out / "report.html").read_text()
+    assert "rl: reference" not in html  # a pass that did not run (no KL) is left out of the table
+    lm_inside = cfg.rl.lm_coef > 0 and cfg.sharing.enabled
+    assert ("rl: lm" not in html and "inside the loss passes" in html) == lm_inside
     assert s["rl_summary"]["reward"] == "prefix_match" and s["rl_summary"]["loss_tokens"] == "all"
     assert set(s["information_gain"]) == set(s["models"]) and s["information_gain"]["rl"]["n"] > 0
     assert 0 < s["rl_summary"]["mfu_training"] < 1 and 0 < s["rl_summary"]["mfu_rollout"] < 1

@@ -208,6 +208,20 @@ def test_html_escapes_summary_strings(run_dir, real):
     assert "RL &lt;b&gt;won&lt;/b&gt; &amp; more" in text
 
 
+def test_compute_table_names_where_the_lm_term_ran(run_dir, real):
+    """A pass that did not run is left out of the compute table; a next-token term trained inside the loss
+    passes (prefix sharing) is said to be there, not shown as a pass of zero FLOPs."""
+    real["config"].setdefault("rl", {})["lm_coef"] = 1.0
+    real["flops"]["rl_breakdown"]["lm"] = 0.0
+    write_summary(run_dir, real)
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "rl: lm" not in text and "inside the loss passes" in text
+    real["flops"]["rl_breakdown"]["lm"] = 1e9  # a pass of its own (no prefix sharing)
+    write_summary(run_dir, real)
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "rl: lm" in text and "inside the loss passes" not in text
+
+
 @pytest.mark.slow  # the micro main job (once per session)
 def test_summary_table(real):
     s = RunSummary.from_dict(real)

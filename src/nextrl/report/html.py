@@ -260,6 +260,7 @@ def _compute(summary: RunSummary) -> str:
             rows += [
                 _row(f"&nbsp;&nbsp;rl: {escape(k)}", sci(v), _seconds(secs.get(k)), "", "")
                 for k, v in summary.flops.rl_breakdown.items()
+                if num(v) or secs.get(k)  # a pass that did not run (no KL reference, say) is left out
             ]
             rows += [
                 _row(f"&nbsp;&nbsp;rl: {escape(k)}", "-", _seconds(v), "", "")
@@ -269,6 +270,12 @@ def _compute(summary: RunSummary) -> str:
     head = "<tr><th>stage</th><th>FLOPs</th><th>wall s</th><th>tokens/s</th><th>steps</th></tr>"
     rl, base = num(summary.flops.rl), num(summary.flops.baseline)
     note = f"<p>RL / baseline FLOPs: {rl / base:.2f} (1.00 = matched)</p>" if rl is not None and base else ""
+    lm_coef = num(((summary.config or {}).get("rl") or {}).get("lm_coef"))
+    if lm_coef and not num(summary.flops.rl_breakdown.get("lm")) and summary.flops.rl_breakdown:
+        note += (
+            "<p>The next-token term (rl.lm_coef) is trained inside the loss passes: with prefix sharing its "
+            "text is the prompts' own prefix trees.</p>"
+        )
     r = summary.rl_summary
     mfu_t, mfu_r, peak = num(r.mfu_training), num(r.mfu_rollout), num(r.matmul_peak_flops)
     if mfu_t is not None and mfu_r is not None and peak:
