@@ -112,7 +112,10 @@ def _new_seqs(prompt: Sequence[int], params: SamplingParams, index: int) -> list
     ]
 
 
-def _check_score(prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
+def _check_call(prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
+    """What every `generate` refuses: an empty prompt, and score tokens that are not one per prompt."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: there is no token to condition the first sample on")
     if params.score_phase is not None and len(params.score_tokens) != len(prompts):
         raise ValueError(
             f"SamplingParams.score_tokens has {len(params.score_tokens)} tokens for {len(prompts)} prompts"
@@ -231,9 +234,7 @@ class TorchSampler:
         return self._gen
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: there is no token to condition the first sample on")
-        _check_score(prompts, params)
+        _check_call(prompts, params)
         seqs = [s for i, p in enumerate(prompts) for s in _new_seqs(p, params, i)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         self.last_seconds = {"prefill": 0.0, "decode": 0.0}
@@ -303,12 +304,11 @@ class TorchSampler:
                 cache.batch_select_indices(sel)
                 attn, next_pos, logits = attn[sel], next_pos[sel], logits[sel]
                 live = [live[row] for row in keep]
-            _score_targets([seqs[i] for i in live], logits, params)
-            tokens, logps, ents = _sample(
-                logits, params, gen, _overrides([seqs[i] for i in live], params, device)
-            )
-            for i, tok, lp, h in zip(live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True):
-                seqs[i].add(tok, lp, params, h)
+            live_seqs = [seqs[i] for i in live]
+            _score_targets(live_seqs, logits, params)
+            tokens, logps, ents = _sample(logits, params, gen, _overrides(live_seqs, params, device))
+            for s, tok, lp, h in zip(live_seqs, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True):
+                s.add(tok, lp, params, h)
             if all(seqs[i].finish is not None for i in live):
                 return
             # feed every live row's new token (sampled or forced; finished rows are dropped next round)

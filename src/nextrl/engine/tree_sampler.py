@@ -27,7 +27,7 @@ from nextrl.engine.lean_forward import LeanForward, supports
 from nextrl.engine.sampler import (
     TorchSampler,
     _autocast,
-    _check_score,
+    _check_call,
     _device,
     _new_seqs,
     _overrides,
@@ -56,9 +56,7 @@ class PrefixSharingSampler(TorchSampler):
         self.lean = LeanForward(self.model) if decode != "hf" and reason is None else None
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: there is no token to condition the first sample on")
-        _check_score(prompts, params)
+        _check_call(prompts, params)
         groups = group_by_prefix(prompts, self.max_nodes)
         seqs = [_new_seqs(p, params, i) for i, p in enumerate(prompts)]
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
@@ -149,13 +147,13 @@ class PrefixSharingSampler(TorchSampler):
         model, device = self.model, _device(self.model)
         while True:
             if live:
-                _score_targets([slots[b][q][0] for b, q in live], logits, params)
-                over = _overrides([slots[b][q][0] for b, q in live], params, device)
-                tokens, logps, ents = _sample(logits, params, gen, over)
-                for (b, q), tok, lp, h in zip(
-                    live, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
+                live_seqs = [slots[b][q][0] for b, q in live]
+                _score_targets(live_seqs, logits, params)
+                tokens, logps, ents = _sample(logits, params, gen, _overrides(live_seqs, params, device))
+                for s, tok, lp, h in zip(
+                    live_seqs, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
                 ):
-                    slots[b][q][0].add(tok, lp, params, h)
+                    s.add(tok, lp, params, h)
             live = [
                 (b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None
             ]

@@ -84,11 +84,11 @@ class ModelScoredTerms:
                 prompts.append(list(t.prompt_ids) + th)
                 comps.append(tgt)
         width = max((len(tgt) for tgt in targets), default=0)
-        with_t = torch.zeros((len(thoughts), width))
+        device = next(scorer.model.parameters()).device  # where `without` is computed too
+        with_t = torch.zeros((len(thoughts), width), device=device)  # fp32, as the passes' log-probs
         if missing:
             scored = scorer.logprobs(prompts, comps)
-            with_t = with_t.to(scored.device, scored.dtype)
-            with_t[torch.tensor(missing, device=scored.device), : scored.shape[1]] = scored
+            with_t[torch.tensor(missing, device=device), : scored.shape[1]] = scored
         if read:
             rows = torch.tensor([i for i, _ in read], device=with_t.device)
             with_t[rows, 0] = torch.tensor([v for _, v in read], device=with_t.device, dtype=with_t.dtype)

@@ -86,9 +86,10 @@ def tree_completion_logprobs(
     """Same result as `completion_logprobs`, computed with each shared prompt prefix encoded once: the prompts
     of a group (at most `max_nodes` prompt tokens) form a prefix tree, and every completion is a branch from
     its prompt's last node (`branch_attention`). All groups of the call go through one batched forward."""
-    return tree_logprobs_and_nll(model, prompts, completions, temperature, pad_id, autocast, max_nodes, work)[
-        0
-    ]
+    logp, _ = tree_logprobs_and_nll(
+        model, prompts, completions, temperature, pad_id, autocast, max_nodes, work
+    )
+    return logp
 
 
 def tree_logprobs_and_nll(

@@ -198,11 +198,12 @@ class Learner:
         # prompt trees the rollouts already encode (`tree_logprobs_and_nll`). Without, it is a pass of its own.
         joint = self.cfg.sharing.enabled
         lm = self.lm_targets(lm_seqs, lm_empty) if joint else None
+        chunks = self.rank_chunks(rollouts, lm)
         n_up = self.rl.updates_per_batch
         grad_norm = 0.0
         for _ in range(n_up):
             self.optimizer.zero_grad(set_to_none=True)
-            for k, v in self.backward_chunks(rollouts, advantages, lm).items():
+            for k, v in self.backward_chunks(rollouts, advantages, chunks, lm).items():
                 totals[k] = totals.get(k, 0.0) + v / n_up
             t1 = time.time()
             if not joint:
@@ -226,14 +227,21 @@ class Learner:
             wait()
         return {**totals, "grad_norm": grad_norm}
 
-    def backward_chunks(
-        self, rollouts: list[Rollout], advantages: list[float], lm: LMTargets | None = None
-    ) -> dict[str, float]:
-        """Forward and backward of this rank's micro-batches: Σ weight × policy-gradient loss, plus with `lm`
-        `rl.lm_coef` × the next-token term's means from the same forwards. Returns the metrics (this rank's
-        share of the batch's)."""
+    def rank_chunks(self, rollouts: list[Rollout], lm: LMTargets | None) -> list[tuple[list[int], list[int]]]:
+        """This rank's share of the batch's micro-batches (`plan_chunks`)."""
         rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
-        chunks = self.plan_chunks(rollouts, lm.seqs if lm else [])[rank::world]
+        return self.plan_chunks(rollouts, lm.seqs if lm else [])[rank::world]
+
+    def backward_chunks(
+        self,
+        rollouts: list[Rollout],
+        advantages: list[float],
+        chunks: list[tuple[list[int], list[int]]],
+        lm: LMTargets | None = None,
+    ) -> dict[str, float]:
+        """Forward and backward of the micro-batches `chunks` (`rank_chunks`): Σ weight × policy-gradient loss,
+        plus with `lm` `rl.lm_coef` × the next-token term's means from the same forwards. Returns the metrics
+        (this rank's share of the batch's)."""
         totals: dict[str, float] = {}
         lm_sums = torch.zeros(2)
         for idx, lm_idx in chunks:
@@ -294,7 +302,8 @@ class Learner:
             if lm_empty:
                 out["lm_loss_empty_thought"] = self.lm_term(*lm_empty)
             return out
-        return self.backward_chunks([], [], self.lm_targets(lm_seqs, lm_empty))
+        lm = self.lm_targets(lm_seqs, lm_empty)
+        return self.backward_chunks([], [], self.rank_chunks([], lm), lm)
 
     def lm_term(self, seqs: list[list[int]], starts: list[int] | None = None) -> float:
         """Backward of `rl.lm_coef` × the mean next-token loss over `seqs` (sequence i trained on its targets
