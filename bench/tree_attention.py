@@ -5,7 +5,10 @@ builds: the prompt trie's ancestor mask [B, 1, Np, Np] and the packed branches' 
 each candidate computes the attention of one layer on random queries, keys and values of those shapes, forward
 and forward + backward, checked against the reference (what nextrl runs: one masked SDPA call per region):
 
-- `sdpa_masked` (the reference): `F.scaled_dot_product_attention` with the bool masks;
+- `sdpa_masked` (the reference, nextrl before the trunk split): `F.scaled_dot_product_attention` with the
+  bool masks;
+- `trunk_causal` (nextrl, prompt trie only): the trie's longest path, numbered first, through SDPA's causal
+  kernel, the other nodes against the whole trie under their mask (`sharing.branch_attention.trunk_attention`);
 - `key_blocks`: the queries in blocks of `--block` rows, each against only the key columns some row of the
   block sees (a tree mask is about half empty; SDPA's CPU kernel splits keys in blocks of 512 and skips none);
 - `math`: scores, masked softmax and the value product as three plain ops (what autograd sees unfused);
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nextrl.sharing.branch_attention import trunk_attention
 from publish import publish  # bench/publish.py, beside this script
 
 
@@ -98,11 +102,14 @@ def blocked(q, k, v, blocks, scale):
     return torch.cat(outs, dim=2)
 
 
-def candidates(q, k, v, mask, scale, block_sizes):
-    """name -> the attention of one layer under `mask`, each a zero-argument call."""
-    out = {
-        "sdpa_masked (nextrl)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    }
+def candidates(q, k, v, mask, scale, block_sizes, trunk: int = 0):
+    """name -> the attention of one layer under `mask`, each a zero-argument call; `trunk`: the leading nodes
+    that form a chain in every row (the prompt trie), 0 for none."""
+    plain = "sdpa_masked" if trunk else "sdpa_masked (nextrl)"
+    out = {plain: lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)}
+    if trunk:
+        rest = mask[:, :, trunk:].contiguous()
+        out[f"trunk_causal (nextrl; trunk {trunk})"] = lambda: trunk_attention(q, k, v, rest, trunk, scale)
     for b in block_sizes:
         plan = plan_blocks(mask, b)
         out[f"key_blocks {b}"] = lambda p=plan: blocked(q, k, v, p, scale)
@@ -137,17 +144,17 @@ def main() -> None:
     layout, qshape, kshape, scale = capture_layout(args.context)
     B, H, _, D = qshape
     Np = layout.prefix_nodes
-    regions = {"prompt trie": layout.prefix_mask, "branches": layout.branch_mask}
+    regions = {"prompt trie": (layout.prefix_mask, layout.trunk), "branches": (layout.branch_mask, 0)}
     g = torch.Generator().manual_seed(0)
     rows = []
-    for region, mask in regions.items():
+    for region, (mask, trunk) in regions.items():
         nq, nk = mask.shape[2], mask.shape[3]
         q = torch.randn(B, H, nq, D, generator=g).requires_grad_()
         k = torch.randn(B, H, nk, D, generator=g).requires_grad_()
         v = torch.randn(B, H, nk, D, generator=g).requires_grad_()
         dense = mask.float().mean().item()
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        for name, fn in candidates(q, k, v, mask, scale, args.block).items():
+        for name, fn in candidates(q, k, v, mask, scale, args.block, trunk).items():
             err = (fn() - ref).abs().max().item()
             fwd = timed(lambda f=fn: f(), args.repeats)
             both = timed(lambda f=fn: f().sum().backward(), args.repeats)

@@ -86,6 +86,13 @@ def test_lean_forward_equals_the_module_on_a_tree_then_a_decode_step(family):
     torch.testing.assert_close(a1, b1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a2, b2, rtol=1e-5, atol=1e-5)
     assert cache.length == N + W
+    # the first 7 tokens of every row are a chain: the causal kernel over them gives the same states, and a
+    # trunk one token longer (token 7 of row 0 would see tokens 3..6) does not
+    with torch.no_grad():
+        torch.testing.assert_close(lean(ids, pos, mask, lean.new_cache(), trunk=7), b1, rtol=1e-5, atol=1e-5)
+        assert (lean(ids, pos, mask, lean.new_cache(), trunk=8) - b1).abs().max() > 1e-3
+        with pytest.raises(ValueError, match="empty cache"):
+            lean(step_ids, step_pos, step_mask, cache, trunk=2)
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))

@@ -69,6 +69,19 @@ def test_build_tree_is_the_trie():
     for i in range(len(t)):
         for j in range(len(t)):
             assert mask[i, j] == (path[i][: len(path[j])] == path[j]), (i, j)
+    # the longest path is numbered first: its nodes see exactly the nodes before them (a causal block)
+    T = t.trunk
+    assert max(map(len, seqs)) == T
+    assert (mask[:T, :T] == np.tril(np.ones((T, T), dtype=bool))).all() and not mask[:T, T:].any()
+    assert t.parent[T] != T - 1  # the chain ends where the trunk says
+
+
+def test_trunk_of_a_document_stripe_is_its_longest_prompt():
+    doc = list(range(10, 40))
+    prompts = [doc[:p] + [3] for p in (12, 20, 27)]  # nested prefixes, each closed by its own <think>
+    t = build_tree(prompts)
+    assert t.trunk == 28 and len(t) == 30  # the longest prompt, then the two other <think> leaves
+    assert [t.tokens[n] for n in t.seq_nodes[2]] == prompts[2] and t.seq_nodes[2] == list(range(28))
 
 
 def test_group_by_prefix_budget_and_cover():
@@ -121,6 +134,25 @@ def test_tree_logprobs_catch_a_wrong_mask(monkeypatch):
     from nextrl.sharing.prefix_tree import PackedTree
 
     monkeypatch.setattr(PackedTree, "ancestor_mask", lambda t: np.tril(np.ones((len(t), len(t)), dtype=bool)))
+    bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
+    assert (bad - ref).abs().max() > 1e-3
+
+
+def test_tree_logprobs_catch_a_wrong_trunk(monkeypatch):
+    # mutation check: a trunk one node longer than the chain runs the first off-trunk node through the causal
+    # kernel (it then sees the trunk's tokens past its own depth), and the exactness test sees it
+    model = tiny_llama(V).float().eval()
+    rng = random.Random(0)
+    doc = [rng.randrange(4, V) for _ in range(70)]
+    prompts = [doc[:p] + [3] for p in (20, 40, 65) for _ in range(3)]  # one tree: a stripe of one document
+    comps = [[rng.randrange(4, V) for _ in range(4)] for _ in prompts]
+    ref = completion_logprobs(model, prompts, comps, 1.0, 0)
+    from nextrl.sharing.prefix_tree import PackedTree
+
+    real = PackedTree.trunk.fget
+    assert (real(build_tree(prompts)), len(build_tree(prompts))) == (66, 68)  # both kernels run
+    assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
+    monkeypatch.setattr(PackedTree, "trunk", property(lambda t: real(t) + 1))
     bad = tree_completion_logprobs(model, prompts, comps, 1.0, 0)
     assert (bad - ref).abs().max() > 1e-3
 

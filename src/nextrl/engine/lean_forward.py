@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nextrl.sharing.branch_attention import trunk_attention
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -106,11 +108,16 @@ class LeanForward:
         return KVBuffer(len(self.layers))
 
     def __call__(
-        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVBuffer
+        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVBuffer, trunk: int = 0
     ) -> torch.Tensor:
         """Hidden states [R, W, d] (after the final norm) of W new tokens per cache row at positions `pos`,
         each seeing the cache columns and new tokens `mask` ([R, 1, W, length + W], bool) allows; their keys
-        and values are appended to `cache`."""
+        and values are appended to `cache`. `trunk` > 0 (an empty cache only) says that the first `trunk`
+        tokens of every row see exactly the tokens before them: they run through the causal kernel, which
+        skips the masked key blocks (`prefix_tree` numbers a trie's longest path first)."""
+        if trunk and cache.length:
+            raise ValueError("a causal trunk is only defined for the first forward into an empty cache")
+        rest = mask[:, :, trunk:]  # what the tokens past the trunk see
         if not self.fused:
             self.refresh()
         R, W = ids.shape
@@ -129,9 +136,7 @@ class LeanForward:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             keys, values = cache.write(i, k, v)
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=att.scaling, enable_gqa=Hkv != H
-            )
+            out = trunk_attention(q, keys, values, rest, trunk, att.scaling, Hkv != H)
             x = x + att.o_proj(out.transpose(1, 2).reshape(R, W, H * D))
             g, u = F.linear(layer.post_attention_layernorm(x), gate_up).chunk(2, dim=-1)
             x = x + mlp.down_proj(mlp.act_fn(g) * u)

@@ -120,7 +120,7 @@ class PrefixSharingSampler(TorchSampler):
             nodes = torch.tensor([node for _, node, _ in row], device=device)
             vis[b, : len(row)] = mask[b, 0, nodes]
         with _autocast(device, self.autocast_dtype):
-            hidden = self._forward(ids, pos, mask, cache, dtype)
+            hidden = self._forward(ids, pos, mask, cache, dtype, trunk=min(t.trunk for t in trees))
         rows_alive = list(range(len(trees)))  # cache row r holds tree rows_alive[r]
         for row in slots:
             for s, _, _ in row:
@@ -207,10 +207,11 @@ class PrefixSharingSampler(TorchSampler):
                 for r, c in zip(rr.tolist(), cc.tolist(), strict=True)
             ]
 
-    def _forward(self, ids, pos, mask, cache, dtype) -> torch.Tensor:
-        """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`."""
+    def _forward(self, ids, pos, mask, cache, dtype, trunk: int = 0) -> torch.Tensor:
+        """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`
+        (`trunk`: the leading tokens of every row that see exactly the ones before them; lean forward only)."""
         if self.lean is not None:
-            return self.lean(ids, pos, mask, cache)
+            return self.lean(ids, pos, mask, cache, trunk)
         return self.model.base_model(
             input_ids=ids,
             attention_mask=attention_mask_for(self.model, mask, dtype),

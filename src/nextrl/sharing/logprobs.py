@@ -185,7 +185,10 @@ def tree_logprobs_and_nll(
     if work is not None:
         work.add(0, 0, logits=len(rows) + len(lm_rows))
     layout = BranchLayout(
-        Np, torch.from_numpy(prefix_mask).to(device), torch.from_numpy(branch_mask).to(device)
+        Np,
+        torch.from_numpy(prefix_mask).to(device),
+        torch.from_numpy(branch_mask).to(device),
+        trunk=min(t.trunk for t in trees),
     )
     with _autocast(device, autocast), branch_attention(model):
         hidden = model.base_model(

@@ -6,7 +6,10 @@ letting each node attend only to its ancestors computes every shared token once:
 done once and, in training, its gradient accumulates from every branch. The result equals running each sequence
 on its own (same tokens, same positions, same visible keys); tests check this against the plain path.
 
-Nodes are numbered in depth-first (lexicographic) order, so a parent always precedes its children.
+Nodes are numbered in depth-first order, the deepest subtree first, so a parent always precedes its children
+and the tree's longest root-to-leaf path is nodes 0..trunk-1 with the plain causal mask among themselves.
+Attention can then run the trunk through a causal kernel, which skips the key blocks above the diagonal that a
+kernel given an explicit mask computes and throws away (`branch_attention`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ class PackedTree:
     parent: list[int]  # parent node index, -1 for a root
     depth: list[int]  # index of the node's token in its sequences = its position id
     seq_nodes: list[list[int]]  # per input sequence (input order): the node of each of its tokens
+
+    @property
+    def trunk(self) -> int:
+        """Length of the leading chain: nodes 0..trunk-1 are a root and its line of descendants, so each of
+        them sees exactly the nodes before it (ancestors precede, so none sees a node past the chain)."""
+        n = 0
+        while n < len(self.parent) and self.parent[n] == n - 1:
+            n += 1
+        return n
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -48,8 +60,8 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def build_tree(seqs: Sequence[Sequence[int]]) -> PackedTree:
-    """The trie of `seqs`. Sorting makes the longest common prefix with the previous sequence the longest with
-    any earlier one, so each sequence adds exactly its unshared suffix as new nodes."""
+    """The trie of `seqs`, numbered deepest subtree first. Sorting makes the longest common prefix with the
+    previous sequence the longest with any earlier one, so each sequence adds exactly its unshared suffix."""
     order = sorted(range(len(seqs)), key=lambda i: list(seqs[i]))
     tokens: list[int] = []
     parent: list[int] = []
@@ -68,7 +80,37 @@ def build_tree(seqs: Sequence[Sequence[int]]) -> PackedTree:
             nodes.append(len(tokens) - 1)
         seq_nodes[i] = nodes
         prev, prev_nodes = s, nodes
-    return PackedTree(tokens, parent, depth, seq_nodes)
+    return _deepest_first(PackedTree(tokens, parent, depth, seq_nodes))
+
+
+def _deepest_first(t: PackedTree) -> PackedTree:
+    """`t` renumbered in depth-first order visiting the child with the deepest subtree first (ties: the
+    lexicographic order), so the longest path comes first. Parents still precede children."""
+    n = len(t)
+    height = [1] * n  # nodes on the longest path down from each node; children come after their parent
+    children: list[list[int]] = [[] for _ in range(n)]
+    roots = []
+    for i in range(n - 1, -1, -1):
+        p = t.parent[i]
+        if p >= 0:
+            height[p] = max(height[p], height[i] + 1)
+    for i, p in enumerate(t.parent):
+        (children[p] if p >= 0 else roots).append(i)
+    new_of = [0] * n
+    stack = sorted(roots, key=lambda c: -height[c])[::-1]
+    k = 0
+    while stack:
+        i = stack.pop()
+        new_of[i] = k
+        k += 1
+        stack.extend(sorted(children[i], key=lambda c: -height[c])[::-1])
+    old_of = sorted(range(n), key=new_of.__getitem__)
+    return PackedTree(
+        tokens=[t.tokens[i] for i in old_of],
+        parent=[new_of[t.parent[i]] if t.parent[i] >= 0 else -1 for i in old_of],
+        depth=[t.depth[i] for i in old_of],
+        seq_nodes=[[new_of[i] for i in nodes] for nodes in t.seq_nodes],
+    )
 
 
 MIN_SHARED = 16  # leading tokens two sequences must share to be packed into one tree
