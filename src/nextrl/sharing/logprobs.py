@@ -26,9 +26,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits at the sampling temperature (0 = greedy, read at 1). At 1 the division, an op over
+    [rows, vocab] forward and backward, is skipped: x / 1 is x exactly."""
+    logits = logits.float()
+    return logits if temperature <= 0 or temperature == 1 else logits / temperature
+
+
 def _picked_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = model.get_output_embeddings()(hidden)
-    logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    logp = torch.log_softmax(_scaled(logits, temperature), dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
@@ -200,7 +207,7 @@ def tree_logprobs_and_nll(
         r = torch.tensor(rows + lm_rows, device=device, dtype=torch.long)
         c = torch.tensor(cols + lm_cols, device=device, dtype=torch.long)
         logits = model.get_output_embeddings()(hidden[r, c])
-    logp = torch.log_softmax(logits[: len(rows)].float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    logp = torch.log_softmax(_scaled(logits[: len(rows)], temperature), dim=-1)
     Tc = max((len(c) for c in completions), default=0)
     out = torch.zeros((N, Tc), dtype=logp.dtype, device=device)
     if where:
