@@ -223,7 +223,7 @@ def main() -> None:
     dtype = (
         autocast_dtype(load_config("tiny").model, torch.device("cpu")) or torch.float32
     )  # the runs' own rule
-    peak = matmul_peak(torch.device("cpu"), dtype, remeasure=True)  # idle machine: measure afresh
+    peak = matmul_peak(torch.device("cpu"), dtype, remeasure=True)  # measured again, the best rate kept
     results: dict[int, dict[str, dict]] = {}
     n_units = args.positions // args.per_prefix * (args.steps + 1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,13 @@
 """The machine's measured matmul peak, the denominator of MFU (model FLOPs utilisation).
 
 Vendor peaks say little about a 2-core CPU (or a GPU under another clock), so the peak is measured: the best of
-several timed square matmuls per dtype, after a warm-up. It is measured once per machine, device, dtype and
-thread count, and cached as JSON next to the pretrained base models ($NEXTRL_CACHE or ~/.cache/nextrl).
+several timed square matmuls per dtype, after a warm-up. It is measured once per processor model, device, dtype
+and thread count, and cached as JSON next to the pretrained base models ($NEXTRL_CACHE or ~/.cache/nextrl).
+
+A measurement can only be too low (another process took the cores, a clock was down), never too high, and a
+low peak inflates every MFU computed against it (a 2-core machine measured 90 instead of ~175 GFLOP/s while
+a neighbour loaded it, and the RL step's MFU read 81%). So a remeasurement keeps the higher of the cached and
+the new rate.
 """
 
 from __future__ import annotations
@@ -18,12 +23,24 @@ import torch
 from nextrl.utils.io import atomic_write_text
 
 
+def _cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux), else what `platform` knows: two machines of one
+    architecture but different CPUs must not share a cached peak."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _key(device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda":
-        where = torch.cuda.get_device_name(device).replace(" ", "_")
+        where = torch.cuda.get_device_name(device)
     else:
-        where = f"{platform.processor() or platform.machine()}-{torch.get_num_threads()}threads"
-    return f"{device.type}-{where}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__}"
+        where = f"{platform.machine()}-{_cpu_model()}-{torch.get_num_threads()}threads"
+    return f"{device.type}-{where.replace(' ', '_')}-{str(dtype).removeprefix('torch.')}-torch{torch.__version__}"
 
 
 def measure_matmul_peak(
@@ -65,14 +82,14 @@ def measure_matmul_peak(
 def matmul_peak(
     device: torch.device, dtype: torch.dtype, cache_dir: str | Path | None = None, remeasure: bool = False
 ) -> float:
-    """The cached measured peak (measured on first use, or again with `remeasure`: a peak measured while other
-    processes loaded the machine is too low and flatters MFU)."""
+    """The cached measured peak: measured on first use; with `remeasure` measured again, and the higher of the
+    two kept (a peak measured while other processes loaded the machine is too low and flatters MFU)."""
     root = Path(cache_dir or os.environ.get("NEXTRL_CACHE", Path.home() / ".cache" / "nextrl"))
     path = root / "matmul_peak.json"
     table = json.loads(path.read_text()) if path.exists() else {}
     key = _key(device, dtype)
     if remeasure or key not in table:
-        table[key] = measure_matmul_peak(device, dtype)
+        table[key] = max(measure_matmul_peak(device, dtype), float(table.get(key, 0.0)))
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))
     return float(table[key])
