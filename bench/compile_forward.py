@@ -3,7 +3,13 @@ fixed shape: compile seconds, then seconds per call of each. An RL step's shapes
 of new positions, branches of new lengths), so a compiled path pays its compile for every new shape bucket;
 this prints the break-even number of calls.
 
+`--decode` measures the sampler's decode instead: nextrl's lean forward (`engine/lean_forward.py`) over a
+prefix of `--length` tokens in `--batch` cache rows, then 16 iterations of `--width` new tokens per row (the
+cache grows each iteration, as in a real decode), eager against `torch.compile(dynamic=True)` of the same
+forward (one graph for every cache length; the elementwise work of each layer fused around the cache write).
+
     python bench/compile_forward.py [--batch 8] [--length 600] [--backward] [--no-write]
+    python bench/compile_forward.py --decode --batch 2 --length 512 --width 12
 """
 
 from __future__ import annotations
@@ -38,10 +44,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=600)
     ap.add_argument("--backward", action="store_true", help="forward + backward of the mean logit (training)")
+    ap.add_argument("--decode", action="store_true", help="a decode iteration of the lean forward instead")
+    ap.add_argument("--width", type=int, default=12, help="--decode: new tokens per row and iteration")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     model = prepare_base(load_config("tiny")).model
+    if args.decode:
+        return decode(model, args)
     model.train(args.backward)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.length))
 
@@ -79,6 +89,65 @@ def main() -> None:
                 if saved > 0
                 else "never repaid (not faster)"
             ),
+        ],
+        write=not args.no_write,
+    )
+
+
+def decode(model, args) -> None:
+    """Seconds per decode iteration of the lean forward, eager and compiled, on the same cache and tokens."""
+    from nextrl.engine.lean_forward import LeanForward
+
+    model.eval()
+    lean = LeanForward(model)
+    lean.refresh()
+    R, P, W, V = args.batch, args.length, args.width, model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, V, (R, P), generator=g)
+    steps = [torch.randint(0, V, (R, W), generator=g) for _ in range(16)]
+
+    def run(fwd) -> tuple[list[float], torch.Tensor]:
+        """Prefill, then 16 timed iterations; each new token sees the prefix, its own row's earlier new
+        tokens and itself."""
+        cache = lean.new_cache()
+        with torch.no_grad():
+            fwd(prompt, torch.arange(P).expand(R, P), torch.ones(P, P, dtype=torch.bool).tril().expand(R, 1, P, P),
+                cache)  # fmt: skip
+            times = []
+            for k, ids in enumerate(steps):
+                L = cache.length
+                mask = torch.ones(R, 1, W, L + W, dtype=torch.bool)
+                mask[..., L:] = torch.eye(W, dtype=torch.bool)
+                t = time.perf_counter()
+                h = fwd(ids, torch.full((R, W), P + k), mask, cache)
+                times.append(time.perf_counter() - t)
+        return times, h
+
+    run(lean)
+    eager = min(sorted(run(lean)[0])[8] for _ in range(args.repeats))  # median iteration, best of repeats
+    compiled = torch.compile(lean.__call__, dynamic=True)
+    t = time.perf_counter()
+    first, h_compiled = run(compiled)
+    compile_s = time.perf_counter() - t - sum(first[1:])
+    fast = min(sorted(run(compiled)[0])[8] for _ in range(args.repeats))
+    err = (h_compiled - run(lean)[1]).abs().max().item()
+    saved = eager - fast
+    publish(
+        [
+            f"### torch.compile on the lean decode forward ({time.strftime('%Y-%m-%d')})",
+            "",
+            f"- command: `python bench/compile_forward.py --decode --batch {R} --length {P} --width {W}`",
+            f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
+            f"{torch.get_num_threads()}, fp32; {R} cache rows of a {P}-token prefix, {W} new tokens per row and "
+            "iteration, 16 iterations",
+            f"- eager {eager * 1e3:.2f} ms per iteration, compiled (dynamic shapes) {fast * 1e3:.2f} ms "
+            f"({eager / fast:.2f}x); compile {compile_s:.1f} s, "
+            + (
+                f"repaid after {compile_s / saved:.0f} iterations"
+                if saved > 0
+                else "never repaid (not faster)"
+            )
+            + f"; largest difference in the hidden states {err:.1e}",
         ],
         write=not args.no_write,
     )
