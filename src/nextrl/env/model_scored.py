@@ -90,8 +90,8 @@ class ModelScoredTerms:
             scored = scorer.logprobs(prompts, comps)
             with_t[torch.tensor(missing, device=device), : scored.shape[1]] = scored
         if read:
-            rows = torch.tensor([i for i, _ in read], device=with_t.device)
-            with_t[rows, 0] = torch.tensor([v for _, v in read], device=with_t.device, dtype=with_t.dtype)
+            rows = torch.tensor([i for i, _ in read], device=device)
+            with_t[rows, 0] = torch.tensor([v for _, v in read], device=device, dtype=with_t.dtype)
         # without the thought, under the EMA baseline: one sequence per position (the bare context)
         contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
         without = scorer.like(self.ema.model).logprobs(contexts, targets)

@@ -126,7 +126,7 @@ class Producer:
     ) -> list[ScoredGroup]:
         t = time.time()
         prompts = [t.prompt_ids for t in tasks]
-        plan = getattr(env, "score_plan", lambda _: None)(tasks) if self.engine.capabilities.score else None
+        plan = env.score_plan(tasks) if self.engine.capabilities.score else None
         if plan is not None:  # the reward's teacher-forced token, scored by the engine as it samples
             params = dataclasses.replace(params, score_phase=plan[0], score_tokens=tuple(plan[1]))
         close = env.think_close
