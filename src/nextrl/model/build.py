@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 from nextrl.config import ModelConfig
 from nextrl.errors import ConfigError
+from nextrl.model.gguf import resolve_model_path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,9 +56,16 @@ def build_llama(
     return LlamaForCausalLM(config)
 
 
-def load_model(path: str | Path, vocab_size: int | None = None, key: str = "model.path") -> PreTrainedModel:
+def load_model(
+    path: str | Path,
+    vocab_size: int | None = None,
+    key: str = "model.path",
+    cache_dir: str | Path | None = None,
+) -> PreTrainedModel:
     """Load a causal LM in fp32 (masters stay fp32; autocast gives bf16 matmuls). Resizes the embeddings when the
-    tokenizer gained the thought tokens."""
+    tokenizer gained the thought tokens. A `.gguf` file or a packaged model name (`nextrl.model.gguf.KNOWN`)
+    loads from its converted folder in the model cache."""
+    path = resolve_model_path(path, cache_dir, key)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError) as e:  # not found, offline, not a model folder, unknown architecture

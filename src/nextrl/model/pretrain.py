@@ -22,6 +22,7 @@ from nextrl.data import Document, DocumentStream, split_of
 from nextrl.data.windows import WindowBatches, insert_thought, pack_windows
 from nextrl.errors import ConfigError, DataError
 from nextrl.model.build import autocast_dtype, build_llama, count_params, load_model
+from nextrl.model.gguf import resolve_model_path
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.tokenizer import load_tokenizer, think_ids, train_bpe_tokenizer
@@ -74,13 +75,14 @@ def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseMod
     if cfg.model.path:
         key = "tokenizer.path" if cfg.tokenizer.path else "model.path"
         try:
-            tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path)
+            tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path, cache_root(cfg))
         except (OSError, ValueError) as e:  # not found, offline, no tokenizer files
             raise ConfigError(
                 f"config key '{key}': cannot load a tokenizer from {cfg.tokenizer.path or cfg.model.path}: {e}"
             ) from None
-        model = load_model(cfg.model.path, vocab_size=len(tok))
-        path = Path(cfg.model.path) if Path(cfg.model.path).exists() else None
+        model = load_model(cfg.model.path, vocab_size=len(tok), cache_dir=cache_root(cfg))
+        resolved = resolve_model_path(cfg.model.path, cache_root(cfg))  # converted already: a folder name
+        path = Path(resolved) if Path(resolved).is_dir() else None
         return BaseModel(model, tok, path, {"source": cfg.model.path, "cached": True, "flops": 0.0})
     folder = cache_root(cfg) / f"base-{cache_key(cfg)}"
     if (folder / "base.json").is_file():

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from nextrl.model.gguf import resolve_model_path
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 EOS = "<|endoftext|>"
@@ -47,9 +49,10 @@ def train_bpe_tokenizer(
     )
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer with `<think>`/`</think>` guaranteed to be single special tokens."""
-    tok = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(path: str, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer with `<think>`/`</think>` guaranteed to be single special tokens (a `.gguf` file
+    or a packaged model name loads from its converted folder in the model cache)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path, cache_dir))
     return ensure_think_tokens(tok)
 
 
