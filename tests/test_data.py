@@ -292,3 +292,15 @@ def test_format_warm_up_inserts_empty_and_draft_thoughts():
         assert (~mask).sum() == (tokens[1:] == 1).sum()
     # half forced empty, plus the uniform draw's own 1/7 chance of 0
     assert 0.5 < empty / 400 < 0.64 and drafts > 0
+
+
+def test_pydoc_source_is_english_prose_present_on_every_machine():
+    from nextrl.config import load_config
+    from nextrl.data import DocumentStream
+
+    cfg = load_config("tiny", ["data.sources=[{kind: pydoc, max_documents: 5}]"])
+    docs = list(DocumentStream(cfg.data))
+    assert len(docs) == 5 and all(d.source == "pydoc" and d.doc_id.startswith("pydoc:") for d in docs)
+    words = " ".join(d.text for d in docs).split()
+    assert len(words) > 1000 and sum(w in {"the", "of", "is", "a", "to"} for w in words) > len(words) / 30
+    assert [d.doc_id for d in DocumentStream(cfg.data)] == [d.doc_id for d in docs]  # the same order every time

@@ -132,3 +132,41 @@ def test_eval_rows_balance_buckets():
     assert rows == sorted(rows, key=lambda r: (index.doc_id[r], index.position[r]))
     assert eval_rows(index, 300, seed=0) == rows
     assert len(eval_rows(index, 10_000, seed=0)) == 600  # never more than there are
+
+
+def _simulated_power(n: int, psi: float, delta: float, sims: int, seed: int = 0) -> float:
+    """The slow reference: how often McNemar's exact test (p < 0.01) finds a true difference `delta` between two
+    models on `n` positions with discordance `psi`, by simulating whole evaluations."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(sims):
+        cell = rng.choice(4, size=n, p=[(psi + delta) / 2, (psi - delta) / 2, (1 - psi) / 2, (1 - psi) / 2])
+        a = (cell == 0) | (cell == 2)  # cell 0: only a right, 1: only b right, 2: both, 3: neither
+        b = (cell == 1) | (cell == 2)
+        hits += mcnemar_exact(a, b)["p_value"] < 0.01
+    return hits / sims
+
+
+@pytest.mark.parametrize("n,psi", [(200, 0.3), (512, 0.15), (48, 0.4)])
+def test_the_detectable_difference_is_found_four_times_in_five(n, psi):
+    from nextrl.eval.stats import detectable_difference
+
+    delta = detectable_difference(n, psi)
+    assert 0.0 < delta < psi
+    # at the detectable difference the exact test finds it about 80% of the time (the normal approximation
+    # against the exact, slightly conservative test), and at half of it far less often
+    assert 0.65 <= _simulated_power(n, psi, delta, 400) <= 0.92
+    assert _simulated_power(n, psi, delta / 2, 400, seed=1) < 0.45
+
+
+def test_power_is_stated_and_a_small_evaluation_is_called_underpowered():
+    from nextrl.eval.stats import compare, detectable_difference, power_note
+
+    assert detectable_difference(48, 0.4) > 0.2  # the issue's 48 positions: some 20 points or more
+    assert detectable_difference(0, 0.3) == 1.0
+    assert detectable_difference(10_000, 0.0) < 0.01  # identical models: a difference would show as discordance
+    assert power_note(48, 0.27).startswith("underpowered: 48 positions can only detect differences of 27.0")
+    assert power_note(2000, 0.03) == "2000 positions detect differences of 3.0 points or more (80% power, p < 0.01)"
+    a = [True, False] * 50
+    rec = compare(a, a[::-1])
+    assert rec["detectable"] == pytest.approx(detectable_difference(100, 1.0))

@@ -300,6 +300,28 @@ def test_control_and_thinking_sections(run_dir, real):
     )
 
 
+def test_skipped_thinking_and_an_underpowered_evaluation_are_said_plainly(run_dir, real):
+    # 48 positions (the size that once hid a 20-point blind spot), and two models whose thoughts are empty
+    buckets = ["hard"] * 48
+    outcomes = {
+        m: {"standard": [i < 10 for i in range(48)], "with_thought": [i < 12 for i in range(48)]}
+        for m in ("base", "baseline", "rl")
+    }
+    lengths = {"base": [5] * 48, "baseline": [1] * 48, "rl": [1] * 47 + [3]}
+    real |= summarize(outcomes, buckets, lengths, {})
+    real["verdict"] = verdict(outcomes, buckets)
+    write_summary(run_dir, real)
+    s = RunSummary.load(run_dir / "summary.json")
+    assert s.empty_thoughts == {"base": 0.0, "baseline": 1.0, "rl": pytest.approx(47 / 48)}
+    table = summary_table(s)
+    assert "baseline: thinking skipped: mean thought 1.0 token, 100% of its evaluated thoughts empty" in table
+    assert "rl: thinking skipped: mean thought 1.0 tokens" in table and "base: thinking skipped" not in table
+    assert "Power: underpowered: 48 positions can only detect differences of" in s.verdict.text
+    assert s.verdict.detectable is not None and s.verdict.detectable > 0.05
+    html = write_report(run_dir).read_text()
+    assert "baseline: thinking skipped" in html and "underpowered: 48 positions" in html and "(sees ≥" in html
+
+
 def test_mixture_domains_table_and_plot(tmp_path):
     """A mixture's metrics give a Domains section: early and late quarter means per domain, the shares at the
     last step, and a per-domain plot; a single-domain run has neither."""

@@ -38,6 +38,7 @@ PER_MODEL = (  # the blocks keyed by model name
     "accuracy",
     "accuracy_stderr",
     "thought_length",
+    "empty_thoughts",
     "thought_vs_standard",
     "information_gain",
 )
@@ -72,6 +73,9 @@ class PairedTest(_Schema):
     p_value: float
     ci_low: float
     ci_high: float
+    detectable: float | None = (
+        None  # smallest true difference seen with 80% power at p < 0.01 (older runs: None)
+    )
 
 
 class ControlComparison(PairedTest):
@@ -114,6 +118,9 @@ class Verdict(_Schema):
     test: str
     vs_base: PairedTest
     text: str
+    detectable: float | None = (
+        None  # smallest difference RL vs baseline this evaluation detects (80%, p < 0.01)
+    )
     flop_matched: bool | None = (
         None  # False when the baseline's FLOPs are off by more than 25% (the text says so)
     )
@@ -228,6 +235,7 @@ class RunSummary(_Schema):
     accuracy_stderr: dict[str, ByMode]
     eval_counts: dict[str, int]
     thought_length: dict[str, dict[str, float]]
+    empty_thoughts: dict[str, float] = {}  # fraction of evaluated thoughts that are empty (the close alone)
     thought_vs_standard: dict[str, dict[str, PairedTest]]
     information_gain: dict[str, InformationGain]
     # compute

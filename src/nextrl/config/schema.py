@@ -85,7 +85,11 @@ class SyntheticConfig(_Strict):
 class SourceConfig(_Strict):
     """One document source. `kind` picks the reader; the other fields apply to the kinds that name them."""
 
-    kind: Literal["stdlib", "text", "jsonl", "parquet", "hf", "synthetic"] = "stdlib"
+    kind: Literal["stdlib", "pydoc", "text", "jsonl", "parquet", "hf", "synthetic"] = Field(
+        "stdlib",
+        description="stdlib (the Python standard library's code), pydoc (the Python documentation's English "
+        "prose), text, jsonl, parquet, hf, synthetic",
+    )
     path: str | None = Field(
         None, description="file, folder or glob (text/jsonl/parquet); dataset path or hub id (hf)"
     )
@@ -102,7 +106,7 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> SourceConfig:
-        if self.kind not in ("stdlib", "synthetic") and not self.path:
+        if self.kind not in ("stdlib", "pydoc", "synthetic") and not self.path:
             raise ValueError(f"source kind '{self.kind}' needs 'path'")
         if self.kind != "synthetic" and self.synthetic is not None:
             raise ValueError(f"'synthetic' settings given for a source of kind '{self.kind}'")

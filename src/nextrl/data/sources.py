@@ -137,6 +137,15 @@ def read_stdlib(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]
             yield Document(f"stdlib:{rel}", text, "stdlib")
 
 
+def read_pydoc(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
+    """English prose present on every machine: the Python documentation's topics that CPython ships for `help()`
+    (`pydoc_data.topics`, ~460 KB: the language reference's sections, mostly prose with some code)."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield Document(f"pydoc:{name}", topics[name], "pydoc")
+
+
 def read_text(src: SourceConfig, key: str, log: SkipLog) -> Iterator[Document]:
     """One document per file."""
     for file in resolve_paths(src.path or "", key):
@@ -293,6 +302,7 @@ def read_synthetic_source(src: SourceConfig, key: str, log: SkipLog) -> Iterator
 
 READERS: dict[str, Callable[[SourceConfig, str, SkipLog], Iterator[Document]]] = {
     "stdlib": read_stdlib,
+    "pydoc": read_pydoc,
     "text": read_text,
     "jsonl": read_jsonl,
     "parquet": read_parquet,

@@ -22,7 +22,7 @@ from nextrl.engine import build_engine
 from nextrl.eval.accuracy import per_bucket, standard_correct, thought_length, thought_rollouts
 from nextrl.eval.info_gain import gains_of_thoughts, information_gain_nats
 from nextrl.eval.perplexity import perplexity
-from nextrl.eval.stats import compare, stderr
+from nextrl.eval.stats import compare, power_note, stderr
 from nextrl.selection.index import PositionIndex
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
@@ -137,6 +137,8 @@ def summarize(
         "accuracy_stderr": se,
         "eval_counts": dict(sorted(counts.items())),
         "thought_length": {m: per_bucket(buckets, v) for m, v in lengths.items() if v},
+        # a thought of one token is its close alone: the model skipped thinking there
+        "empty_thoughts": {m: float(np.mean([n <= 1 for n in v])) for m, v in lengths.items() if v},
         "thought_vs_standard": thinking,
         "information_gain": {},
     }
@@ -199,6 +201,7 @@ def verdict(outcomes, buckets: list[str], bucket: str = "all", seed: int = 0) ->
         f"{vs_baseline['diff']:+.1%} (95% interval {vs_baseline['ci_low']:+.1%} to {vs_baseline['ci_high']:+.1%}), "
         f"McNemar p = {vs_baseline['p_value']:.2g}: "
         + ("significant at p < 0.01." if significant else "not significant at p < 0.01.")
+        + f" Power: {power_note(n, vs_baseline['detectable'])}."
     )
     return {
         "rl_beats_baseline": bool(beats),
@@ -219,6 +222,7 @@ def verdict(outcomes, buckets: list[str], bucket: str = "all", seed: int = 0) ->
         "test": "McNemar exact (paired), bootstrap 95% interval",
         "vs_base": vs_base,
         "text": text,
+        "detectable": vs_baseline["detectable"],
     }
 
 

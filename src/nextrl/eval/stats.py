@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -71,8 +72,46 @@ def paired_bootstrap_ci(
     return float(lo), float(hi)
 
 
+ALPHA, POWER = 0.01, 0.8  # the verdict's significance level, and the power a "detectable" difference has
+UNDERPOWERED = 0.05  # an evaluation that cannot see 5 points says so
+
+
+def paired_n_needed(delta: float, discordance: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Positions a paired (McNemar) comparison needs to detect a true accuracy difference `delta` with `power`
+    at two-sided `alpha`, when a fraction `discordance` of positions has exactly one model right (Connor 1987:
+    n = (z_{1-α/2}·√ψ + z_{power}·√(ψ − δ²))² / δ²). A difference δ needs ψ ≥ δ: the larger is used."""
+    psi = max(discordance, delta)
+    z_a, z_b = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    return (z_a * math.sqrt(psi) + z_b * math.sqrt(max(psi - delta * delta, 0.0))) ** 2 / (delta * delta)
+
+
+def detectable_difference(n: int, discordance: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true accuracy difference that a paired comparison of `n` positions detects with `power` at
+    two-sided `alpha`, given the observed `discordance` (fraction of positions where exactly one model is
+    right); 1.0 when not even a difference of 100 points would be (n = 0). Bisection on `paired_n_needed`,
+    which falls as the difference grows."""
+    if n <= 0 or paired_n_needed(1.0, discordance, alpha, power) > n:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if paired_n_needed(mid, discordance, alpha, power) > n else (lo, mid)
+    return hi
+
+
 def compare(a: Sequence[bool], b: Sequence[bool], seed: int = 0) -> dict[str, float]:
-    """McNemar's exact test plus the paired-bootstrap 95% interval of the difference, as one record."""
+    """McNemar's exact test, the paired-bootstrap 95% interval of the difference, and the smallest difference
+    this comparison could detect (`detectable`: 80% power at p < 0.01), as one record."""
     out = mcnemar_exact(a, b)
     out["ci_low"], out["ci_high"] = paired_bootstrap_ci(a, b, seed=seed)
+    n = out["n"]
+    out["detectable"] = detectable_difference(n, (out["a_only"] + out["b_only"]) / n if n else 0.0)
     return out
+
+
+def power_note(n: int, detectable: float) -> str:
+    """How much an evaluation of `n` positions can see, in words: the figure, or "underpowered" past 5 points."""
+    figure = f"differences of {100 * detectable:.1f} points or more (80% power, p < 0.01)"
+    if detectable > UNDERPOWERED:
+        return f"underpowered: {n} positions can only detect {figure}"
+    return f"{n} positions detect {figure}"

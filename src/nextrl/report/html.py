@@ -23,7 +23,16 @@ from nextrl.report.plots import (
     read_metrics,
     series,
 )
-from nextrl.report.table import NO_BASELINE, NO_VERDICT, models, num, pct, sci, verdict_text
+from nextrl.report.table import (
+    NO_BASELINE,
+    NO_VERDICT,
+    models,
+    num,
+    pct,
+    sci,
+    thinking_notes,
+    verdict_text,
+)
 from nextrl.summary import RunSummary, SummaryError
 from nextrl.utils.io import atomic_write_text
 
@@ -167,10 +176,14 @@ def _control(summary: RunSummary) -> str:
                     f"{100 * (num(v.diff) or 0):+.1f} pts",
                     f"{pct(v.ci_low)} to {pct(v.ci_high)}",
                     _fmt(v.p_value),
+                    "-" if num(v.detectable) is None else f"{100 * v.detectable:.1f} pts",
                     "yes" if v.passed else "no",
                 )
             )
-    head = "<tr><th>RL with thought vs</th><th>difference</th><th>95% interval</th><th>McNemar p</th><th>passed</th></tr>"
+    head = (
+        "<tr><th>RL with thought vs</th><th>difference</th><th>95% interval</th><th>McNemar p</th>"
+        "<th>detectable (80% power)</th><th>passed</th></tr>"
+    )
     text = (
         f"Positive control {'passed' if c.passed else 'FAILED'}: RL's with-thought accuracy on the "
         f"{_fmt(c.n)} held-out '{escape(c.bucket)}' positions is {pct(c.rl_with_thought)}; "
@@ -199,13 +212,17 @@ def _thinking(summary: RunSummary) -> str:
             d, p = num(v.diff), num(v.p_value)
             mark = "" if p is None or p >= 0.01 else (" ▲" if (d or 0) > 0 else " ▼")
             length = "" if n is None else f"{n:.1f} tok · "
-            cells.append(f"{length}{100 * (d or 0):+.1f} pts{mark}")
+            seen = num(v.detectable)
+            power = "" if seen is None else f" <small>(sees ≥{100 * seen:.0f})</small>"
+            cells.append(f"{length}{100 * (d or 0):+.1f} pts{mark}{power}")
         rows.append(_row(escape(m), *cells))
+    notes = "".join(f"<p class='verdict none'>{escape(n)}</p>" for n in thinking_notes(summary))
     return (
         "<h2>Does thinking pay?</h2><p>Per bucket: mean thought length (tokens, <code>&lt;/think&gt;</code> "
         "included), and with-thought minus standard accuracy of the same model on the same positions "
-        "(▲/▼: significant, McNemar p &lt; 0.01).</p>"
-        f"<table><thead>{head}</thead>{''.join(rows)}</table>"
+        "(▲/▼: significant, McNemar p &lt; 0.01; sees ≥N: the smallest difference in points that this many "
+        "positions detect with 80% power).</p>"
+        f"{notes}<table><thead>{head}</thead>{''.join(rows)}</table>"
     )
 
 

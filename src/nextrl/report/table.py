@@ -40,6 +40,23 @@ def accuracy(summary: RunSummary, model: str, mode: str, bucket: str) -> float |
     return None if acc is None else acc.by_mode()[mode].get(bucket)
 
 
+SKIPPED = 0.95  # a model whose evaluated thoughts are empty at least this often did not think
+
+
+def thinking_notes(summary: RunSummary) -> list[str]:
+    """Plain words for the models that skipped thinking: with-thought then means with an empty thought."""
+    notes = []
+    for m in models(summary):
+        empty = num(summary.empty_thoughts.get(m))
+        if empty is not None and empty >= SKIPPED:
+            mean = num(summary.thought_length.get(m, {}).get("all")) or 0.0
+            notes.append(
+                f"{m}: thinking skipped: mean thought {mean:.1f} token{'s' if mean != 1 else ''}, "
+                f"{empty:.0%} of its evaluated thoughts empty"
+            )
+    return notes
+
+
 def verdict_text(summary: RunSummary | None) -> str:
     v = summary.verdict if summary is not None else None
     if v is not None and v.text:
@@ -69,6 +86,7 @@ def summary_table(summary: RunSummary | dict) -> str:
     wall_s = "-" if wall is None else f"{wall:.1f} s"
     lines.append(f"FLOPs rl {sci(rl)} vs baseline {sci(base)}{ratio} | wall {wall_s}")
     lines.append(f"Verdict: {verdict_text(s)}")
+    lines += [f"Note: {note}" for note in thinking_notes(s)]
     control = s.control
     if control is not None:
         parts = [
