@@ -68,7 +68,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--oracle", action="store_true", help="answer with the reference solutions")
-    who.add_argument("--model", type=Path, help="a Hugging Face model folder with its tokenizer")
+    who.add_argument(
+        "--model", help="a Hugging Face model folder with its tokenizer, a .gguf file, or gemma-3-270m"
+    )
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("-n", "--samples", type=int, default=1)
     ap.add_argument("--k", type=int, action="append")

@@ -77,3 +77,36 @@ def test_the_real_model_continues_a_sentence(gemma_folder):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert tok.decode(out[0, ids.shape[1] :]).startswith(" Berlin")
+
+
+@real_model
+@pytest.mark.slow
+def test_one_rl_step_of_the_real_model_through_the_gguf_path(gemma_folder, tmp_path):
+    """The real-model preset's code path on a few positions: model.path names the .gguf file itself, one RL
+    step, and the trained policy is written back as a Gemma 3 checkpoint."""
+    from nextrl.config import load_config
+    from nextrl.pipeline import run
+
+    source = json.loads((gemma_folder / gguf.MARKER).read_text())["source"]  # the assembled .gguf file
+    overrides = [
+        f"model.path={source}",
+        f"pretrain.cache_dir={CACHE}",
+        "data.sources=[{kind: pydoc, max_documents: 6}]",
+        "data.heldout_fraction=0.5",
+        "selection.context=64",
+        "selection.max_documents=4",
+        "selection.max_doc_tokens=160",
+        "selection.max_positions_per_doc=4",
+        "env.thought_tokens=4",
+        "sampling.group_size=2",
+        "rl.steps=1",
+        "rl.positions_per_step=2",
+        "rl.micro_batch_size=4",
+        "baseline.enabled=false",
+        "eval.positions=4",
+        "eval.perplexity_tokens=128",
+    ]
+    summary = run(load_config("gemma-cpu", overrides), tmp_path / "run")
+    assert summary["steps"]["rl"] == 1 and summary["models"] == ["base", "rl"]
+    config = json.loads((tmp_path / "run" / "models" / "rl" / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["vocab_size"] >= 262_144
