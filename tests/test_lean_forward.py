@@ -165,7 +165,8 @@ def test_other_models_run_through_the_module_and_lean_says_why_not():
     cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=2, n_positions=64)
     model = GPT2LMHeadModel(cfg)
     assert "gpt2" in supports(model)
-    assert PrefixSharingSampler(model, 0).lean is None  # auto: the Hugging Face module
+    with pytest.warns(UserWarning, match="gpt2.*Hugging Face module"):
+        assert PrefixSharingSampler(model, 0).lean is None  # auto: the Hugging Face module, said once
     with pytest.raises(ConfigError, match="sampling.decode.*gpt2"):
         PrefixSharingSampler(model, 0, decode="lean")
     with pytest.raises(ConfigError, match="sampling.decode"):
@@ -254,7 +255,8 @@ def test_gemma3_settings_the_fast_path_does_not_compute_are_refused():
     model = tiny_gemma3(V)
     model.config.attn_logit_softcapping = 50.0
     assert "attn_logit_softcapping" in supports(model)
-    assert PrefixSharingSampler(model, 0).lean is None  # auto: the module
+    with pytest.warns(UserWarning, match="attn_logit_softcapping"):
+        assert PrefixSharingSampler(model, 0).lean is None  # auto: the module
     model.config.attn_logit_softcapping = None
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ConfigError, match="final_logit_softcapping"):

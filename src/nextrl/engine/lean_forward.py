@@ -92,9 +92,7 @@ class KVBuffer:
     def __init__(self, layers: int):
         self.k: list[torch.Tensor | None] = [None] * layers
         self.v: list[torch.Tensor | None] = [None] * layers
-        self.pos: torch.Tensor | None = (
-            None  # [R, capacity]: the position id of every column (sliding windows)
-        )
+        self.pos: torch.Tensor | None = None  # [R, capacity]: each column's position id (sliding windows)
         self.length = 0
 
     def write_positions(self, pos: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ position of every cache column and hands the model one mask per layer type, the 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -64,6 +65,12 @@ class PrefixSharingSampler(TorchSampler):
         if decode not in ("auto", "lean", "hf"):
             raise ConfigError(f"config key 'sampling.decode': {decode!r} is not auto, lean or hf")
         self.lean = LeanForward(self.model) if decode != "hf" and reason is None else None
+        if decode == "auto" and reason is not None:  # said once per sampler: the module path is slower
+            warnings.warn(
+                f"sampling.decode=auto: the lean forward does not cover this model ({reason}); the prefix-sharing "
+                "sampler decodes through the Hugging Face module",
+                stacklevel=2,
+            )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         _check_call(prompts, params)
