@@ -1,6 +1,7 @@
 """The prefix-sharing sampler's lean forward (`engine.lean_forward`) against the Hugging Face module it
 replaces: same hidden states, same samples, for every model family it claims (Llama with grouped-query
-attention, Qwen2 with q/k/v biases, Qwen3 with q/k norms), and a clear refusal for anything else."""
+attention, Qwen2 with q/k/v biases, Qwen3 with q/k norms, Gemma 3 with sliding-window and global layers), and a
+clear refusal for anything else."""
 
 import random
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
+    DynamicCache,
+    Gemma3ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     Qwen2Config,
@@ -19,7 +22,9 @@ from transformers import (
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams
 from nextrl.engine.lean_forward import KVBuffer, LeanForward, supports
 from nextrl.errors import ConfigError
-from tiny_models import tiny_llama
+from nextrl.sharing.branch_attention import window_mask
+from nextrl.sharing.prefix_tree import build_tree, tree_batch
+from tiny_models import tiny_gemma3, tiny_llama
 
 V = 64
 SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -45,7 +50,7 @@ def qwen2():
     return model
 
 
-MODELS = {"llama": lambda: tiny_llama(V), "qwen2": qwen2, "qwen3": qwen3}
+MODELS = {"llama": lambda: tiny_llama(V), "qwen2": qwen2, "qwen3": qwen3, "gemma3": lambda: tiny_gemma3(V)}
 
 
 def prompts(seed: int, n_docs: int = 2, per_doc: int = 3) -> list[list[int]]:
@@ -57,12 +62,19 @@ def prompts(seed: int, n_docs: int = 2, per_doc: int = 3) -> list[list[int]]:
     return out
 
 
+def module_masks(model, mask, q_pos, k_pos):
+    """The mask argument of the Hugging Face module: one 4D mask, or for Gemma 3 one per layer type (the
+    module applies no sliding window to a 4D mask of its own accord)."""
+    if not isinstance(model, Gemma3ForCausalLM):
+        return mask
+    window = window_mask(mask, q_pos, k_pos, model.config.sliding_window)
+    return {"full_attention": mask, "sliding_attention": window}
+
+
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_lean_forward_equals_the_module_on_a_tree_then_a_decode_step(family):
     """A prefill over a tree mask and one step of new tokens with their own mask: the lean forward's hidden
     states (and the cache it keeps) equal the Hugging Face module's with its DynamicCache."""
-    from transformers import DynamicCache
-
     model = MODELS[family]().eval()
     assert supports(model) is None
     g = torch.Generator().manual_seed(0)
@@ -75,14 +87,15 @@ def test_lean_forward_equals_the_module_on_a_tree_then_a_decode_step(family):
     step_mask[..., N:] = torch.eye(W, dtype=torch.bool)
     step_mask[..., 0] = True
     lean, cache = LeanForward(model), None
+    all_pos = torch.cat([pos, step_pos], dim=1)
     with torch.no_grad():
         cache = lean.new_cache()
         a1, a2 = lean(ids, pos, mask, cache), lean(step_ids, step_pos, step_mask, cache)
         hf = DynamicCache()
-        b1 = model.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=hf,
-                         use_cache=True).last_hidden_state  # fmt: skip
-        b2 = model.model(input_ids=step_ids, position_ids=step_pos, attention_mask=step_mask, past_key_values=hf,
-                         use_cache=True).last_hidden_state  # fmt: skip
+        b1 = model.model(input_ids=ids, position_ids=pos, attention_mask=module_masks(model, mask, pos, pos),
+                         past_key_values=hf, use_cache=True).last_hidden_state  # fmt: skip
+        b2 = model.model(input_ids=step_ids, position_ids=step_pos, past_key_values=hf, use_cache=True,
+                         attention_mask=module_masks(model, step_mask, step_pos, all_pos)).last_hidden_state  # fmt: skip
     torch.testing.assert_close(a1, b1, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a2, b2, rtol=1e-5, atol=1e-5)
     assert cache.length == N + W
@@ -152,7 +165,8 @@ def test_other_models_run_through_the_module_and_lean_says_why_not():
     cfg = GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=2, n_positions=64)
     model = GPT2LMHeadModel(cfg)
     assert "gpt2" in supports(model)
-    assert PrefixSharingSampler(model, 0).lean is None  # auto: the Hugging Face module
+    with pytest.warns(UserWarning, match="gpt2.*Hugging Face module"):
+        assert PrefixSharingSampler(model, 0).lean is None  # auto: the Hugging Face module, said once
     with pytest.raises(ConfigError, match="sampling.decode.*gpt2"):
         PrefixSharingSampler(model, 0, decode="lean")
     with pytest.raises(ConfigError, match="sampling.decode"):
@@ -172,3 +186,78 @@ def test_lean_forward_under_bf16_autocast_samples_what_the_module_samples():
         for a, b in zip(ga, gb, strict=True):
             assert a.completion_ids == b.completion_ids
             assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+# ---------------------------------------------------------------- Gemma 3: sliding-window and global layers
+
+
+def gemma_tree(seed: int = 0):
+    """Three sequences of one document, 13-22 tokens (over three windows of 6), branching at 3 and 11."""
+    rng = random.Random(seed)
+    doc = [rng.randrange(2, V) for _ in range(22)]
+    seqs = [
+        doc,
+        doc[:11] + [rng.randrange(2, V) for _ in range(8)],
+        doc[:3] + [rng.randrange(2, V) for _ in range(10)],
+    ]
+    return seqs, build_tree(seqs)
+
+
+@pytest.mark.parametrize("trunk", [0, 5, None])  # None: the whole longest path (22 > the window)
+def test_gemma3_tree_states_equal_each_sequence_alone(trunk, monkeypatch):
+    """Every node of a tree prefill, and one decode step of every branch, against the Hugging Face module run
+    on that node's own sequence alone (its own causal and sliding masks, no tree): the window is measured in
+    positions along the sequence, not in cache columns. A causal trunk no longer than the window (5) keeps the
+    causal kernel on sliding layers; a longer one (22) must not."""
+    model = tiny_gemma3(V).eval()
+    assert supports(model) is None and model.config.sliding_window == 6
+    seqs, t = gemma_tree()
+    ids, pos, mask = tree_batch([t], 0, torch.device("cpu"))
+    lean = LeanForward(model)
+    nxt = torch.tensor([[7, 8, 9]])  # each branch's next token, decoded in one step
+    ends = [nodes[-1] for nodes in t.seq_nodes]
+    step_mask = torch.cat([mask[:, :, ends], torch.eye(3, dtype=torch.bool)[None, None]], dim=3)
+    step_pos = torch.tensor([[len(s) for s in seqs]])
+    with torch.no_grad():
+        cache = lean.new_cache()
+        prefill = lean(ids, pos, mask, cache, trunk=t.trunk if trunk is None else trunk)
+        step = lean(nxt, step_pos, step_mask, cache)
+        for k, (s, nodes) in enumerate(zip(seqs, t.seq_nodes, strict=True)):
+            alone = model.model(input_ids=torch.tensor([s + [7 + k]])).last_hidden_state[0]
+            torch.testing.assert_close(prefill[0, nodes], alone[:-1], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(step[0, k], alone[-1], rtol=1e-5, atol=1e-5)
+        # mutation check: without the window the states move far beyond the tolerance
+        monkeypatch.setattr("nextrl.engine.lean_forward.window_mask", lambda mask, *_: mask)
+        assert (lean(ids, pos, mask, lean.new_cache()) - prefill).abs().max() > 1e-2
+
+
+def test_gemma3_prefix_sharing_greedy_equals_hugging_face_generate():
+    """Greedy samples of the prefix-sharing sampler (lean and module paths) are Hugging Face `generate`'s, one
+    prompt at a time with its own sliding-window cache; prompts and samples run far past the window."""
+    model = tiny_gemma3(V).eval()
+    rng = random.Random(5)
+    doc = [rng.randrange(2, V) for _ in range(30)]
+    ps = [doc[:p] for p in (4, 12, 25)] + [[2] + doc[5:20]]
+    params = SamplingParams(phases=(Phase(16),), n=2, temperature=0.0, eos_token_ids=(1,))
+    ref = []
+    with torch.no_grad():
+        for p in ps:
+            out = model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=1,
+                                 pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))  # fmt: skip
+            ref.append(out[0, len(p) :].tolist())
+    assert len({tuple(r) for r in ref}) == len(ps)
+    for decode in ("lean", "hf"):
+        out = PrefixSharingSampler(model, 0, batch_size=8, decode=decode).generate(ps, params)
+        assert [[r.completion_ids for r in g] for g in out] == [[r, r] for r in ref], decode
+
+
+def test_gemma3_settings_the_fast_path_does_not_compute_are_refused():
+    model = tiny_gemma3(V)
+    model.config.attn_logit_softcapping = 50.0
+    assert "attn_logit_softcapping" in supports(model)
+    with pytest.warns(UserWarning, match="attn_logit_softcapping"):
+        assert PrefixSharingSampler(model, 0).lean is None  # auto: the module
+    model.config.attn_logit_softcapping = None
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ConfigError, match="final_logit_softcapping"):
+        PrefixSharingSampler(model, 0)

@@ -15,7 +15,7 @@ from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSamp
 from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
 from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
 from nextrl.trainer.learner import plan_micro_batches
-from tiny_models import tiny_llama
+from tiny_models import tiny_gemma3, tiny_llama
 
 V = 64
 
@@ -100,13 +100,17 @@ def test_group_by_prefix_budget_and_cover():
 # ---------------------------------------------------------------- loss path
 
 
+TINY = {"llama": tiny_llama, "gemma3": tiny_gemma3}  # Gemma 3: a window of 6 among prompts of 3-71 tokens
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize(
     ("docs", "positions", "G", "max_len", "max_nodes"),
     [(1, 1, 1, 4, 4096), (2, 3, 4, 7, 4096), (3, 4, 8, 17, 4096), (2, 3, 4, 7, 90)],
 )
-def test_tree_logprobs_and_gradients_equal_plain(attn, docs, positions, G, max_len, max_nodes):
-    model = tiny_llama(V, attn).float()
+def test_tree_logprobs_and_gradients_equal_plain(family, attn, docs, positions, G, max_len, max_nodes):
+    model = TINY[family](V, attn).float()
     prompts, comps = workload(docs * 10 + G, docs, positions, G, max_len)
     weights = torch.randn(len(prompts), max_len, generator=torch.Generator().manual_seed(0))
 
@@ -157,6 +161,31 @@ def test_tree_logprobs_catch_a_wrong_trunk(monkeypatch):
     assert (bad - ref).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("prompt_len", [4, 30])  # the trunk within the window (6) or far past it
+def test_gemma3_tree_logprobs_window_along_each_sequence(prompt_len, monkeypatch):
+    """Gemma 3's sliding layers in the loss's tree path: a completion token sees its prompt's ancestors and its
+    own earlier tokens only within the window, in positions along its own sequence (branches are packed end to
+    end, so column distances are not position distances). Log-probs equal the plain path; without the window
+    they do not."""
+    model = tiny_gemma3(V).float().eval()
+    rng = random.Random(prompt_len)
+    doc = [rng.randrange(4, V) for _ in range(prompt_len + 8)]
+    prompts = [doc[:prompt_len] + [3]] * 3 + [doc[: prompt_len + 1] + [3]] * 2
+    assert (build_tree(prompts).trunk <= model.config.sliding_window) == (prompt_len == 4)
+    comps = [[rng.randrange(4, V) for _ in range(rng.randint(8, 14))] for _ in prompts]
+    ref = completion_logprobs(model, prompts, comps, 1.0, 0)
+    assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() < 1e-5
+    monkeypatch.setattr("nextrl.sharing.branch_attention.window_mask", lambda mask, *_: mask)
+    assert (tree_completion_logprobs(model, prompts, comps, 1.0, 0) - ref).abs().max() > 1e-3
+
+
+def test_tree_logprobs_refuse_softcapping():
+    model = tiny_gemma3(V)
+    model.config.attn_logit_softcapping = 50.0
+    with pytest.raises(ValueError, match="attn_logit_softcapping.*sharing.enabled=false"):
+        tree_completion_logprobs(model, [[5, 6]], [[7, 8]], 1.0, 0)
+
+
 def test_work_counts_the_prefix_once():
     model = tiny_llama(V).float()
     P, G, c = 20, 8, 5
@@ -187,9 +216,10 @@ def test_work_counts_the_prefix_once():
 PARAMS = dict(phases=(Phase(6, (5,), (5,)), Phase(2)), eos_token_ids=(9,))
 
 
+@pytest.mark.parametrize("family", sorted(TINY))
 @pytest.mark.parametrize("batch_size", [4, 64])
-def test_shared_sampler_greedy_equals_plain(batch_size):
-    model = tiny_llama(V).eval()
+def test_shared_sampler_greedy_equals_plain(batch_size, family):
+    model = TINY[family](V).eval()
     prompts, _ = workload(3, 2, 3, 1, 1)
     params = SamplingParams(n=3, temperature=0.0, **PARAMS)
     plain = TorchSampler(model, 0, batch_size=64).generate(prompts, params)

@@ -1,5 +1,6 @@
 """Both rollout engines (plain `TorchSampler` and `PrefixSharingSampler`) against plain, unpadded, uncached
-forwards of a tiny random Llama: every test runs on each engine."""
+forwards of a tiny random Llama and a tiny random Gemma 3 (a sliding window of 4, shorter than the prompts plus
+samples): every test runs on each engine and model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
 from nextrl.engine.base import PolicyWeights
 from nextrl.sharing.logprobs import completion_logprobs
-from tiny_models import tiny_llama
+from tiny_models import tiny_gemma3, tiny_llama
 
 V = 64
 ALL = tuple(range(V))  # as stop/eos set: whatever is sampled ends the phase/completion
@@ -21,13 +22,16 @@ def Engine(request):  # noqa: N802 - a class
     return request.param
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model(request):
     # one thread: tiny ops gain nothing from two, and OpenMP threads spinning against other processes on a
     # busy 2-core machine made this file 100x slower
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield tiny_llama(V, max_positions=128).eval()
+    if request.param == "llama":
+        yield tiny_llama(V, max_positions=128).eval()
+    else:
+        yield tiny_gemma3(V, max_positions=128, sliding_window=4).eval()
     torch.set_num_threads(threads)
 
 

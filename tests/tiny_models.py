@@ -1,9 +1,9 @@
-"""A tiny random Llama for exactness tests (imported by several test files)."""
+"""Tiny random models for exactness tests (imported by several test files): no download."""
 
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 
 def tiny_llama(
@@ -25,3 +25,42 @@ def tiny_llama(
     )
     cfg._attn_implementation = attn
     return LlamaForCausalLM(cfg)
+
+
+def tiny_gemma3(
+    vocab_size: int, attn: str = "sdpa", seed: int = 0, max_positions: int = 256, sliding_window: int = 6
+) -> Gemma3ForCausalLM:
+    """A tiny random Gemma 3 text model with everything that sets it apart from Llama switched on: sliding
+    (`sliding_window` tokens, far shorter than the test sequences, so the window decides what a token sees) and
+    global layers mixed, each with its own RoPE base; q/k norms; the four norms per layer with (1 + w) weights
+    made random (Hugging Face initialises them to 0, where a missing `1 +` or a swapped norm would not show);
+    embeddings scaled by sqrt(hidden); the gelu-tanh gated MLP; an attention scale from
+    query_pre_attn_scalar that is not head_dim; one key/value head for four query heads (as gemma-3-270m);
+    the tied head."""
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        query_pre_attn_scalar=12,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_theta=10_000.0,
+        rope_local_base_freq=100.0,
+        max_position_embeddings=max_positions,
+        initializer_range=0.2,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    cfg._attn_implementation = attn
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.3)
+    return model

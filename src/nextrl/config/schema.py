@@ -329,7 +329,7 @@ class SamplingConfig(_Strict):
     decode: Literal["auto", "lean", "hf"] = Field(
         "auto",
         description="the prefix-sharing sampler's forward: 'lean' (fused projections, a KV buffer written in place; "
-        "Llama, Mistral, Qwen2, Qwen3), 'hf' (the Hugging Face module: any model, the reference), 'auto' (lean "
+        "Llama, Mistral, Qwen2, Qwen3, Gemma 3 text), 'hf' (the Hugging Face module: any model, the reference), 'auto' (lean "
         "where it covers the model)",
     )
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM's share of the GPU")

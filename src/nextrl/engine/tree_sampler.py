@@ -9,13 +9,16 @@ same positions). No prompt key/value is ever copied per sample.
 
 Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's. The forward
 is nextrl's lean one (`lean_forward`: fused projections, a KV buffer written in place) where the model is a
-Llama/Mistral/Qwen-style decoder, else the Hugging Face module with its `DynamicCache` (`decode="hf"` forces
-it: the reference the lean forward is tested against).
+Llama/Mistral/Qwen-style decoder or Gemma 3, else the Hugging Face module with its `DynamicCache`
+(`decode="hf"` forces it: the reference the lean forward is tested against). Hugging Face applies no sliding
+window to a custom 4D mask, so for a model with sliding-window layers (Gemma 3) the module path keeps the
+position of every cache column and hands the model one mask per layer type, the sliding one windowed.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +26,7 @@ from transformers import DynamicCache
 
 from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
-from nextrl.engine.lean_forward import LeanForward, supports
+from nextrl.engine.lean_forward import SLIDING, LeanForward, sliding_window_of, supports
 from nextrl.engine.sampler import (
     TorchSampler,
     _autocast,
@@ -37,6 +40,7 @@ from nextrl.engine.sampler import (
     _Seq,
 )
 from nextrl.errors import ConfigError
+from nextrl.sharing.branch_attention import window_mask
 from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
 
 
@@ -48,12 +52,25 @@ class PrefixSharingSampler(TorchSampler):
     def __init__(self, *args, max_nodes: int = 4096, decode: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.max_nodes = max_nodes
+        if getattr(self.model.config, "final_logit_softcapping", None) is not None:
+            raise ConfigError(
+                "the model's config sets final_logit_softcapping, which the prefix-sharing sampler's head (the "
+                "bare output embeddings) does not apply; set sharing.enabled=false"
+            )
         reason = supports(self.model)
         if decode == "lean" and reason is not None:
-            raise ConfigError(f"config key 'sampling.decode': lean needs a Llama-style decoder, not {reason}")
+            raise ConfigError(
+                f"config key 'sampling.decode': lean needs a Llama-style decoder or Gemma 3, not {reason}"
+            )
         if decode not in ("auto", "lean", "hf"):
             raise ConfigError(f"config key 'sampling.decode': {decode!r} is not auto, lean or hf")
         self.lean = LeanForward(self.model) if decode != "hf" and reason is None else None
+        if decode == "auto" and reason is not None:  # said once per sampler: the module path is slower
+            warnings.warn(
+                f"sampling.decode=auto: the lean forward does not cover this model ({reason}); the prefix-sharing "
+                "sampler decodes through the Hugging Face module",
+                stacklevel=2,
+            )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
         _check_call(prompts, params)
@@ -103,7 +120,7 @@ class PrefixSharingSampler(TorchSampler):
         self.last_work["prefill"].add(0, 0, logits=sum(len({s[-1] for s in t.seq_nodes}) for t in trees))
         ids, pos, mask = tree_batch(trees, self.pad_token_id, device)
         dtype = self.autocast_dtype or next(model.parameters()).dtype
-        cache = self.lean.new_cache() if self.lean is not None else DynamicCache()
+        cache = self.lean.new_cache() if self.lean is not None else _PositionedCache()
         # Branch slots per row: (sequence, prompt's last node, prompt length). Slot q of row b is query q.
         slots = [
             [
@@ -212,10 +229,24 @@ class PrefixSharingSampler(TorchSampler):
         (`trunk`: the leading tokens of every row that see exactly the ones before them; lean forward only)."""
         if self.lean is not None:
             return self.lean(ids, pos, mask, cache, trunk)
+        attn = attention_mask_for(self.model, mask, dtype)
+        window = sliding_window_of(self.model)
+        if window is not None:  # one mask per layer type: the module would apply the full mask everywhere
+            cache.key_pos = pos if cache.key_pos is None else torch.cat([cache.key_pos, pos], dim=1)
+            slide = attention_mask_for(self.model, window_mask(mask, pos, cache.key_pos, window), dtype)
+            attn = {"full_attention": attn, SLIDING: slide}
         return self.model.base_model(
-            input_ids=ids,
-            attention_mask=attention_mask_for(self.model, mask, dtype),
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
+            input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
         ).last_hidden_state
+
+
+class _PositionedCache(DynamicCache):
+    """The module path's cache, which also keeps the position id of every column ([R, length]; a sliding
+    window is measured in positions, and a tree's columns are not in position order)."""
+
+    key_pos: torch.Tensor | None = None
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.key_pos is not None:
+            self.key_pos = self.key_pos[indices]

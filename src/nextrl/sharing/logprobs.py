@@ -196,6 +196,7 @@ def tree_logprobs_and_nll(
         torch.from_numpy(prefix_mask).to(device),
         torch.from_numpy(branch_mask).to(device),
         trunk=min(t.trunk for t in trees),
+        positions=pos.to(device),
     )
     with _autocast(device, autocast), branch_attention(model):
         hidden = model.base_model(
