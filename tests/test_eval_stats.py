@@ -170,3 +170,24 @@ def test_power_is_stated_and_a_small_evaluation_is_called_underpowered():
     a = [True, False] * 50
     rec = compare(a, a[::-1])
     assert rec["detectable"] == pytest.approx(detectable_difference(100, 1.0))
+
+
+def test_perplexity_after_a_prefix_scores_the_same_tokens():
+    """With `<bos>` before every window the window's own tokens are scored, each after the same left context plus
+    the prefix: checked against a loop that scores them one by one."""
+    import torch
+
+    from nextrl.eval.perplexity import perplexity
+    from tiny_models import tiny_llama
+
+    model = tiny_llama(50).eval()
+    doc = np.random.default_rng(0).integers(2, 50, size=40)
+    got = perplexity(model, [doc], window=8, max_tokens=24, autocast=None, prefix_ids=[1])
+    nll = []
+    with torch.no_grad():
+        for s in (0, 8, 16):
+            x = torch.tensor([[1, *doc[s : s + 9]]])
+            logp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+            nll += [-logp[j, x[0, j + 1]].item() for j in range(1, 9)]  # targets doc[s+1 .. s+8]
+    assert got == pytest.approx(math.exp(np.mean(nll)), rel=1e-5)
+    assert perplexity(model, [doc], 8, 24, None) != pytest.approx(got, rel=1e-6)  # the prefix changes them

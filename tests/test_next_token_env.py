@@ -287,3 +287,30 @@ def test_format_weight_must_be_a_penalty(tok):
     """`format` is −1 for a missing answer: a negative weight would reward one (the README once showed it)."""
     with pytest.raises(ConfigError, match="negative weight.*rewards"):
         NextTokenEnv(EnvConfig(), tok, RewardConfig(spec="prefix_match-format"))
+
+
+def test_a_tokenizer_that_starts_every_text_with_bos_gets_it_before_every_context():
+    """Gemma and Llama 3 were pretrained with <bos> at the start of every sequence: a context read without it
+    predicts worse. nextrl's own BPE and Qwen's tokenizer add nothing, and their prompts are unchanged."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from nextrl.config import EnvConfig
+    from nextrl.env import NextTokenEnv
+    from nextrl.model.tokenizer import document_prefix, ensure_think_tokens
+
+    vocab = {"<bos>": 0, "<eos>": 1, "a": 2, "b": 3, "c": 4}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    tok = ensure_think_tokens(
+        PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>")
+    )
+    assert document_prefix(tok) == [0]
+    env = NextTokenEnv(EnvConfig(), tok)
+    doc = tok("a b c a b c a b", add_special_tokens=False)["input_ids"]
+    task = env.make_task("d", doc, position=6, context=4)
+    assert task.meta["context_ids"] == [0, *doc[2:6]]  # <bos>, then the window from its start
+    assert task.prompt_ids[: len(task.meta["context_ids"])] == task.meta["context_ids"]
+    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<eos>")))
+    assert document_prefix(plain) == []

@@ -16,7 +16,7 @@ from nextrl.env.base import Environment, Reward, ScoringModel, Task, check_rewar
 from nextrl.env.model_scored import MODEL_SCORED, ModelScoredTerms
 from nextrl.env.reward import boundaries, prefix_match_reward
 from nextrl.errors import ConfigError
-from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, think_ids
+from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, document_prefix, think_ids
 
 
 class NextTokenEnv(Environment):
@@ -34,6 +34,7 @@ class NextTokenEnv(Environment):
         self.reward_cfg = reward or RewardConfig()
         self.tok = tokenizer
         self.token_bytes = TokenBytes(tokenizer)
+        self.prefix_ids = document_prefix(tokenizer)  # <bos> where the model was pretrained after one
         eos = tokenizer.eos_token_id
         self.eos_ids: tuple[int, ...] = (
             end_of_turn_ids(tokenizer) if cfg.format == "prompted" else (() if eos is None else (int(eos),))
@@ -81,7 +82,7 @@ class NextTokenEnv(Environment):
         doc_id, position, bucket = str(doc_id), int(position), str(bucket)
         if not 0 <= position < len(doc_tokens):
             raise ValueError(f"position {position} outside document of {len(doc_tokens)} tokens")
-        ctx = [int(t) for t in doc_tokens[context_start(position, context) : position]]
+        ctx = self.prefix_ids + [int(t) for t in doc_tokens[context_start(position, context) : position]]
         target_ids = [int(t) for t in doc_tokens[position : position + self.cfg.target_tokens]]
         pieces = [self.token_bytes(t) for t in target_ids]
         if self.cfg.format == "structured":

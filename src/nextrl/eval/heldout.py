@@ -23,6 +23,7 @@ from nextrl.eval.accuracy import per_bucket, standard_correct, thought_length, t
 from nextrl.eval.info_gain import gains_of_thoughts, information_gain_nats
 from nextrl.eval.perplexity import perplexity
 from nextrl.eval.stats import compare, power_note, stderr
+from nextrl.model.tokenizer import document_prefix
 from nextrl.selection.index import PositionIndex
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
@@ -102,7 +103,12 @@ def evaluate_models(
         outcomes[name] = {"standard": std, "with_thought": wt}
         lengths[name], gains[name] = ln, gn
         result["perplexity"][name] = perplexity(
-            model, heldout_docs, cfg.selection.context, cfg.eval.perplexity_tokens, autocast
+            model,
+            heldout_docs,
+            cfg.selection.context,
+            cfg.eval.perplexity_tokens,
+            autocast,
+            prefix_ids=document_prefix(tokenizer),
         )
     bar.close()
     result |= summarize(outcomes, buckets, lengths, gains)

@@ -19,7 +19,11 @@ def perplexity(
     max_tokens: int,
     autocast: torch.dtype | None,
     batch_size: int = 16,
+    prefix_ids: Sequence[int] = (),
 ) -> float:
+    """exp(mean NLL) of the tokens of non-overlapping windows; each window is read after `prefix_ids` (the
+    tokenizer's `<bos>`, `document_prefix`), whose own targets are not counted, so the same tokens are scored
+    with or without a prefix."""
     device = next(model.parameters()).device
     chunks = []
     total = 0
@@ -34,8 +38,14 @@ def perplexity(
     was_training = model.training
     model.eval()
     nll = 0.0
+    k = len(prefix_ids)
     for s in range(0, len(chunks), batch_size):
         x = torch.from_numpy(np.stack(chunks[s : s + batch_size])).to(device)
-        nll += lm_loss(model, x, None, autocast).item() * len(x)
+        mask = None
+        if k:  # targets: the prefix's own (masked), then the window's first token (masked: scored as before)
+            x = torch.cat([torch.tensor(prefix_ids, device=device).expand(len(x), k), x], dim=1)
+            mask = torch.ones((len(x), x.shape[1] - 1), dtype=torch.bool, device=device)
+            mask[:, :k] = False
+        nll += lm_loss(model, x, mask, autocast).item() * len(x)
     model.train(was_training)
     return math.exp(nll / len(chunks))

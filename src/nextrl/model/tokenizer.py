@@ -65,6 +65,17 @@ def ensure_think_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase
     return tok
 
 
+def document_prefix(tok: PreTrainedTokenizerBase) -> list[int]:
+    """The ids the tokenizer puts before any text: `<bos>` for Gemma and Llama 3, none for GPT-2-style BPE (nextrl's
+    own) or Qwen. A model pretrained with them read every sequence after them, and predicts worse without:
+    Gemma 3 270M base, 48 positions of English prose with 128 tokens of context, −2.81 nats per true token with
+    `<bos>` against −3.21 without."""
+    text = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a", add_special_tokens=True)["input_ids"]
+    n = len(full) - len(text)
+    return list(full[:n]) if n > 0 and full[n:] == text else []
+
+
 def think_ids(tok: PreTrainedTokenizerBase) -> tuple[int, int]:
     return tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
 
