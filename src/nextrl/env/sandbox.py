@@ -28,6 +28,7 @@ bounded per file (RLIMIT_FSIZE), not in sum. It is for model-written code, not f
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -42,12 +43,13 @@ from pathlib import Path
 
 NOBODY = 65534
 PROLOGUE = r"""
-WORK="$1"; shift
+WORK="$1"; SIZE="$2"; INODES="$3"; shift 3
 for mp in $(awk '{print $2}' /proc/self/mounts | sort -u); do
   case "$mp" in /proc*) continue;; esac
   mount -o remount,bind,ro "$mp" 2>/dev/null
 done
-mount --bind "$WORK" "$WORK" && mount -o remount,bind,rw "$WORK" || exit 97
+# its only writable space: a tmpfs of its own, bounded in bytes and inodes, gone with its mount namespace
+mount -t tmpfs -o "size=$SIZE,nr_inodes=$INODES,mode=0700,nosuid,nodev" nextrl-work "$WORK" || exit 97
 ( : > /.nextrl-rw-probe ) 2>/dev/null && exit 97   # fail closed: the root must really be read-only now
 cd "$WORK" || exit 97
 "$@"
@@ -63,11 +65,15 @@ class Limits:
     processes: int = 32
     output_bytes: int = 1 << 20
     files: int = 64
+    work_mb: int = 64  # its writable directory: a tmpfs of this size (RAM, not disk)
+    work_inodes: int = 4096  # files and directories it may create there
 
 
 @dataclass
 class RunResult:
-    status: str  # "ok", "error" (nonzero exit, e.g. a failed assert), "timeout", "memory", "output_limit"
+    # "ok", "error" (nonzero exit, e.g. a failed assert), "timeout", "memory", "output_limit", "sandbox_error"
+    # (the sandbox itself failed: the program's fault or not, it gets no reward and the caller goes on)
+    status: str
     returncode: int
     stdout: str
     stderr: str
@@ -78,21 +84,21 @@ class RunResult:
         return self.status == "ok"
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why the sandbox cannot run here, or None."""
+    """Why the sandbox cannot run here, or None (a real run of a tiny program, once per process)."""
     if sys.platform != "linux":
         return "the sandbox needs Linux namespaces"
     if shutil.which("unshare") is None or shutil.which("setpriv") is None:
         return "the sandbox needs util-linux's `unshare` and `setpriv`"
     if interpreter() is None:
         return "no Python interpreter that the sandbox user may execute (install python3)"
-    probe = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "true"],
-        capture_output=True,
-        **_as_nobody(),
-    )
-    if probe.returncode != 0:
-        return f"unprivileged user namespaces are not available: {probe.stderr.decode(errors='replace')}"
+    probe = run_python("open('probe', 'w').write('ok')\nprint(open('probe').read())")
+    if probe.status != "ok" or probe.stdout != "ok\n":
+        return (
+            "unprivileged user namespaces with a tmpfs mount are not available "
+            f"(a probe program ended {probe.status}, rc {probe.returncode}): {probe.stderr[-500:]}"
+        )
     return None
 
 
@@ -129,27 +135,40 @@ def _limit(limits: Limits, nproc: int):
 
 
 def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunResult:
-    """Run `source` as a Python program in the sandbox and classify how it ended."""
-    host = Path(tempfile.mkdtemp(prefix="nextrl-sbx-"))
-    work = host / "work"
+    """Run `source` as a Python program in the sandbox and classify how it ended. Never raises (but for
+    KeyboardInterrupt): whatever goes wrong, in the program or in the sandbox, is a `RunResult`."""
+    t0 = time.time()
+    host = None
+    try:
+        host = Path(tempfile.mkdtemp(prefix="nextrl-sbx-"))
+        return _run(host, source, limits, stdin, t0)
+    except Exception as e:  # one program must not stop the trainer's scoring
+        return RunResult(
+            "sandbox_error", -1, "", f"the sandbox failed: {type(e).__name__}: {e}", time.time() - t0
+        )
+    finally:
+        if host is not None:  # only the files written here: the program's own lived in its tmpfs
+            shutil.rmtree(host, ignore_errors=True)
+
+
+def _run(host: Path, source: str, limits: Limits, stdin: str, t0: float) -> RunResult:
+    work = host / "work"  # the mount point of its tmpfs; stays empty on the host
     work.mkdir()
-    (work / "main.py").write_text(source)
+    (host / "main.py").write_text(source)
     (host / "prologue.sh").write_text(PROLOGUE)
     if os.geteuid() == 0:
-        os.chown(work, NOBODY, NOBODY)
         os.chmod(host, 0o755)
     # processes of this uid that already exist count against RLIMIT_NPROC; as nobody there are ~none
     nproc = limits.processes + (0 if os.geteuid() == 0 else _processes_of_user())
     cmd = [
         "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
         "--mount-proc",  # its own /proc: the host's processes (and their environments) are not visible
-        "sh", str(host / "prologue.sh"), str(work),
+        "sh", str(host / "prologue.sh"), str(work), str(limits.work_mb << 20), str(limits.work_inodes),
         # the program keeps no capability in its namespace, so it cannot undo the read-only remounts
         "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
         "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1",
-        interpreter() or sys.executable, "-I", "-B", "main.py",
+        interpreter() or sys.executable, "-I", "-B", str(host / "main.py"),
     ]  # fmt: skip
-    t0 = time.time()
     with open(host / "out", "wb") as out, open(host / "err", "wb") as err:
         proc = subprocess.Popen(
             cmd,
@@ -170,19 +189,18 @@ def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunRe
     seconds = time.time() - t0
     stdout = (host / "out").read_bytes()[: limits.output_bytes].decode(errors="replace")
     stderr = (host / "err").read_bytes()[: limits.output_bytes].decode(errors="replace")
-    shutil.rmtree(host, ignore_errors=True)
     rc = proc.returncode
+    return RunResult(_status(rc, timed_out, stderr), rc, stdout, stderr, seconds)
+
+
+def _status(rc: int, timed_out: bool, stderr: str) -> str:
     if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
-        status = "timeout"
-    elif rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
-        status = "output_limit"
-    elif "MemoryError" in stderr or "Cannot allocate memory" in stderr:
-        status = "memory"
-    elif rc == 0:
-        status = "ok"
-    else:
-        status = "error"
-    return RunResult(status, rc, stdout, stderr, seconds)
+        return "timeout"
+    if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or "File too large" in stderr:
+        return "output_limit"
+    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
+        return "memory"
+    return "ok" if rc == 0 else "error"
 
 
 def run_many(sources: list[str], limits: Limits = Limits(), workers: int = 4) -> list[RunResult]:
