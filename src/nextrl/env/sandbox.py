@@ -3,26 +3,29 @@
 Mechanism (measured to work on this machine and in CI; no root needed): Linux namespaces through util-linux's
 `unshare` — a user namespace (unprivileged), a mount namespace, a network namespace and a PID namespace —
 plus rlimits set before the program starts. Inside, a short shell prologue remounts every filesystem
-read-only (and checks that the root is), bind-mounts the program's own temporary directory writable, mounts a
-/proc of the new PID namespace, drops every capability (`setpriv`, so the program cannot remount anything
-writable again) and execs `python -I` with an empty environment. Run as root, the program runs as `nobody` (so it cannot read root's private files either).
+read-only (and checks that the root is), mounts a tmpfs of its own as the program's working directory (its
+only writable space: `Limits.work_mb`, 64 MB, and `work_inodes` files and folders), mounts a /proc of the new
+PID namespace, drops every capability (`setpriv`, so the program cannot remount anything writable again) and
+execs `python -I` with an empty environment. Run as root, the program runs as `nobody` (so it cannot read
+root's private files either).
 
 What it protects against (each case has a test in tests/test_sandbox.py): network access (the new network
-namespace has no interface up); writing outside its directory (read-only mounts); reading the parent's
-secrets from the environment (empty environment) or, when the trainer runs as root, from private files (it runs
-as `nobody`); killing or even seeing
-the parent (own PID namespace, whose init is the prologue: when the program ends, everything it started dies); fork bombs
-(RLIMIT_NPROC counted for an unprivileged uid: when run as root the program runs as `nobody`); memory bombs
-(RLIMIT_AS); endless loops, also ones that ignore SIGTERM (RLIMIT_CPU, then a wall-clock SIGKILL of the whole
-process group); floods of output (RLIMIT_FSIZE on its captured output files).
+namespace has no interface up); writing outside its directory (read-only mounts); filling a disk (what it
+writes lives in its tmpfs, bounded in bytes and inodes, and vanishes with its mount namespace when the program
+ends: nothing of it is on the host to remove, whatever tree it built); reading the parent's secrets from the
+environment (empty environment) or, when the trainer runs as root, from private files (it runs as `nobody`);
+killing or even seeing the parent (own PID namespace, whose init is the prologue: when the program ends,
+everything it started dies); fork bombs (RLIMIT_NPROC counted for an unprivileged uid: when run as root the
+program runs as `nobody`); memory bombs (RLIMIT_AS); endless loops, also ones that ignore SIGTERM (RLIMIT_CPU,
+then a wall-clock SIGKILL of the whole process group); floods of output (RLIMIT_FSIZE on its captured output
+files); crashing its caller (`run_python` never raises: whatever fails, the program or the sandbox, is a
+`RunResult`, "sandbox_error" when the sandbox itself failed).
 
 What it does not protect against: reading files the user running it may read (a non-root trainer's own home
-directory included: run the trainer as a dedicated user); kernel exploits (there is no seccomp filter; the kernel's attack surface is the namespaces');
-timing side channels; CPU and memory contention with the trainer beyond the limits (use `workers` and the
-limits to size it); a program that forges a pass: the code environment requires a random sentinel printed after
-the tests, which stops an accidental early `exit(0)`, but a program that reads its own file can find the
-sentinel and print it (the tests run in the same process as the solution). The total size of its files is
-bounded per file (RLIMIT_FSIZE), not in sum. It is for model-written code, not for adversaries.
+directory included: run the trainer as a dedicated user); kernel exploits (there is no seccomp filter; the
+kernel's attack surface is the namespaces'); timing side channels; CPU and memory contention with the trainer
+beyond the limits (use `workers` and the limits to size it; the tmpfs is memory: up to `workers` × `work_mb`).
+Whether a program passes its tests is not decided here: `nextrl.env.verdict` keeps that out of its reach.
 """
 
 from __future__ import annotations
@@ -147,8 +150,15 @@ def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunRe
             "sandbox_error", -1, "", f"the sandbox failed: {type(e).__name__}: {e}", time.time() - t0
         )
     finally:
-        if host is not None:  # only the files written here: the program's own lived in its tmpfs
-            shutil.rmtree(host, ignore_errors=True)
+        if host is not None:
+            _remove(host)
+
+
+def _remove(host: Path) -> None:
+    """Remove the run's host folder: only the files written here (the program's own lived in its tmpfs, gone
+    with its mount namespace), so a flat folder; a failure to remove it is not the trainer's to raise."""
+    with contextlib.suppress(Exception):
+        shutil.rmtree(host, ignore_errors=True)
 
 
 def _run(host: Path, source: str, limits: Limits, stdin: str, t0: float) -> RunResult:
