@@ -338,7 +338,7 @@ def test_the_sandbox_never_receives_an_expected_value():
     assert "918273645" not in program and "zq9" not in program and "candidate(1)" in program
 
 
-# ---------------------------------------------------------------- breaking the judge
+# ---------------------------------------------------------------- breaking the trusted side
 
 
 def test_values_built_to_break_the_trusted_side_score_zero():
