@@ -13,7 +13,7 @@ The verdict is decided where the solution cannot reach it (`nextrl.env.verdict`,
 model): the tests are split into the calls of the solution (run in the sandbox, their values sent back as
 plain data) and the comparisons with the expected values (run here), so an object that equals everything, an
 early `exit(0)`, a patched `print` or a forged "passed" line earn nothing. A record whose tests cannot be split
-(loops, local variables, setup code: 8 of HumanEval's 164, 3 of MBPP's 974) runs the old way: solution and
+(loops, local variables, setup code: 7 of HumanEval's 164, 3 of MBPP's 974) runs the old way: solution and
 tests in one sandboxed program that must exit 0 and print a random sentinel placed after the tests, which a
 program that reads its own source can forge. The task source counts those records
 (`stats()["tests_run_in_sandbox"]`). `passed` is 1 when every test holds; `format` is −1 when the completion is
