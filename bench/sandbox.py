@@ -45,12 +45,13 @@ def main() -> None:
     for _ in range(args.repeat):
         for way, split in WAYS.items():
             t = time.time()
-            verdicts = run_tests(records, canonical, Limits(), args.workers, split)
+            verdicts = run_tests(records, canonical, Limits(), args.workers, split, [args.path])
             seconds[way].append(time.time() - t)
             passed[way] = [r["task_id"] for r, v in zip(records, verdicts, strict=True) if v.passed]
     wrong = {
         (way, name): sum(
-            v.passed for v in run_tests(records, [body] * len(records), Limits(), args.workers, split)
+            v.passed
+            for v in run_tests(records, [body] * len(records), Limits(), args.workers, split, [args.path])
         )
         for way, split in WAYS.items()
         for name, body in (("stub", "    return None\n"), ("anything", ANYTHING))

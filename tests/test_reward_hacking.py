@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import shutil
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -325,6 +329,50 @@ def test_reading_the_expected_values_scores_zero():
     ]
     assert passing(attacks) == []
     assert passing(attacks, split=False)  # the old way hands it the tests: it finds them
+
+
+READ_DATA = """
+import ast, gzip, json, os, re
+def records():
+    for root in {roots!r}:
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    opener = gzip.open if path.endswith(".gz") else open
+                    with opener(path, "rt") as f:
+                        for line in f:
+                            yield json.loads(line)
+                except Exception:
+                    pass
+def lookup(args):
+    call = re.escape("candidate(" + ", ".join(map(repr, args)) + ")") + r"\\s*==\\s*([^\\n,]+)"
+    for record in records():
+        for hit in re.findall(call, str(record.get("test", ""))):
+            return ast.literal_eval(hit.strip())
+"""
+
+
+def test_reading_the_data_set_scores_zero(monkeypatch):
+    """Open the problems file (its path is stable across a run) and look the answer up in its tests: the
+    code environment hides the file's folder from the programs."""
+    folders = [Path(tempfile.mkdtemp(prefix=f"nextrl-{what}-")) for what in ("data", "sandbox")]
+    try:
+        for folder in folders:
+            os.chmod(folder, 0o755)
+        data = folders[0] / "problems.jsonl"
+        data.write_text(json.dumps({k: v for k, v in PROBLEMS["add"].items() if k != "honest"}) + "\n")
+        data.chmod(0o644)
+        monkeypatch.setattr(tempfile, "tempdir", str(folders[1]))  # the data is outside the sandbox's tmpfs
+        attack = completion("add", "return lookup((a, b))", READ_DATA.format(roots=[str(folders[0])]))
+        problem, honest = PROBLEMS["add"], PROBLEMS["add"]["honest"]
+        hidden = run_tests([problem] * 2, [honest, attack], LIMITS, WORKERS, hidden=[str(data)])
+        assert [v.passed for v in hidden] == [True, False]
+        shown = run_tests([problem], [attack], LIMITS, 1)
+        assert shown[0].passed  # the hole it closes: unhidden, the data set gives the answers away
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_sandbox_never_receives_an_expected_value():

@@ -214,3 +214,22 @@ def test_a_failing_sandbox_is_a_result_not_an_exception(monkeypatch, where):
     monkeypatch.setattr(*target, broken)
     r = run_python("print('hi')", FAST)
     assert r.status == "sandbox_error" and not r.ok and "the sandbox failed" in r.stderr
+
+
+def test_hidden_folders_and_other_programs_files_are_out_of_its_sight(host_tmp):
+    """The data set's folder (`hidden`) looks empty; the temporary folder, where every program's files are
+    written, is its own tmpfs: a program running beside it is invisible."""
+    data = Path(tempfile.mkdtemp(prefix="nextrl-data-", dir=host_tmp.parent))
+    try:
+        os.chmod(data, 0o755)
+        (data / "tests.jsonl").write_text("secret")
+        (data / "tests.jsonl").chmod(0o644)
+        look = f"import os\nprint(sorted(os.listdir({str(data)!r})), sorted(os.listdir({str(host_tmp)!r})))"
+        sleeper = "import time\ntime.sleep(1.5)"
+        hidden, _ = run_many([look, sleeper], FAST, workers=2, hidden=[data / "tests.jsonl"])
+        # its view of the data folder is empty; of the temporary folder, its own program only (no sleeper's)
+        assert hidden.ok and hidden.stdout.split() == ["[]", "['main.py']"]
+        shown = run_python(look, FAST)
+        assert "tests.jsonl" in shown.stdout  # without `hidden`, it would have read them
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

@@ -19,8 +19,12 @@ program that reads its own source can forge. The task source counts those record
 (`stats()["tests_run_in_sandbox"]`). `passed` is 1 when every test holds; `format` is −1 when the completion is
 empty.
 
+The programs cannot read the problems file: its folder looks empty in the sandbox (as does every folder of
+`hide`, for other copies of the tests); the temporary folder is their own tmpfs.
+
 Options: `path` (required), `max_tokens` (384), `cpu_seconds` (5), `wall_seconds` (10), `memory_mb` (512),
-`work_mb` (the program's writable tmpfs, 64), `workers` (programs run at once, 4).
+`work_mb` (the program's writable tmpfs, 64), `workers` (programs run at once, 4), `hide` (more folders the
+programs must not read: other copies of the data set).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from nextrl.env.sandbox import Limits, RunResult, run_many, unavailable
 from nextrl.env.verdict import Plan, decide, harness, plan_tests
 from nextrl.errors import ConfigError
 
-OPTIONS = {"path", "max_tokens", "cpu_seconds", "wall_seconds", "memory_mb", "work_mb", "workers"}
+OPTIONS = {"path", "max_tokens", "cpu_seconds", "wall_seconds", "memory_mb", "work_mb", "workers", "hide"}
 
 
 def prompt_text(record: dict[str, Any]) -> str:
@@ -82,16 +86,18 @@ def run_tests(
     limits: Limits | None = None,
     workers: int = 4,
     split: bool = True,
+    hidden: Sequence[str] = (),
 ) -> list[Verdict]:
-    """Whether each completion passes its record's tests (the programs run in parallel). `split=False` runs
-    every record the old way (for comparisons)."""
+    """Whether each completion passes its record's tests (the programs run in parallel). `hidden`: folders
+    the programs must not read, the data set's above all (a file hides its folder). `split=False` runs every
+    record the old way (for comparisons)."""
     plans = [plan_tests(r) if split else None for r in records]
     sentinels = [f"nextrl-passed-{secrets.token_hex(8)}" for _ in completions]
     sources = [
         harness(plan, solution(r, c)) if plan is not None else program(r, c, s)
         for r, c, s, plan in zip(records, completions, sentinels, plans, strict=True)
     ]
-    results = run_many(sources, limits or Limits(), workers)
+    results = run_many(sources, limits or Limits(), workers, hidden)
     return [_verdict(p, r, s) for p, r, s in zip(plans, results, sentinels, strict=True)]
 
 
@@ -126,6 +132,11 @@ class CodeEnv(Environment):
             work_mb=int(options.get("work_mb", 64)),
         )
         self.workers = int(options.get("workers", 4))
+        # a program that can read the problems file can look its answers up: it sees that folder empty
+        extra = options.get("hide") or []
+        if isinstance(extra, str) or not all(isinstance(p, str) for p in extra):
+            raise ConfigError("config key 'env.options.hide': a list of folders the programs must not read")
+        self.hidden = [str(options["path"]), *extra]
         self.eos_ids = end_of_turn_ids(tokenizer)
 
     def make_task(self, record: dict[str, Any], index: int) -> Task:
@@ -137,7 +148,7 @@ class CodeEnv(Environment):
 
     def run(self, records: Sequence[dict[str, Any]], completions: Sequence[str]) -> list[Verdict]:
         """Each completion's verdict on its record's tests (the programs run in parallel)."""
-        return run_tests(records, completions, self.limits, self.workers)
+        return run_tests(records, completions, self.limits, self.workers, hidden=self.hidden)
 
     def score(
         self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]], scorer: ScoringModel | None = None

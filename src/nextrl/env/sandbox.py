@@ -3,14 +3,18 @@
 Mechanism (measured to work on this machine and in CI; no root needed): Linux namespaces through util-linux's
 `unshare` — a user namespace (unprivileged), a mount namespace, a network namespace and a PID namespace —
 plus rlimits set before the program starts. Inside, a short shell prologue remounts every filesystem
-read-only (and checks that the root is), mounts a tmpfs of its own as the program's working directory (its
-only writable space: `Limits.work_mb`, 64 MB, and `work_inodes` files and folders), mounts a /proc of the new
-PID namespace, drops every capability (`setpriv`, so the program cannot remount anything writable again) and
+read-only (and checks that the root is), mounts an empty read-only tmpfs over each `hidden` folder (the data
+set whose tests decide the reward), mounts a tmpfs of its own over the temporary folder (`tempfile`'s: where
+every program's files are written, so none sees another's) as the program's working directory and only
+writable space (`Limits.work_mb`, 64 MB, and `work_inodes` files and folders), mounts a /proc of the new PID
+namespace, drops every capability (`setpriv`, so the program cannot remount anything writable again) and
 execs `python -I` with an empty environment. Run as root, the program runs as `nobody` (so it cannot read
 root's private files either).
 
 What it protects against (each case has a test in tests/test_sandbox.py): network access (the new network
-namespace has no interface up); writing outside its directory (read-only mounts); filling a disk (what it
+namespace has no interface up); writing outside its directory (read-only mounts); reading the tests from
+the data set or from another program's files (`hidden` folders, the tmpfs over the temporary folder; mounts
+it has no capability to undo, locked for any namespace it creates); filling a disk (what it
 writes lives in its tmpfs, bounded in bytes and inodes, and vanishes with its mount namespace when the program
 ends: nothing of it is on the host to remove, whatever tree it built); reading the parent's secrets from the
 environment (empty environment) or, when the trainer runs as root, from private files (it runs as `nobody`);
@@ -21,8 +25,9 @@ then a wall-clock SIGKILL of the whole process group); floods of output (RLIMIT_
 files); crashing its caller (`run_python` never raises: whatever fails, the program or the sandbox, is a
 `RunResult`, "sandbox_error" when the sandbox itself failed).
 
-What it does not protect against: reading files the user running it may read (a non-root trainer's own home
-directory included: run the trainer as a dedicated user); kernel exploits (there is no seccomp filter; the
+What it does not protect against: reading files the user running it may read, but for the `hidden` folders
+(a non-root trainer's own home directory included, and any copy of the tests not listed: run the trainer as
+a dedicated user); kernel exploits (there is no seccomp filter; the
 kernel's attack surface is the namespaces'); timing side channels; CPU and memory contention with the trainer
 beyond the limits (use `workers` and the limits to size it; the tmpfs is memory: up to `workers` × `work_mb`).
 Whether a program passes its tests is not decided here: `nextrl.env.verdict` keeps that out of its reach.
@@ -40,21 +45,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 NOBODY = 65534
 PROLOGUE = r"""
-WORK="$1"; SIZE="$2"; INODES="$3"; shift 3
+HOST="$1"; TMP="$2"; SIZE="$3"; INODES="$4"; HIDE="$5"; shift 5
+exec 3< "$HOST/main.py" || exit 97   # opened now: its folder is hidden below
 for mp in $(awk '{print $2}' /proc/self/mounts | sort -u); do
   case "$mp" in /proc*) continue;; esac
   mount -o remount,bind,ro "$mp" 2>/dev/null
 done
-# its only writable space: a tmpfs of its own, bounded in bytes and inodes, gone with its mount namespace
-mount -t tmpfs -o "size=$SIZE,nr_inodes=$INODES,mode=0700,nosuid,nodev" nextrl-work "$WORK" || exit 97
+while [ "$HIDE" -gt 0 ]; do   # folders it must not read (the data set with the tests): an empty tmpfs over each
+  if mount -t tmpfs -o ro,size=4k,nr_inodes=2,mode=0555 nextrl-hidden "$1"; then
+    [ -z "$(ls -A "$1")" ] || exit 97
+  else
+    ( cd "$1" ) 2>/dev/null && exit 97   # fail closed, unless it cannot reach the folder anyway
+  fi
+  shift; HIDE=$((HIDE - 1))
+done
+# its only writable space: a tmpfs of its own, bounded in bytes and inodes, gone with its mount namespace,
+# mounted over the temporary folder that holds every program's files (so no program sees another's)
+mount -t tmpfs -o "size=$SIZE,nr_inodes=$INODES,mode=0700,nosuid,nodev" nextrl-work "$TMP" || exit 97
 ( : > /.nextrl-rw-probe ) 2>/dev/null && exit 97   # fail closed: the root must really be read-only now
-cd "$WORK" || exit 97
+cd "$TMP" && cat <&3 > main.py && exec 3<&- || exit 97
 "$@"
 exit $?
 """
@@ -137,14 +153,17 @@ def _limit(limits: Limits, nproc: int):
     return apply
 
 
-def run_python(source: str, limits: Limits = Limits(), stdin: str = "") -> RunResult:
-    """Run `source` as a Python program in the sandbox and classify how it ended. Never raises (but for
-    KeyboardInterrupt): whatever goes wrong, in the program or in the sandbox, is a `RunResult`."""
+def run_python(
+    source: str, limits: Limits = Limits(), stdin: str = "", hidden: Sequence[str | Path] = ()
+) -> RunResult:
+    """Run `source` as a Python program in the sandbox and classify how it ended. `hidden` folders (a file
+    hides its folder) look empty to it. Never raises (but for KeyboardInterrupt): whatever goes wrong, in the
+    program or in the sandbox, is a `RunResult`."""
     t0 = time.time()
     host = None
     try:
         host = Path(tempfile.mkdtemp(prefix="nextrl-sbx-"))
-        return _run(host, source, limits, stdin, t0)
+        return _run(host, source, limits, stdin, hidden, t0)
     except Exception as e:  # one program must not stop the trainer's scoring
         return RunResult(
             "sandbox_error", -1, "", f"the sandbox failed: {type(e).__name__}: {e}", time.time() - t0
@@ -161,10 +180,13 @@ def _remove(host: Path) -> None:
         shutil.rmtree(host, ignore_errors=True)
 
 
-def _run(host: Path, source: str, limits: Limits, stdin: str, t0: float) -> RunResult:
-    work = host / "work"  # the mount point of its tmpfs; stays empty on the host
-    work.mkdir()
+def _run(
+    host: Path, source: str, limits: Limits, stdin: str, hidden: Sequence[str | Path], t0: float
+) -> RunResult:
     (host / "main.py").write_text(source)
+    folders = [(p if p.is_dir() else p.parent).resolve() for p in map(Path, hidden) if p.exists()]
+    # those under the temporary folder are hidden with it, by the program's own tmpfs
+    folders = [str(f) for f in folders if not f.is_relative_to(host.parent.resolve())]
     (host / "prologue.sh").write_text(PROLOGUE)
     if os.geteuid() == 0:
         os.chmod(host, 0o755)
@@ -173,11 +195,12 @@ def _run(host: Path, source: str, limits: Limits, stdin: str, t0: float) -> RunR
     cmd = [
         "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
         "--mount-proc",  # its own /proc: the host's processes (and their environments) are not visible
-        "sh", str(host / "prologue.sh"), str(work), str(limits.work_mb << 20), str(limits.work_inodes),
+        "sh", str(host / "prologue.sh"), str(host), str(host.parent), str(limits.work_mb << 20),
+        str(limits.work_inodes), str(len(folders)), *folders,
         # the program keeps no capability in its namespace, so it cannot undo the read-only remounts
         "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
         "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1",
-        interpreter() or sys.executable, "-I", "-B", str(host / "main.py"),
+        interpreter() or sys.executable, "-I", "-B", "main.py",
     ]  # fmt: skip
     with open(host / "out", "wb") as out, open(host / "err", "wb") as err:
         proc = subprocess.Popen(
@@ -213,10 +236,12 @@ def _status(rc: int, timed_out: bool, stderr: str) -> str:
     return "ok" if rc == 0 else "error"
 
 
-def run_many(sources: list[str], limits: Limits = Limits(), workers: int = 4) -> list[RunResult]:
+def run_many(
+    sources: list[str], limits: Limits = Limits(), workers: int = 4, hidden: Sequence[str | Path] = ()
+) -> list[RunResult]:
     """Run programs concurrently (threads only wait on subprocesses, so the trainer is not blocked)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: run_python(s, limits), sources))
+        return list(pool.map(lambda s: run_python(s, limits, hidden=hidden), sources))
 
 
 def _processes_of_user() -> int:

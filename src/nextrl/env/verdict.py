@@ -20,8 +20,10 @@ builtins: every operation runs on values of those types, built here, so no code 
 included, but it cannot know what to lie: the expected values never enter it. What it sends is at most what
 a solution could have computed, which is the thing being measured.
 
-What this does not stop: a solution that knows the answers (memorised tests, or the examples in the prompt's
-docstring written back); tests that are weak in themselves (`assert candidate(x) == candidate(y)` is passed
+Nor can it read them elsewhere: the code environment hides the problems file's folder from the sandbox
+(`env.options.hide` for other copies), and the temporary folder, where the other programs' files are, is the
+program's own tmpfs. What this does not stop: a solution that knows the answers (memorised tests, the
+examples in the prompt's docstring written back, a copy of the data set left readable and not hidden); tests that are weak in themselves (`assert candidate(x) == candidate(y)` is passed
 by a constant function, as it would be anywhere). A record whose tests are not plain `assert` lines over
 calls of the solution (loops, local variables, helper functions of the tests, setup code the tests read)
 cannot be split this way: `plan_tests` returns None and the code environment runs it the old way, tests in
