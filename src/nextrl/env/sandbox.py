@@ -1,7 +1,8 @@
 """Run untrusted Python (generated code and its tests) in a throw-away sandbox, many at a time.
 
 Mechanism (measured to work on this machine and in CI; no root needed): Linux namespaces through util-linux's
-`unshare` — a user namespace (unprivileged), a mount namespace, a network namespace and a PID namespace —
+`unshare` — a user namespace (unprivileged), a mount namespace, a network namespace, a PID namespace and an
+IPC namespace (no System V or POSIX message queue shared with another program) —
 plus rlimits set before the program starts. Inside, a short shell prologue remounts every filesystem
 read-only (and checks that the root is), mounts an empty read-only tmpfs over each `hidden` folder (the data
 set whose tests decide the reward), mounts a tmpfs of its own over the temporary folder (`tempfile`'s: where
@@ -193,7 +194,7 @@ def _run(
     # processes of this uid that already exist count against RLIMIT_NPROC; as nobody there are ~none
     nproc = limits.processes + (0 if os.geteuid() == 0 else _processes_of_user())
     cmd = [
-        "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--fork", "--kill-child",
+        "unshare", "--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child",
         "--mount-proc",  # its own /proc: the host's processes (and their environments) are not visible
         "sh", str(host / "prologue.sh"), str(host), str(host.parent), str(limits.work_mb << 20),
         str(limits.work_inodes), str(len(folders)), *folders,
