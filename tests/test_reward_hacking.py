@@ -223,7 +223,7 @@ def forgeries() -> list[str]:
     tagged = [
         '["b", True]',
         '["i", "0x5"]',
-        '["s", "cba"]',
+        '["s", "636261"]',  # 'cba', as the hex of its UTF-8
         '["f", (2.5).hex()]',
         '["N"]',
         '["?", "int"]',
@@ -409,7 +409,7 @@ def random_message(rng: random.Random, probes: int):
     """A message of the right shape or not, its values valid, malformed or of a wrong type."""
     atoms = [
         ["b", True], ["b", 1], ["i", "0x5"], ["i", 5], ["i", "zz"], ["i", "0x" + "f" * 5000], ["f", "nan"],
-        ["f", "0x1.4p+2"], ["f", 5.0], ["s", "cba"], ["s", 5], ["N"], ["N", 1], ["c", "0x1p0"], ["y", "zz"],
+        ["f", "0x1.4p+2"], ["f", 5.0], ["s", "cba"], ["s", "636261"], ["s", "ff"], ["s", 5], ["N"], ["N", 1], ["c", "0x1p0"], ["y", "zz"],
         ["?", "X"], ["!", "ValueError"], ["q"], [], "5", 5, None, {"x": 1}, ["S", [["l", []]]],
         ["d", [[["l", []], ["N"]]]], ["d", [[["i", "0x1"]]]], ["C", [[["s", "a"], ["i", "0x1"]]]],
     ]  # fmt: skip
@@ -440,7 +440,9 @@ def test_malformed_messages_score_zero_and_never_raise():
     rng = random.Random(0)
     for _ in range(3000):
         assert not decide(plan, random_message(rng, len(plan.probes))).passed
-    good = json.dumps({"results": [["i", "0x7"], ["t", [["s", "a"], ["i", "0x7"]]], ["f", (2.0).hex()]]})
+    good = json.dumps(
+        {"results": [["i", "0x7"], ["t", [["s", b"a".hex()], ["i", "0x7"]]], ["f", (2.0).hex()]]}
+    )
     assert decide(plan, good).passed  # the right values, plainly sent, do pass
     assert not decide(plan, good.replace('"t"', '"l"')).passed  # a list is no tuple
 
@@ -461,3 +463,35 @@ def test_a_check_reads_only_its_placeholders_and_whitelisted_names():
     assert plan_tests({"prompt": "", "test": helper, "entry_point": "f"}) is None  # a function of the tests
     assert isinstance(plan_tests({"text": "", "test_list": ["assert round(f(1), 2) == 1.0"]}), Plan)
     assert PLACEHOLDER not in "".join(plan_tests({"text": "", "test_list": ["assert f(1) == 1"]}).probes)
+
+
+def test_plain_values_cross_the_channel_type_exact():
+    """What the sandbox sends back is rebuilt here as the same value of the same type: bool is no int, a
+    tuple no list, an OrderedDict no dict; -0.0, inf, nan, huge ints, lone surrogates and bytes survive (a
+    defaultdict comes back without its factory)."""
+    import collections
+    import math
+
+    from nextrl.env.sandbox import run_python
+    from nextrl.env.verdict import decode
+
+    values = [
+        "None", "True", "False", "0", "-5", "10 ** 40", "-(2 ** 70)", "1.5", "-0.0", "float('inf')",
+        "float('nan')", "1 + 2j", "'héllo \\ud800 ✓'", "b'\\x00\\xff'", "[1, (2, [3.0])]", "(1,)", "{1: 'a', (2,): [None]}",
+        "{1, 2}", "frozenset({3})", "collections.Counter('aab')", "collections.OrderedDict([(2, 1), (1, 2)])",
+        "collections.defaultdict(list, {1: [2]})", "collections.deque([1, 2])",
+    ]  # fmt: skip
+    plan = plan_tests({"text": "", "test_list": [f"assert f({i}) == 0" for i in range(len(values))]})
+    solution = "import collections\nVALUES = [" + ", ".join(values) + "]\ndef f(i):\n    return VALUES[i]\n"
+    result = run_python(harness(plan, solution), LIMITS)
+    got = [decode(item) for item in json.loads(result.stdout)["results"]]
+    expected = [eval(v, {"collections": collections}) for v in values]
+    for want, have, text in zip(expected, got, values, strict=True):
+        assert type(have) is type(want), text
+        if isinstance(want, float) and math.isnan(want):
+            assert math.isnan(have)
+        else:
+            same_repr = isinstance(want, collections.defaultdict) or repr(have) == repr(
+                want
+            )  # no factory sent
+            assert have == want and same_repr, text
