@@ -62,8 +62,8 @@ def main() -> None:
         f"### Code sandbox on HumanEval ({time.strftime('%Y-%m-%d')})",
         "",
         f"- command: `python bench/sandbox.py --workers {args.workers} --repeat {args.repeat}`",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; isolation: unshare (user, mount, net, pid "
-        "namespaces) + rlimits, read-only filesystem but for the program's tmpfs, empty environment",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; isolation: unshare (user, mount, net, pid, ipc "
+        "namespaces) + rlimits, read-only filesystem but for the program's tmpfs, data folder hidden, empty environment",
         f"- records whose tests the trusted process decides: {trusted} / {n} (the rest run the old way)",
         "",
         "| verdict | canonical passing | `return None` passing | `__eq__`-is-True object passing "
