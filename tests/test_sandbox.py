@@ -233,3 +233,11 @@ def test_hidden_folders_and_other_programs_files_are_out_of_its_sight(host_tmp):
         assert "tests.jsonl" in shown.stdout  # without `hidden`, it would have read them
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_folder_the_programs_need_cannot_be_hidden():
+    from nextrl.env.sandbox import interpreter, unhideable
+
+    assert "the sandbox's Python" in unhideable(Path(interpreter()).parent / "problems.jsonl")
+    assert "could not run" in unhideable(Path(tempfile.gettempdir()).parent / "problems.jsonl")  # / for /tmp
+    assert unhideable(Path(tempfile.gettempdir()) / "data" / "problems.jsonl") is None

@@ -38,7 +38,7 @@ from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
 from nextrl.env.next_token import end_of_turn_ids
 from nextrl.env.records import RecordTasks, file_tasks
-from nextrl.env.sandbox import Limits, RunResult, run_many, unavailable
+from nextrl.env.sandbox import Limits, RunResult, run_many, unavailable, unhideable
 from nextrl.env.verdict import Plan, decide, harness, plan_tests
 from nextrl.errors import ConfigError
 
@@ -137,6 +137,9 @@ class CodeEnv(Environment):
         if isinstance(extra, str) or not all(isinstance(p, str) for p in extra):
             raise ConfigError("config key 'env.options.hide': a list of folders the programs must not read")
         self.hidden = [str(options["path"]), *extra]
+        for key, path in [("path", options["path"])] + [("hide", p) for p in extra]:
+            if (why := unhideable(path)) is not None:
+                raise ConfigError(f"config key 'env.options.{key}': {why}")
         self.eos_ids = end_of_turn_ids(tokenizer)
 
     def make_task(self, record: dict[str, Any], index: int) -> Task:

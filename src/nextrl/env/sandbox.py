@@ -122,6 +122,20 @@ def unavailable() -> str | None:
     return None
 
 
+def unhideable(path: str | Path) -> str | None:
+    """Why the folder of `path` cannot be hidden from the programs (it holds what they need to run), or None."""
+    folder = Path(path).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    python, tmp = Path(interpreter() or sys.executable).resolve(), Path(tempfile.gettempdir()).resolve()
+    # (the temporary folder itself is hidden anyway, by the program's own tmpfs over it)
+    for what, where in (("the sandbox's Python", python), ("the temporary folder", tmp.parent)):
+        if where.is_relative_to(folder):
+            return (
+                f"{folder} holds {what} ({where}): the programs could not run with it hidden; move the file"
+            )
+    return None
+
+
 def interpreter() -> str | None:
     """A Python the sandboxed program can execute: this one, unless it lives where `nobody` cannot reach (a
     root-owned pyenv under /root), then the system's python3. Only the standard library is needed."""

@@ -213,18 +213,19 @@ def _top_level_asserts(tree: ast.Module) -> list[ast.Assert]:
     return list(tree.body)
 
 
-def _top_level_names(code: str) -> set[str]:
+@functools.lru_cache(maxsize=4096)
+def _top_level_names(code: str) -> frozenset[str]:
     try:
         tree = ast.parse(code)
     except SyntaxError:
-        return set()
+        return frozenset()
     names = set()
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return names
+    return frozenset(names)
 
 
 class _Splitter(ast.NodeTransformer):
