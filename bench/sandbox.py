@@ -5,7 +5,8 @@ must not, and how many programs per second each way runs.
     python bench/sandbox.py --path ../shared/data/humaneval/HumanEval.jsonl.gz [--workers 4] [--repeat 3]
 
 Per way: canonical solutions passing, `return None` stubs passing, an object whose `__eq__` always answers
-True passing (a reward hack the old way credits), and the throughput on the canonical solutions (the best and
+True passing, the same with `builtins.any` patched (which undoes the old way's rebuilding of the candidate's
+results: the old way credits it), and the throughput on the canonical solutions (the best and
 the median of `--repeat` runs, the two ways interleaved so that both see the same machine load).
 """
 
@@ -26,6 +27,7 @@ from publish import publish  # bench/publish.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 ANYTHING = "    return Anything()\n\n\nclass Anything:\n    __eq__ = lambda self, other: True\n"
+UNDO = "import builtins\nbuiltins.any = lambda items: True\n"  # undoes the old way's rebuilding of results
 WAYS = {"trusted verdict": True, "old way (tests in the program)": False}
 
 
@@ -54,7 +56,7 @@ def main() -> None:
             for v in run_tests(records, [body] * len(records), Limits(), args.workers, split, [args.path])
         )
         for way, split in WAYS.items()
-        for name, body in (("stub", "    return None\n"), ("anything", ANYTHING))
+        for name, body in (("stub", "    return None\n"), ("anything", ANYTHING), ("undo", ANYTHING + UNDO))
     }
     trusted = sum(plan_tests(r) is not None for r in records)
     n = len(records)
@@ -67,14 +69,14 @@ def main() -> None:
         f"- records whose tests the trusted process decides: {trusted} / {n} (the rest run the old way)",
         "",
         "| verdict | canonical passing | `return None` passing | `__eq__`-is-True object passing "
-        "| programs/s (best) | programs/s (median) |",
-        "|---|---|---|---|---|---|",
+        "| the same, `builtins.any` patched | programs/s (best) | programs/s (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for way in WAYS:
         best, median = n / min(seconds[way]), n / statistics.median(seconds[way])
         lines.append(
             f"| {way} | {len(passed[way])} / {n} | {wrong[way, 'stub']} / {n} | {wrong[way, 'anything']} / {n} "
-            f"| {best:.1f} | {median:.1f} |"
+            f"| {wrong[way, 'undo']} / {n} | {best:.1f} | {median:.1f} |"
         )
     publish(lines, write=not args.no_write)
 

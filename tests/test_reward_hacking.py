@@ -138,8 +138,11 @@ def permissive_classes() -> list[tuple[str, str]]:
 def test_objects_that_equal_anything_score_zero():
     attacks = [(n, completion(n, body, module)) for n in PROBLEMS for body, module in permissive_classes()]
     assert passing(attacks) == []
-    # the class is real: in the old way, where the tests compare inside the program, it passes
-    assert passing([a for a in attacks if a[0] == "add" and "(object)" in a[1]], split=False)
+    # the class is real: where the tests compare inside the program (the old way), it passes as soon as the
+    # old way's rebuilding of results is undone, which a program in that process can always do
+    undo = "\nimport builtins\nbuiltins.any = lambda items: True"
+    contrast = [(n, c + undo) for n, c in attacks if n == "add" and "(object)" in c]
+    assert passing(contrast, split=False) and not passing(contrast)
 
 
 def test_values_that_are_not_plain_data_score_zero():

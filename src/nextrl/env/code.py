@@ -14,8 +14,9 @@ model): the tests are split into the calls of the solution (run in the sandbox, 
 plain data) and the comparisons with the expected values (run here), so an object that equals everything, an
 early `exit(0)`, a patched `print` or a forged "passed" line earn nothing. A record whose tests cannot be split
 (loops, local variables, setup code: 7 of HumanEval's 164, 3 of MBPP's 974) runs the old way: solution and
-tests in one sandboxed program that must exit 0 and print a random sentinel placed after the tests, which a
-program that reads its own source can forge. The task source counts those records
+tests in one sandboxed program that must exit 0 and print a random sentinel placed after the tests
+(HumanEval's check() gets the candidate's results rebuilt as plain values, `PLAIN_CALLS`), which a program
+that reads its own source or patches a builtin can forge. The task source counts those records
 (`stats()["tests_run_in_sandbox"]`). `passed` is 1 when every test holds; `format` is −1 when the completion is
 empty.
 
@@ -60,12 +61,43 @@ def solution(record: dict[str, Any], completion: str) -> str:
     return (record.get("test_setup_code") or "") + "\n" + completion
 
 
+# The old way's one defence beyond the sentinel: HumanEval's check() gets the candidate's results rebuilt as
+# values of exact built-in types (compared by identity: a metaclass cannot pose as int), so an object whose
+# `__eq__` answers True fails there too. The program can undo it (it runs in the same process); the split
+# verdict is what it cannot undo.
+PLAIN_CALLS = """
+def _nextrl_plain_calls(fn):
+    import collections
+    exact = (type(None), bool, int, float, complex, str, bytes)
+    rebuilt = (list, tuple, set, frozenset, collections.deque)
+    mappings = (dict, collections.OrderedDict, collections.Counter)
+
+    def plain(v, depth=0):
+        t = type(v)
+        if depth > 64:
+            raise TypeError("the candidate's result is nested too deeply")
+        if any(t is e for e in exact):
+            return v
+        if any(t is r for r in rebuilt):
+            return t([plain(x, depth + 1) for x in v])
+        if any(t is m for m in mappings):
+            return t(dict([(plain(k, depth + 1), plain(x, depth + 1)) for k, x in dict.items(v)]))
+        if t is collections.defaultdict:
+            return collections.defaultdict(v.default_factory, plain(dict(v), depth))
+        raise TypeError(f"the candidate returned a {t.__name__}, which is no plain value")
+
+    def call(*args, **kwargs):
+        return plain(fn(*args, **kwargs))
+
+    return call
+"""
+
+
 def program(record: dict[str, Any], completion: str, sentinel: str) -> str:
     """The old way, for tests that cannot be split: the solution, the tests and the sentinel in one program."""
     if "prompt" in record:
-        body = (
-            record["prompt"] + completion + "\n\n" + record["test"] + f"\n\ncheck({record['entry_point']})\n"
-        )
+        check = f"check(_nextrl_plain_calls({record['entry_point']}))"
+        body = record["prompt"] + completion + "\n\n" + record["test"] + "\n" + PLAIN_CALLS + f"\n{check}\n"
     else:
         setup = record.get("test_setup_code") or ""
         body = setup + "\n" + completion + "\n\n" + "\n".join(record.get("test_list") or []) + "\n"
