@@ -7,7 +7,9 @@ the sandbox), from the local files in ../shared/data.
 `--oracle` answers every problem with its reference solution (GSM8K's worked answer with `#### n` written as
 `\\boxed{n}`, MATH's solution, HumanEval's canonical solution, MBPP's code), tokenized and scored exactly as a
 model's completion would be: what it does not credit is what the environments' extraction, equivalence or
-sandbox get wrong (or what the data set's references get wrong). `--model` samples a checkpoint instead."""
+sandbox get wrong (or what the data set's references get wrong). `--model` samples a checkpoint instead.
+For the code sets, "tests run the old way" counts the records whose tests the trusted verdict cannot decide
+(`nextrl.env.verdict`), which run in the program as before."""
 
 from __future__ import annotations
 
@@ -113,8 +115,10 @@ def main() -> None:
         t = time.time()
         with torch.no_grad():
             res = evaluate_pass_at_k(env, engine, source, args.problems, args.samples, ks, batch=32)
-        skipped = source.stats().get("skipped_gold", 0)
-        rows.append((name, res, time.time() - t, skipped))
+        stats = source.stats()
+        skipped = stats.get("skipped_gold", 0)
+        old_way = stats.get("tests_run_in_sandbox")  # code: records the trusted verdict cannot decide
+        rows.append((name, res, time.time() - t, skipped, old_way))
         print(name, {k: v for k, v in res.items()}, f"{time.time() - t:.1f} s", flush=True)
     who = "reference solutions (--oracle)" if args.oracle else f"`{args.model}`"
     cmd = "python bench/passk.py " + " ".join(a for a in sys.argv[1:] if a != "--no-write")
@@ -124,12 +128,15 @@ def main() -> None:
         f"- command: `{cmd}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; tokenizer: {Path(tok.name_or_path).name}",
         "",
-        "| set | problems | gold answers skipped | " + " | ".join(f"pass@{k}" for k in ks) + " | seconds |",
-        "|---|---|---|" + "---|" * len(ks) + "---|",
+        "| set | problems | gold answers skipped | tests run the old way | "
+        + " | ".join(f"pass@{k}" for k in ks)
+        + " | seconds |",
+        "|---|---|---|---|" + "---|" * len(ks) + "---|",
     ]
-    for name, res, sec, skipped in rows:
+    for name, res, sec, skipped, old_way in rows:
         cells = " | ".join(f"{res[f'pass@{k}']['mean']:.1%} ± {res[f'pass@{k}']['stderr']:.1%}" for k in ks)
-        lines.append(f"| {name} | {res['problems']} | {skipped} | {cells} | {sec:.0f} |")
+        old = "—" if old_way is None else str(old_way)
+        lines.append(f"| {name} | {res['problems']} | {skipped} | {old} | {cells} | {sec:.0f} |")
     publish(lines, write=not args.no_write)
 
 

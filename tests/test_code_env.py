@@ -52,6 +52,7 @@ def test_tests_decide_the_reward(problems, tokenizer):
     )
     env = build_environment(cfg, tokenizer)
     human, mbpp = (env.make_task(r, i) for i, r in enumerate(PROBLEMS))
+    assert env.hidden == [str(problems)]  # the programs see the problems' folder empty
 
     def ro(task, text):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

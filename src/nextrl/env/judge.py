@@ -10,8 +10,15 @@ over the rating tokens: `judge` = (E[rating] − 1) / 4 in [0, 1], with E under 
 of "1" … "5".
 
 Guards against the usual hacks of a judge: `repetition` is −(1 − distinct-2), the share of repeated word
-bigrams (0 for varied text, near −1 for a loop), and `length` is −1 for an empty response. Write the reward as
-e.g. `judge+0.5*repetition+length`.
+bigrams (0 for varied text, near −1 for a loop), and `length` is −1 for an empty response. `form` is against
+the forms a policy finds first when it writes for a small judge rather than for the request: it is −1 for a
+response that claims a score ("Rating: 10", "Rating (1-5): 5", "I rate this 10 out of 10"), and otherwise
+−min(1, 2 × the larger of the share of its content words that are the rubric's (the rubric's own words
+repeated back) and the share of its word trigrams that are the prompt's (the prompt copied)): −1 from half
+on. It costs an honest response a little where it shares words with the rubric or quotes the prompt, and a
+story in which a character scores "3 out of 5" (see `claims_a_score`). Write the reward as e.g.
+`judge+0.5*repetition+length+form`: as `judge` is in [0, 1], a response with `form` = −1 scores below every
+response with `form` = 0 and no repetition, whatever the judge thinks of either.
 
 Options: `path` (required), `judge` (a model folder; default: the policy's frozen copy), `rubric`,
 `max_tokens` (128).
@@ -20,6 +27,7 @@ Options: `path` (required), `judge` (a model folder; default: the policy's froze
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +45,20 @@ RUBRIC = (
 )
 TEMPLATE = "{rubric}\n\nRequest: {prompt}\n\nResponse: {response}\n\nRating (1-5):"  # then " 1" … " 5"
 RATINGS = ("1", "2", "3", "4", "5")
+# a score claimed in the response: "Rating: 10", "Score (1-5) = 5", "rated it a 9", "5/5", "10 out of 10"
+SCORE_CLAIM = re.compile(
+    r"\b(?:rating|score|grade|verdict)\b\s*(?:\(\s*\d+\s*-\s*\d+\s*\))?\s*(?::|=|is|of)\s*\d"
+    r"|\brat(?:e|es|ed|ing)\b[^.\n]{0,30}?\b\d+(?:\.\d+)?\b"
+    r"|\b\d+(?:\.\d+)?\s*(?:/|out\s+of)\s*(?:5|10|100)\b",
+    re.IGNORECASE,
+)
+# words too common to say that a response repeats the rubric
+STOPWORDS = frozenset((
+    "about", "after", "also", "been", "both", "could", "each", "from", "have", "here", "into", "just",
+    "like", "more", "most", "much", "only", "other", "over", "same", "some", "such", "than", "that",
+    "their", "them", "then", "there", "these", "they", "this", "those", "very", "well", "were", "what",
+    "when", "which", "while", "will", "with", "would", "your",
+))  # fmt: skip
 
 
 def distinct_2(words: Sequence[str]) -> float:
@@ -45,9 +67,40 @@ def distinct_2(words: Sequence[str]) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 1.0
 
 
+def claims_a_score(text: str) -> bool:
+    return SCORE_CLAIM.search(text) is not None
+
+
+def content_stems(text: str) -> list[str]:
+    """Words of four letters or more, less the commonest, cut to five letters ("coherent" and "coherence"
+    are one stem)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return [w[:5] for w in words if len(w) >= 4 and w not in STOPWORDS]
+
+
+def word_trigrams(text: str) -> list[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+
+
+def form_penalty(response: str, prompt: str, rubric: str) -> float:
+    """The `form` guard: −1 for a claimed score, else −min(1, 2 × max(rubric words share, prompt trigram
+    share)); 0 for a response that neither claims, echoes the rubric nor copies the prompt."""
+    if claims_a_score(response):
+        return -1.0
+    stems = content_stems(response)
+    judged = set(content_stems(rubric + " " + TEMPLATE.format(rubric="", prompt="", response="")))
+    echo = sum(s in judged for s in stems) / len(stems) if stems else 0.0
+    grams = word_trigrams(response)
+    copied = set(word_trigrams(prompt))
+    copy_share = sum(g in copied for g in grams) / len(grams) if grams else 0.0
+    penalty = min(1.0, 2.0 * max(echo, copy_share))
+    return -penalty if penalty else 0.0
+
+
 class JudgeEnv(Environment):
     name = "judge"
-    reward_components = ("judge", "repetition", "length")
+    reward_components = ("judge", "repetition", "length", "form")
 
     def __init__(self, options: dict[str, Any], tokenizer, autocast=None):
         unknown = set(options) - {"path", "judge", "rubric", "max_tokens"}
@@ -138,16 +191,17 @@ class JudgeEnv(Environment):
                 [t.meta["prompt"] for t, _ in flat], [x for _, x in flat], [t.meta["rubric"] for t, _ in flat]
             )
         )
-        texts = iter(x for _, x in flat)
+        texts = iter(flat)
         out = []
         for group in rollouts:
             rewards = []
             for _ in group:
-                text, judged = next(texts), next(scores)
+                (task, text), judged = next(texts), next(scores)
                 comps = {
                     "judge": float(judged),
                     "repetition": -(1.0 - distinct_2(text.split())),
                     "length": 0.0 if text.strip() else -1.0,
+                    "form": form_penalty(text, task.meta["prompt"], task.meta["rubric"] or self.rubric),
                 }
                 rewards.append(Reward(self.total(comps), comps, text[:200], parsed=bool(text.strip())))
             out.append(rewards)
