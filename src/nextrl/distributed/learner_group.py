@@ -11,8 +11,8 @@ sending weights. A resumed driver copies its restored weights, optimizer and sch
 
 With `placement.shard=fsdp` every rank (rank 0 too, and a group of one) trains an FSDP2-sharded copy
 (`nextrl.model.fsdp`): the gradients are reduce-scattered in the backward instead of all-reduced, each
-rank steps its own shard of the optimizer, after the update the shards are gathered parameter by parameter
-into the driver's whole rollout-side copy, and checkpoints hold the sharded state in
+rank steps its own shard of the optimizer, after every optimizer step the shards are gathered parameter by
+parameter into the driver's whole rollout-side copy (`Learner.gather_whole`), and checkpoints hold the sharded state in
 `torch.distributed.checkpoint` form (each rank writes and reads its own shards, resharding at another world
 size).
 """
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from nextrl.config import RunConfig
-from nextrl.model.fsdp import init_single_rank, stream_full_weights
+from nextrl.model.fsdp import init_single_rank
 from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.learner import Learner
 
@@ -65,9 +65,6 @@ class _Rank:
 
     def load_from(self, learner: Learner) -> None:
         pass
-
-    def stream_weights(self, learner: Learner) -> float:
-        return stream_full_weights(learner.policy, None)
 
     def close(self) -> None:
         pass
@@ -110,10 +107,6 @@ class LearnerRank:
         if self.cfg.placement.shard == "fsdp":
             self.learner.shard(self.autocast, keep_whole=False)
         return self.rank
-
-    def push_weights(self) -> float:
-        """This rank's part of gathering the shards into the driver's whole copy (`stream_full_weights`)."""
-        return stream_full_weights(self.learner.policy, None)
 
     def save_sharded(self, folder: str) -> None:
         save_sharded(folder, self.learner)
@@ -232,13 +225,6 @@ class RayLearnerGroup:
             self.ray.put(learner.scheduler.state_dict()),
         )
         self.ray.get([r.load.remote(*states) for r in self.ranks])
-
-    def stream_weights(self, learner: Learner) -> float:
-        """Gather the shards into rank 0's rollout-side copy, the other ranks taking part; the seconds."""
-        calls = [r.push_weights.remote() for r in self.ranks]
-        seconds = stream_full_weights(learner.policy, learner.rollout_policy)
-        self._get(calls)
-        return seconds
 
     def save_sharded(self, folder: Path) -> None:
         """Every rank's shards of the model and optimizer into `folder` (`torch.distributed.checkpoint`)."""

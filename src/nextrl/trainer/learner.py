@@ -107,11 +107,6 @@ class LearnerPeers(Protocol):
         """Rank 0: copy its weights, optimizer and scheduler to the other ranks (after a resume)."""
         ...
 
-    def stream_weights(self, learner: Learner) -> float:
-        """Sharded ranks (rank 0 only): gather the shards into rank 0's rollout-side copy, every rank taking
-        part; returns the seconds."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -170,15 +165,16 @@ class Learner:
         )
 
     def weights(self, version: int) -> PolicyWeights:
-        """The weights engines generate with from `version` on. Sharded: the shards are first gathered, one
-        parameter at a time, into the rollout side's whole copy (`stream_weights`)."""
-        if self.rollout_policy is None:
-            return PolicyWeights(version, self.policy.state_dict)
-        if self.peers is not None:
-            self.peers.stream_weights(self)
-        else:
-            stream_full_weights(self.policy, self.rollout_policy)
-        return PolicyWeights(version, self.rollout_policy.state_dict)
+        """The weights engines generate with from `version` on (sharded: the rollout side's whole copy, which
+        `gather_whole` keeps up to date)."""
+        return PolicyWeights(version, (self.rollout_policy or self.policy).state_dict)
+
+    def gather_whole(self) -> float:
+        """Sharded: gather the shards, one parameter at a time, into the rollout side's whole copy (rank 0;
+        the other ranks take part in the collectives). Returns the seconds, also logged as `weight_gather`."""
+        seconds = stream_full_weights(self.policy, self.rollout_policy)
+        self.account.add_seconds("weight_gather", seconds)
+        return seconds
 
     def learn(self, groups: list[ScoredGroup], account: StepAccount) -> LearnResult:
         """Advantages within each group (groups with equal rewards carry no signal), then the update."""
@@ -253,6 +249,8 @@ class Learner:
                 t1 = t2
             grad_norm += clip_grad(self.policy.parameters(), self.rl.grad_clip) / n_up
             self.optimizer.step()
+            if self.sharded:  # the whole copy follows every step: the environment reads it next (an EMA)
+                t1 += self.gather_whole()
             self.env.after_update()  # e.g. RLP's EMA baseline follows every optimizer step
             self.account.add_seconds("optimizer", time.time() - t1)
         self.scheduler.step()
