@@ -28,7 +28,8 @@ def decoder_blocks(policy: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a Hugging Face causal LM: the modules of the classes the model itself names
     as not to be split across devices (`_no_split_modules`, e.g. LlamaDecoderLayer, Gemma3DecoderLayer)."""
     names = set(getattr(policy, "_no_split_modules", None) or [])
-    return [m for m in policy.modules() if type(m).__name__ in names]
+    # the class or a base of it: a sharded block's class is FSDP's subclass of it
+    return [m for m in policy.modules() if any(c.__name__ in names for c in type(m).__mro__)]
 
 
 def shard_policy(policy: nn.Module, autocast: torch.dtype | None) -> nn.Module:
