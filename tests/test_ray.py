@@ -220,6 +220,10 @@ def test_learner_ranks_need_ray():
 
     with pytest.raises(ConfigError, match="placement.learners"):
         load_config("micro", ["placement.learners=2"])
+    with pytest.raises(ConfigError, match="placement.learners"):
+        load_config("micro", ["placement.learners=2", "placement.shard=fsdp"])
+    with pytest.raises(ConfigError, match="placement.shard"):
+        load_config("micro", ["placement.shard=zero3"])
 
 
 def full_state(learner) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from nextrl.config import RunConfig
+from nextrl.errors import ConfigError
 from nextrl.model.fsdp import init_single_rank
 from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.learner import Learner
@@ -186,6 +187,14 @@ class RayLearnerGroup:
     def __init__(self, cfg: RunConfig, learner: Learner, pad_token_id: int, autocast):
         self.world, self.ranks, self.ray = cfg.placement.learners, [], None
         shard = cfg.placement.shard == "fsdp"
+        on_gpu = learner.device.type == "cuda"
+        if shard and self.world > 1 and on_gpu != (cfg.placement.gpus_per_learner > 0):
+            # a sharded unit is gathered by every rank at once: all on GPUs (NCCL) or all on CPUs (gloo)
+            raise ConfigError(
+                f"config key 'placement.gpus_per_learner': sharded learner ranks all train on one kind of device, "
+                f"and rank 0 (the driver) trains on {learner.device.type}; set placement.gpus_per_learner "
+                + ("> 0" if on_gpu else "= 0")
+            )
         if self.world == 1:
             init_single_rank(learner.device)
         else:

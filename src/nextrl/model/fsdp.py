@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nextrl.errors import ConfigError
+
 BASE_FORWARD = "nextrl_base_forward"  # the root's registered forward method (`base_forward`)
 
 
@@ -45,7 +47,7 @@ def shard_policy(policy: nn.Module, autocast: torch.dtype | None) -> nn.Module:
 
     blocks = decoder_blocks(policy)
     if not blocks:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'placement.shard': fsdp shards by transformer block, and {type(policy).__name__} names "
             "none (`_no_split_modules`); use placement.shard=none"
         )
