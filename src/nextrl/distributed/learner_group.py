@@ -12,9 +12,9 @@ sending weights. A resumed driver copies its restored weights, optimizer and sch
 With `placement.shard=fsdp` every rank (rank 0 too, and a group of one) trains an FSDP2-sharded copy
 (`nextrl.model.fsdp`): the gradients are reduce-scattered in the backward instead of all-reduced, each
 rank steps its own shard of the optimizer, after every optimizer step the shards are gathered parameter by
-parameter into the driver's whole rollout-side copy (`Learner.gather_whole`), and checkpoints hold the sharded state in
-`torch.distributed.checkpoint` form (each rank writes and reads its own shards, resharding at another world
-size).
+parameter into the driver's whole rollout-side copy (`Learner.gather_whole`), and checkpoints hold the
+sharded state in `torch.distributed.checkpoint` form (each rank writes and reads its own shards, resharding
+at another world size).
 """
 
 from __future__ import annotations
@@ -191,9 +191,9 @@ class RayLearnerGroup:
         if shard and self.world > 1 and on_gpu != (cfg.placement.gpus_per_learner > 0):
             # a sharded unit is gathered by every rank at once: all on GPUs (NCCL) or all on CPUs (gloo)
             raise ConfigError(
-                f"config key 'placement.gpus_per_learner': sharded learner ranks all train on one kind of device, "
-                f"and rank 0 (the driver) trains on {learner.device.type}; set placement.gpus_per_learner "
-                + ("> 0" if on_gpu else "= 0")
+                "config key 'placement.gpus_per_learner': sharded learner ranks all train on one kind of "
+                f"device, and rank 0 (the driver) trains on {learner.device.type}; set "
+                + ("placement.gpus_per_learner > 0" if on_gpu else "placement.gpus_per_learner = 0")
             )
         if self.world == 1:
             init_single_rank(learner.device)

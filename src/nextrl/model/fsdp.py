@@ -35,8 +35,8 @@ def decoder_blocks(policy: nn.Module) -> list[nn.Module]:
 
 
 def shard_policy(policy: nn.Module, autocast: torch.dtype | None) -> nn.Module:
-    """Wrap `policy` in place with FSDP2 (per block, then the root) over the default process group; returns it.
-    With a bf16 autocast (a device that has bf16) the gathered parameters are bf16 and the gradients are
+    """Wrap `policy` in place with FSDP2 (per block, then the root) over the default process group; return
+    it. With a bf16 autocast (a device that has bf16) the gathered parameters are bf16 and the gradients are
     reduced in fp32; otherwise everything stays fp32."""
     from torch.distributed.fsdp import (
         FSDPModule,
@@ -48,8 +48,8 @@ def shard_policy(policy: nn.Module, autocast: torch.dtype | None) -> nn.Module:
     blocks = decoder_blocks(policy)
     if not blocks:
         raise ConfigError(
-            f"config key 'placement.shard': fsdp shards by transformer block, and {type(policy).__name__} names "
-            "none (`_no_split_modules`); use placement.shard=none"
+            f"config key 'placement.shard': fsdp shards by transformer block, and {type(policy).__name__} "
+            "names none (`_no_split_modules`); use placement.shard=none"
         )
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

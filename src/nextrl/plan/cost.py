@@ -275,8 +275,8 @@ def learner_state_bytes(
     params: float, ranks: int, shard: str, unit_params: float = 0.0, unit_bytes_per_param: float = 8.0
 ) -> float:
     """A learner rank's fp32 weights, gradients and two AdamW moments (16 B/param) by the trainer's rule
-    (`placement.shard`): 'fsdp' (FSDP2, `nextrl.model.fsdp`) splits every tensor along its first dimension over
-    the ranks, so each holds 1/ranks of it (up to padding the first dimension to a multiple of `ranks`), and
+    (`placement.shard`): 'fsdp' (FSDP2, `nextrl.model.fsdp`) splits every tensor along its first dimension
+    over the ranks, so each holds 1/ranks of it (up to padding the first dimension to a multiple of `ranks`), and
     while a unit (a block, or the root with the embeddings) runs, its whole weights and gradients are alive
     and its gradients are copied into the reduce-scatter buffer: `unit_bytes_per_param` x the largest unit's
     `unit_params` (8: bf16 weights and gradients, an fp32 buffer; 12 in fp32). 'none' holds it whole on

@@ -240,9 +240,8 @@ class Learner:
                     totals[k] = totals.get(k, 0.0) + v / n_up
                 self.account.add_seconds("lm", time.time() - t1)
                 t1 = time.time()
-            if (
-                self.peers and not self.sharded
-            ):  # the whole batch's gradient on every rank (FSDP: in backward)
+            # the whole batch's gradient on every rank, before anything reads it (sharded: summed in backward)
+            if self.peers and not self.sharded:
                 self.peers.reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
                 t2 = time.time()
                 self.account.add_seconds("gradient_sync", t2 - t1)
@@ -260,7 +259,9 @@ class Learner:
             wait()
         return {**totals, "grad_norm": grad_norm}
 
-    def rank_chunks(self, rollouts: list[Rollout], lm: LMTargets | None) -> list[tuple[list[int], list[int]]]:
+    def rank_chunks(
+        self, rollouts: list[Rollout], lm: LMTargets | None
+    ) -> list[tuple[list[int], list[int]] | None]:
         """This rank's share of the batch's micro-batches (`plan_chunks`); sharded, padded with None (an idle
         pass) to as many as any rank has, as every pass is a collective."""
         rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
