@@ -43,8 +43,10 @@ def test_memory_per_gpu_by_hand():
     # KV: 16 B per token; a sequence holds its 4 completion tokens and, shared, 8 / (2·2) prompt tokens
     per_seq = 16 * 4 + 16 * 8 / 4
     assert mem.kv_cache == 5 * per_seq and mem.rollout == 2 * 240 + 5 * per_seq
-    # learner: 16 B per parameter over 2 GPUs, activations 34 · 2 sequences · 12 tokens · 4 hidden · 1 layer
-    assert mem.activations == 34 * 2 * 12 * 4 and mem.learner == 16 * 240 / 2 + 34 * 2 * 12 * 4
+    # learner: 16 B per parameter over 2 GPUs, the largest FSDP unit whole (the block: attention 2·16 + 2·16,
+    # MLP 3·32 = 160 params, 8 B each), activations 34 · 2 sequences · 12 tokens · 4 hidden · 1 layer
+    assert TINY.largest_unit_params == 160
+    assert mem.activations == 34 * 2 * 12 * 4 and mem.learner == 16 * 240 / 2 + 8 * 160 + 34 * 2 * 12 * 4
     assert mem.max_decode_batch == int((2000 - 480) // per_seq) and not mem.fits  # 1920 + 3264 > 2000
     unshared = memory(
         TINY, Workload(context=8, thought=3, answer=1, share_prefix=False, decode_batch=5), hw, 1

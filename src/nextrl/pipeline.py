@@ -117,7 +117,8 @@ def build_rl_trainer(
     trainer = RLTrainer(
         cfg, policy, tokenizer, source, env, engine, out_dir, device, autocast, logger, producer
     )
-    if cfg.placement.learners > 1:  # data-parallel learner ranks beside the driver's
+    # data-parallel learner ranks beside the driver's; sharded ones (FSDP2) form a group even alone
+    if cfg.placement.learners > 1 or cfg.placement.shard == "fsdp":
         from nextrl.distributed.learner_group import RayLearnerGroup
 
         RayLearnerGroup(cfg, trainer.learner, tokenizer.pad_token_id, autocast)

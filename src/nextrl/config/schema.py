@@ -526,6 +526,12 @@ class PlacementConfig(_Strict):
         description="data-parallel learner ranks: rank 0 in the driver, the others on Ray actors, gradients "
         "summed by torch.distributed (gloo on CPU) before each optimizer step",
     )
+    shard: Literal["none", "fsdp"] = Field(
+        "none",
+        description="'fsdp': the learner ranks split the policy's weights, gradients and AdamW state with "
+        "FSDP2 (one unit per transformer block, then the root), 16 B/param / learners each; 'none': every "
+        "rank holds all of it",
+    )
     cpus_per_learner: float = Field(1.0, gt=0, description="CPUs reserved per extra learner rank")
     gpus_per_learner: float = Field(0.0, ge=0, description="GPUs reserved per extra learner rank")
     address: str | None = Field(

@@ -93,4 +93,7 @@ def clip_grad(params: nn.Module | Iterable[torch.Tensor], max_norm: float) -> fl
     they are, so the caller can skip the step and log it)."""
     if isinstance(params, nn.Module):
         params = params.parameters()
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(norm, "full_tensor"):  # FSDP-sharded gradients: the global norm as a replicated DTensor
+        norm = norm.full_tensor()
+    return float(norm)

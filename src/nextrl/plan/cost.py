@@ -64,6 +64,9 @@ class Workload:
     # the engine records the one true token's log-prob after the thought as it samples the answer
     # (`SamplingParams.score_phase`, nextrl's PyTorch engines): the with-thought scoring pass is not run
     engine_scores: bool = True
+    # the learner ranks' state (`placement.shard`): 'fsdp' splits it over the learner GPUs, 'none' keeps it
+    # whole on every one (`learner_state_bytes`)
+    shard: str = "fsdp"
 
     @property
     def completion(self) -> float:
@@ -268,14 +271,31 @@ class Memory:
         return max(self.rollout, self.learner) <= self.capacity
 
 
+def learner_state_bytes(
+    params: float, ranks: int, shard: str, unit_params: float = 0.0, unit_bytes_per_param: float = 8.0
+) -> float:
+    """A learner rank's fp32 weights, gradients and two AdamW moments (16 B/param) by the trainer's rule
+    (`placement.shard`): 'fsdp' (FSDP2, `nextrl.model.fsdp`) splits every tensor along its first dimension
+    over the ranks, so each holds 1/ranks of it (up to padding the first dimension to a multiple of `ranks`), and
+    while a unit (a block, or the root with the embeddings) runs, its whole weights and gradients are alive
+    and its gradients are copied into the reduce-scatter buffer: `unit_bytes_per_param` x the largest unit's
+    `unit_params` (8: bf16 weights and gradients, an fp32 buffer; 12 in fp32). 'none' holds it whole on
+    every rank."""
+    if shard not in ("fsdp", "none"):
+        raise ValueError(f"placement.shard must be 'fsdp' or 'none', got {shard!r}")
+    if shard == "none":
+        return 16.0 * params
+    return 16.0 * params / max(ranks, 1) + unit_bytes_per_param * unit_params
+
+
 def memory(m: ModelShape, w: Workload, hw: Hardware, learner_gpus: int) -> Memory:
     """What a rollout GPU and a learner GPU must hold (bytes), against `hw.memory_bytes`.
 
     KV cache: every live sequence's completion, and its prompt once per sequence without prefix sharing or once
     per stripe with it (a stripe's positions nest in one prefix of about `context` tokens). Learner: 16 bytes
-    per parameter (fp32 weights, gradients and two Adam moments), sharded over the learner GPUs (FSDP), and the
-    activations of one micro-batch: ~34 bytes per token, hidden unit and layer without recomputation
-    (Korthikanti et al. 2022, bf16); with activation checkpointing (`recompute`) each layer keeps only its bf16
+    per parameter (fp32 weights, gradients and two Adam moments), split over the learner GPUs when `w.shard` is
+    'fsdp', plus the largest unit gathered whole (`learner_state_bytes`, the trainer's rule), and the activations of one micro-batch: ~34 bytes per
+    token, hidden unit and layer without recomputation (Korthikanti et al. 2022, bf16); with activation checkpointing (`recompute`) each layer keeps only its bf16
     input (2 bytes) and one layer's activations are alive at a time."""
     per_seq = m.kv_bytes_per_token * (w.thought + w.answer)
     if w.share_prefix:
@@ -286,6 +306,6 @@ def memory(m: ModelShape, w: Workload, hw: Hardware, learner_gpus: int) -> Memor
     kv = w.decode_batch * per_seq
     per_token = (2.0 * m.layers + 34.0) if w.recompute else 34.0 * m.layers
     activations = per_token * w.micro_batch * (w.context + w.thought + w.answer) * m.hidden
-    learner = 16.0 * m.params / max(learner_gpus, 1) + activations
+    learner = learner_state_bytes(m.params, learner_gpus, w.shard, m.largest_unit_params) + activations
     room = max(hw.memory_bytes - weights, 0.0)
     return Memory(weights + kv, kv, learner, activations, hw.memory_bytes, int(room // per_seq))

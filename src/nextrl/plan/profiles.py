@@ -52,6 +52,13 @@ class ModelShape:
         return self.matmul_params + (0 if self.tied else self.vocab * self.hidden)
 
     @property
+    def largest_unit_params(self) -> int:
+        """Parameters of the largest FSDP unit (`nextrl.model.fsdp`): a transformer block, or the root that
+        holds the embeddings (and an untied head)."""
+        block = (self.matmul_params - self.vocab * self.hidden) // max(self.layers, 1)
+        return max(block, self.vocab * self.hidden * (1 if self.tied else 2))
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """bf16 keys and values of one token across all layers."""
         return 2 * 2 * self.layers * self.kv_heads * self.head_dim

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nextrl.accounting.flops import TokenWork
+from nextrl.model.fsdp import base_forward
 from nextrl.sharing.branch_attention import BranchLayout, branch_attention
 from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
 
@@ -73,7 +74,7 @@ def completion_logprobs(
             valid[i, j] = True
     r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     with _autocast(device, autocast):
-        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+        hidden = base_forward(model)(input_ids=ids, attention_mask=attn).last_hidden_state
         picked = _picked_logprobs(model, hidden[r, c], ids[r, c + 1], temperature)
     out = torch.zeros((len(seqs), Tc), dtype=picked.dtype, device=device)
     out[valid.to(device)] = picked
@@ -199,7 +200,7 @@ def tree_logprobs_and_nll(
         positions=pos.to(device),
     )
     with _autocast(device, autocast), branch_attention(model):
-        hidden = model.base_model(
+        hidden = base_forward(model)(
             input_ids=ids.to(device),
             position_ids=pos.to(device),
             attention_mask=layout.prefix_mask,

@@ -1,17 +1,24 @@
 """Checkpoints: model (Hugging Face format, safetensors), optimizer, scheduler, RNG states, data cursors and
-step, written atomically as one folder; `checkpoints/latest` names the newest complete one."""
+step, written atomically as one folder; `checkpoints/latest` names the newest complete one.
+
+Sharded learners (placement.shard=fsdp) write their model and optimizer shards into the folder's `learner/`
+with `torch.distributed.checkpoint` (each rank its own shards, read back at any world size); the model is
+still written whole in Hugging Face form beside them (from the driver's rollout-side copy)."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nextrl.errors import RunFolderError
+from nextrl.errors import ConfigError, RunFolderError
 from nextrl.utils.io import atomic_dir, atomic_write_text, disk_full
 from nextrl.utils.seed import rng_state, set_rng_state
+
+SHARDED = "learner"  # the folder of a checkpoint that holds the sharded learner state
 
 
 def save_checkpoint(
@@ -23,12 +30,15 @@ def save_checkpoint(
     scheduler,
     state: dict[str, Any],
     keep: int = 2,
+    write_sharded: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `folder/step-XXXXXX` atomically, point `folder/latest` at it, keep the newest `keep`."""
+    """Write `folder/step-XXXXXX` atomically, point `folder/latest` at it, keep the newest `keep`.
+    `write_sharded` (sharded learners) writes the learner's model and optimizer shards into the folder it is
+    given; the optimizer is then not saved whole."""
     folder = Path(folder)
     name = f"step-{step:06d}"
     try:
-        _write(folder / name, step, model, tokenizer, optimizer, scheduler, state)
+        _write(folder / name, step, model, tokenizer, optimizer, scheduler, state, write_sharded)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as "RuntimeError: [enforce fail ...]"
         if disk_full(folder, e):
             raise RunFolderError(
@@ -42,15 +52,18 @@ def save_checkpoint(
     return folder / name
 
 
-def _write(path: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any]) -> None:
+def _write(path: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
+           write_sharded: Callable[[Path], None] | None) -> None:  # fmt: skip
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if write_sharded is not None:
+            write_sharded(tmp / SHARDED)
         torch.save(
             {
                 "step": step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": None if write_sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "state": state,
@@ -67,11 +80,22 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path if (path / "trainer_state.pt").is_file() else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG in place; return {'step': ..., 'state': ...}."""
+def load_checkpoint(
+    path: str | Path, model, optimizer, scheduler, read_sharded: Callable[[Path], None] | None = None
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG in place; return {'step': ..., 'state': ...}.
+    `read_sharded` (sharded learners) reads the learner's shards from the folder it is given, after the
+    scheduler is restored; a checkpoint must be read the way it was written (sharded or not)."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    sharded = (path / SHARDED).is_dir()
+    if sharded != (read_sharded is not None):
+        raise ConfigError(
+            f"config key 'placement.shard': checkpoint {path} was written "
+            + ("by sharded learners (placement.shard=fsdp)" if sharded else "without sharding")
+            + "; resume it with the same placement.shard (any placement.learners)"
+        )
     weights: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
@@ -85,7 +109,10 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, 
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
     blob = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
+    if read_sharded is not None:
+        read_sharded(path / SHARDED)
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     set_rng_state(blob["rng"])
     return {"step": blob["step"], "state": blob["state"]}

@@ -22,6 +22,7 @@ from nextrl.algo.grpo import PolicyBatch, grpo_loss
 from nextrl.config import RunConfig
 from nextrl.engine.base import PolicyWeights, Rollout
 from nextrl.env.base import Environment
+from nextrl.model.fsdp import idle_pass, is_sharded, padded_share, shard_policy, stream_full_weights
 from nextrl.model.lm import lm_loss
 from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
 from nextrl.sharing.logprobs import completion_logprobs, tree_logprobs_and_nll
@@ -111,6 +112,8 @@ class LearnerPeers(Protocol):
 
 class Learner:
     peers: LearnerPeers | None = None  # the other data-parallel ranks, if any (set by a learner group)
+    # placement.shard=fsdp: the policy handed in, kept whole as the rollout side's copy (rank 0; `shard`)
+    rollout_policy: torch.nn.Module | None = None
 
     def __init__(
         self,
@@ -144,8 +147,34 @@ class Learner:
         self.account = StepAccount()  # replaced by `learn` with the step's own
         self.last_trained: list[Rollout] = []  # the batch the last update trained on, masks as trained
 
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.policy)
+
+    def shard(self, autocast: torch.dtype | None, keep_whole: bool) -> None:
+        """placement.shard=fsdp, once the process group is up: train an FSDP2-sharded policy, and rebuild the
+        optimizer and schedule over its shards. With `keep_whole` (rank 0, in the driver) the policy handed in
+        stays whole as the rollout side's copy (the engine, the scorer and the Hugging Face export read it) and
+        a copy is sharded; otherwise the policy itself is sharded."""
+        whole = self.policy
+        self.policy = shard_policy(copy.deepcopy(whole) if keep_whole else whole, autocast)
+        self.rollout_policy = whole if keep_whole else None
+        self.optimizer = build_optimizer(self.policy, self.rl.lr, self.rl.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.rl.warmup_steps, max(self.rl.steps, 1), self.rl.schedule
+        )
+
     def weights(self, version: int) -> PolicyWeights:
-        return PolicyWeights(version, self.policy.state_dict)
+        """The weights engines generate with from `version` on (sharded: the rollout side's whole copy, which
+        `gather_whole` keeps up to date)."""
+        return PolicyWeights(version, (self.rollout_policy or self.policy).state_dict)
+
+    def gather_whole(self) -> float:
+        """Sharded: gather the shards, one parameter at a time, into the rollout side's whole copy (rank 0;
+        the other ranks take part in the collectives). Returns the seconds, also logged as `weight_gather`."""
+        seconds = stream_full_weights(self.policy, self.rollout_policy)
+        self.account.add_seconds("weight_gather", seconds)
+        return seconds
 
     def learn(self, groups: list[ScoredGroup], account: StepAccount) -> LearnResult:
         """Advantages within each group (groups with equal rewards carry no signal), then the update."""
@@ -211,13 +240,16 @@ class Learner:
                     totals[k] = totals.get(k, 0.0) + v / n_up
                 self.account.add_seconds("lm", time.time() - t1)
                 t1 = time.time()
-            if self.peers:  # the whole batch's gradient on every rank, before anything reads it
+            # the whole batch's gradient on every rank, before anything reads it (sharded: summed in backward)
+            if self.peers and not self.sharded:
                 self.peers.reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
                 t2 = time.time()
                 self.account.add_seconds("gradient_sync", t2 - t1)
                 t1 = t2
             grad_norm += clip_grad(self.policy.parameters(), self.rl.grad_clip) / n_up
             self.optimizer.step()
+            if self.sharded:  # the whole copy follows every step: the environment reads it next (an EMA)
+                t1 += self.gather_whole()
             self.env.after_update()  # e.g. RLP's EMA baseline follows every optimizer step
             self.account.add_seconds("optimizer", time.time() - t1)
         self.scheduler.step()
@@ -227,16 +259,20 @@ class Learner:
             wait()
         return {**totals, "grad_norm": grad_norm}
 
-    def rank_chunks(self, rollouts: list[Rollout], lm: LMTargets | None) -> list[tuple[list[int], list[int]]]:
-        """This rank's share of the batch's micro-batches (`plan_chunks`)."""
+    def rank_chunks(
+        self, rollouts: list[Rollout], lm: LMTargets | None
+    ) -> list[tuple[list[int], list[int]] | None]:
+        """This rank's share of the batch's micro-batches (`plan_chunks`); sharded, padded with None (an idle
+        pass) to as many as any rank has, as every pass is a collective."""
         rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
-        return self.plan_chunks(rollouts, lm.seqs if lm else [])[rank::world]
+        chunks = self.plan_chunks(rollouts, lm.seqs if lm else [])
+        return padded_share(chunks, rank, world) if self.sharded else chunks[rank::world]
 
     def backward_chunks(
         self,
         rollouts: list[Rollout],
         advantages: list[float],
-        chunks: list[tuple[list[int], list[int]]],
+        chunks: list[tuple[list[int], list[int]] | None],
         lm: LMTargets | None = None,
     ) -> dict[str, float]:
         """Forward and backward of the micro-batches `chunks` (`rank_chunks`): Σ weight × policy-gradient loss,
@@ -244,7 +280,11 @@ class Learner:
         (this rank's share of the batch's)."""
         totals: dict[str, float] = {}
         lm_sums = torch.zeros(2)
-        for idx, lm_idx in chunks:
+        for entry in chunks:
+            if entry is None:  # sharded: another rank's extra micro-batch (`rank_chunks`)
+                idle_pass(self.policy, self.pad_token_id)
+                continue
+            idx, lm_idx = entry
             chunk, chunk_adv = [rollouts[i] for i in idx], [advantages[i] for i in idx]
             t = time.time()
             lm_part = ([lm.seqs[i] for i in lm_idx], [lm.starts[i] for i in lm_idx]) if lm else ([], [])
@@ -315,7 +355,12 @@ class Learner:
         size, total = self.rl.micro_batch_size, 0.0
         rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
         self.policy.train()
-        for s in list(range(0, len(seqs), size))[rank::world]:  # this rank's share of the micro-batches
+        starts_of_chunks = list(range(0, len(seqs), size))
+        mine = padded_share(starts_of_chunks, rank, world) if self.sharded else starts_of_chunks[rank::world]
+        for s in mine:  # this rank's share of the micro-batches
+            if s is None:  # sharded: another rank's extra micro-batch
+                idle_pass(self.policy, self.pad_token_id)
+                continue
             chunk, first = seqs[s : s + size], starts[s : s + size]
             width = max(len(q) for q in chunk)
             tokens = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)

@@ -117,8 +117,10 @@ class RLTrainer:
         t_train = time.time()
         result = self.learner.learn(groups, account)
         account.training_seconds = time.time() - t_train
-        # 5. the engine generates with the new weights from now on
+        # 5. the engine generates with the new weights from now on (sharded learners: gathered first)
+        t_sync = time.time()
         self.producer.sync(self.learner.weights(version + 1))
+        account.add_seconds("weight_sync", time.time() - t_sync)
         self.last_groups = groups
         if self.rl.max_off_policy_steps:  # how many updates old the trained samples were
             stale = [version - g.policy_version for g in groups] or [0]
@@ -182,7 +184,14 @@ class RLTrainer:
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
             return False
-        blob = load_checkpoint(path, self.policy, self.learner.optimizer, self.learner.scheduler)
+        peers = self.learner.peers
+        blob = load_checkpoint(
+            path,
+            self.policy,
+            self.learner.optimizer,
+            self.learner.scheduler,
+            peers.load_sharded if self.learner.sharded else None,
+        )
         s = blob["state"]
         self.state = RLState(**s["rl_state"])
         self.source.load_state_dict(s["source"])
@@ -190,8 +199,8 @@ class RLTrainer:
         self._keep_rate = s.get("keep_rate", 1.0)
         self.producer.load_state_dict(s["producer"])
         self.producer.sync(self.learner.weights(self.state.step))
-        if self.learner.peers is not None:  # the other learner ranks to the restored state
-            self.learner.peers.load_from(self.learner)
+        if peers is not None and not self.learner.sharded:  # the other learner ranks to the restored state
+            peers.load_from(self.learner)
         return True
 
     def save(self) -> Path:
@@ -210,6 +219,7 @@ class RLTrainer:
             self.learner.optimizer,
             self.learner.scheduler,
             state,
+            write_sharded=self.learner.peers.save_sharded if self.learner.sharded else None,
         )
 
     # ---- the loop -----------------------------------------------------------------------------------------
