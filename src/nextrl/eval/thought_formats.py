@@ -88,9 +88,15 @@ def embed(model, ids: torch.Tensor, fb: FormatBatch) -> torch.Tensor:
 
 
 def log_probs(model, hidden: torch.Tensor, fb: FormatBatch) -> torch.Tensor:
-    """Next-token log-probs [B, V + E] from final hidden states [B, hidden]: the model's head plus the new rows
-    (tied embeddings), with the model's final logit soft-capping if it has one."""
-    logits = model.get_output_embeddings()(hidden)
+    """Next-token log-probs [B, V + E] from final hidden states [B, hidden] (or one state [hidden] that every
+    format reads, projected on the vocabulary once): the model's head plus the new rows (tied embeddings), with
+    the model's final logit soft-capping if it has one."""
+    if hidden.dim() == 1:
+        hidden = hidden[None]
+        logits = model.get_output_embeddings()(hidden).expand(len(fb.formats), -1)
+        hidden = hidden.expand(len(fb.formats), -1)
+    else:
+        logits = model.get_output_embeddings()(hidden)
     if fb.new_rows.shape[1]:
         extra = torch.einsum("bd,bed->be", hidden, fb.new_rows.to(hidden.dtype))
         logits = torch.cat([logits, extra.masked_fill(~fb.new_mask, float("-inf"))], dim=-1)
