@@ -140,6 +140,7 @@ def test_shared_cache_readings_match_plain_forwards(arch):
         hidden, cache = tf.prefill(model, ids)
         for t in (4, 17, 30):  # context ids[:t]; the prefill is shared, the cache cut to each position
             bare = tf.log_probs(model, hidden[t - 1].expand(len(fb.formats), -1), fb)
+            torch.testing.assert_close(tf.log_probs(model, hidden[t - 1], fb), bare)  # one shared state
             plain = torch.log_softmax(model(ids[None, :t]).logits[0, -1], -1)
             torch.testing.assert_close(bare[2, :vocab], plain, rtol=1e-4, atol=1e-5)
             empty = tf.read_empty(model, fb, tf.prefix_cache(cache, t, len(fb.formats)))
