@@ -183,3 +183,31 @@ def test_thought_sampling_never_opens_inside_a_thought_and_forces_close():
                 model, fb, tf.prefix_cache(cache, 6, 1), 4, False, torch.Generator().manual_seed(seed)
             )
             assert 3 not in r.thoughts[0] and 4 not in r.thoughts[0] and len(r.thoughts[0]) <= 4
+
+
+def _bench():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "thought_formats.py"
+    spec = importlib.util.spec_from_file_location("bench_thought_formats", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_clustered_standard_error_matches_textbook_formulas():
+    clustered = _bench().clustered
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, generator=g, dtype=torch.float64).tolist()
+    # one position per cluster: the plain standard error s / sqrt(n)
+    r = clustered(x, list(range(40)))
+    assert r["se"] == pytest.approx(float(torch.tensor(x).std() / math.sqrt(40)))
+    # 4 positions per cluster: CR1, k / (k - 1) * sum over clusters of (sum of residuals)^2 / n^2
+    clusters = [i // 4 for i in range(40)]
+    mean = sum(x) / 40
+    sums = [sum(x[i] - mean for i in range(40) if clusters[i] == c) for c in range(10)]
+    assert clustered(x, clusters)["se"] == pytest.approx(math.sqrt(10 / 9 * sum(s * s for s in sums)) / 40)
+    assert clustered(x, clusters)["ci95"][0] == pytest.approx(mean - 1.96 * clustered(x, clusters)["se"])
