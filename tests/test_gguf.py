@@ -110,3 +110,13 @@ def test_one_rl_step_of_the_real_model_through_the_gguf_path(gemma_folder, tmp_p
     assert summary["steps"]["rl"] == 1 and summary["models"] == ["base", "rl"]
     config = json.loads((tmp_path / "run" / "models" / "rl" / "config.json").read_text())
     assert config["model_type"] == "gemma3_text" and config["vocab_size"] >= 262_144
+
+
+def test_preflight_names_a_missing_gguf_file_before_any_work(tmp_path):
+    from nextrl.config import load_config
+    from nextrl.preflight import check_input_paths
+
+    with pytest.raises(ConfigError, match=r"config key 'model\.path': no GGUF file at .*gone\.gguf"):
+        check_input_paths(load_config("gemma-cpu", [f"model.path={tmp_path / 'gone.gguf'}"]))
+    if MISSING is None:
+        check_input_paths(load_config("gemma-cpu", []))  # the packaged name passes

@@ -4,12 +4,14 @@ pretraining it would otherwise come after; each message names the key or path an
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
 
 from nextrl.config import RunConfig
 from nextrl.errors import ConfigError, RunFolderError
+from nextrl.model.gguf import KNOWN, gguf_available, is_gguf_ref
 from nextrl.model.pretrain import cache_root
 
 MB = 1024**2
@@ -30,6 +32,9 @@ def check_input_paths(cfg: RunConfig) -> None:
     if cfg.selection.proxy != "base":
         wanted.append(("selection.proxy", cfg.selection.proxy, ("config.json",)))
     for key, value, needs in wanted:
+        if is_gguf_ref(value):
+            _check_gguf(key, value)
+            continue
         if not value or not _looks_local(value):
             continue  # unset, or a hub id (resolved, or refused offline, by the loader)
         path = Path(value).expanduser()
@@ -47,6 +52,19 @@ def check_input_paths(cfg: RunConfig) -> None:
             (path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
         ):
             raise ConfigError(f"config key 'tokenizer.path': {path} holds no tokenizer files")
+
+
+def _check_gguf(key: str, value: str) -> None:
+    """A GGUF model: the file exists (or its package is installed) and the reader is there to convert it."""
+    missing = gguf_available(value) if value in KNOWN else None
+    if missing:
+        raise ConfigError(f"config key '{key}': {value!r} needs {missing}")
+    if value not in KNOWN:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config key '{key}': no GGUF file at {path}")
+        if importlib.util.find_spec("gguf") is None:
+            raise ConfigError(f"config key '{key}': reading {path} needs the gguf package: pip install gguf")
 
 
 def check_writable(folder: Path, what: str) -> None:
