@@ -40,7 +40,7 @@ from nextrl.accounting.flops import FlopModel, TokenWork  # noqa: E402
 from nextrl.accounting.peak import matmul_peak  # noqa: E402
 from nextrl.config import load_config  # noqa: E402
 from nextrl.engine import build_engine  # noqa: E402
-from nextrl.env.registry import build_environment  # noqa: E402
+from nextrl.env import NextTokenEnv  # noqa: E402
 from nextrl.eval.accuracy import standard_correct, thought_rollouts  # noqa: E402
 from nextrl.eval.info_gain import gains_of_thoughts  # noqa: E402
 from nextrl.eval.perplexity import perplexity  # noqa: E402
@@ -70,24 +70,37 @@ WORKLOAD = [
 ]
 
 
+CPU_SECONDS: dict[float, float] = {}  # wall seconds of a `timed` call -> the process's CPU seconds in it
+
+
 def timed(fn):
-    t0 = time.perf_counter()
+    """(fn(), wall seconds); the CPU seconds of the call are kept for `row` (on a shared machine the wall
+    time counts the cores other jobs took; the CPU time does not)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return out, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    CPU_SECONDS[dt] = time.process_time() - c0
+    return out, dt
 
 
-def row(stage: str, seconds: float, flops: float, peak: float, per: str = "") -> str:
+def row(
+    stage: str, seconds: float, flops: float, peak: float, per: str = "", cpu: float | None = None
+) -> str:
     mfu = f"{flops / seconds / peak:.1%}" if flops and seconds > 0 else "–"
-    return f"| {stage} | {seconds:.2f} | {per} | {mfu} |"
+    cpu = CPU_SECONDS.get(seconds) if cpu is None else cpu
+    line = f"| {stage} | {seconds:.2f} | {'' if cpu is None else f'{cpu:.2f}'} | {per} | {mfu} |"
+    print(line, flush=True)
+    return line
 
 
 def selection_rows(model, docs: list[np.ndarray], context: int, fm: FlopModel, peak: float) -> list[str]:
     """score_document per document; FLOPs: every window token through the body, the head at scored rows."""
-    seconds, flops = 0.0, 0.0
+    seconds, cpu, flops = 0.0, 0.0, 0.0
     half = context // 2
     for tokens in docs:
         ent, dt = timed(lambda t=tokens: score_document(model, t, context, 16, None, torch.device("cpu")))
         seconds += dt
+        cpu += CPU_SECONDS[dt]
         n = len(tokens)
         starts = list(range(0, max(n - context, 0) + 1, half))
         if starts[-1] + context < n:
@@ -98,7 +111,7 @@ def selection_rows(model, docs: list[np.ndarray], context: int, fm: FlopModel, p
         work.logits = int(np.isfinite(ent).sum())
         flops += fm.forward_work(work)
     per = f"{seconds / len(docs):.2f} s / document of {len(docs[0])} tokens"
-    return [row("selection", seconds, flops, peak, per)]
+    return [row("selection", seconds, flops, peak, per, cpu)]
 
 
 def lm_rows(model, tokens: torch.Tensor, fm: FlopModel, peak: float) -> list[str]:
@@ -123,12 +136,14 @@ def lm_rows(model, tokens: torch.Tensor, fm: FlopModel, peak: float) -> list[str
         row("baseline lm forward", times["forward"], f, peak, size),
         row("baseline lm backward", times["backward"], 2 * f, peak),
         row("baseline optimizer", times["optimizer"], 0, peak),
-        row("baseline step", sum(times.values()), 3 * f, peak),
+        row(
+            "baseline step", sum(times.values()), 3 * f, peak, "", sum(CPU_SECONDS[t] for t in times.values())
+        ),
     ]
 
 
 def eval_rows(cfg, model, tokenizer, index, fm: FlopModel, peak: float, positions: int) -> list[str]:
-    env = build_environment(cfg, tokenizer)
+    env = NextTokenEnv(cfg.env, tokenizer)  # as `nextrl.pipeline.eval_stage` builds it
     rows = list(range(len(index.position)))[:positions]
     tasks = index.tasks(env.make_task, rows, cfg.selection.context)
     engine = build_engine(
@@ -209,16 +224,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_rl_trainer(cfg, model, tok, index, Path(tmp), torch.device("cpu"), None)
         steps = []
+        cpu = []
         for k in range(args.steps + 1):
-            m = trainer.step()
+            m, dt = timed(trainer.step)
             print(f"RL step {k}: {m['step_seconds']:.1f} s", flush=True)
             if k:
                 steps.append(m)
+                cpu.append(CPU_SECONDS[dt])
         del trainer
     model.eval()
     eval_lines = eval_rows(cfg, model, tok, index, fm, peak, args.eval_positions)
     samples = cfg.rl.positions_per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
     step_s = float(np.mean([m["step_seconds"] for m in steps]))
+    step_f = float(np.mean([m["flops/step"] for m in steps]))
+    lines.append(row("RL step", step_s, step_f, peak, f"{samples} samples", float(np.mean(cpu))))
     out = [
         f"### Per stage on {cfg.model.path} {args.label} ({time.strftime('%Y-%m-%d')})".replace("  ", " "),
         "",
@@ -231,8 +250,8 @@ def main() -> None:
         f"({samples} samples), reward {cfg.reward}, lm_coef {cfg.rl.lm_coef}; {len(steps)} timed RL steps "
         f"after 1 warm-up, {step_s:.1f} s per step",
         "",
-        "| stage | seconds | per | MFU |",
-        "|---|---|---|---|",
+        "| stage | wall s | CPU s (2 threads) | per | MFU (wall) |",
+        "|---|---|---|---|---|",
         *lines,
         *eval_lines,
         "",
