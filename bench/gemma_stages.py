@@ -185,6 +185,32 @@ def eval_rows(cfg, model, tokenizer, index, fm: FlopModel, peak: float, position
     return out
 
 
+def train_stages(cfg, model, tok, index, fm: FlopModel, peak: float, args, steps: list[dict]) -> list[str]:
+    """Selection, the baseline's step and the RL steps (their metrics appended to `steps`)."""
+    context = cfg.selection.context
+    docs = list(index.doc_tokens.values())
+    model.eval()
+    lines = selection_rows(model, [d[:512] for d in docs[: args.select_docs]], context, fm, peak)
+    model.train()
+    lm_tokens = torch.from_numpy(np.stack([d[: context + 1] for d in docs[: args.lm_batch]]))
+    lines += lm_rows(model, lm_tokens, fm, peak)
+    cpu = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_rl_trainer(cfg, model, tok, index, Path(tmp), torch.device("cpu"), None)
+        for k in range(args.steps + 1):
+            m, dt = timed(trainer.step)
+            print(f"RL step {k}: {m['step_seconds']:.1f} s", flush=True)
+            if k:
+                steps.append(m)
+                cpu.append(CPU_SECONDS[dt])
+        del trainer
+    samples = cfg.rl.positions_per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
+    step_s = float(np.mean([m["step_seconds"] for m in steps]))
+    step_f = float(np.mean([m["flops/step"] for m in steps]))
+    lines.append(row("RL step", step_s, step_f, peak, f"{samples} samples", float(np.mean(cpu))))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m", help="model.path: a packaged name, .gguf or HF folder")
@@ -194,6 +220,7 @@ def main() -> None:
     ap.add_argument("--select-docs", type=int, default=2)
     ap.add_argument("--lm-batch", type=int, default=4)
     ap.add_argument("--eval-positions", type=int, default=16)
+    ap.add_argument("--eval-only", action="store_true", help="only the model load and the evaluation")
     ap.add_argument("--label", default="", help="a note for the table's title (e.g. which code)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -213,30 +240,14 @@ def main() -> None:
         cfg.rl.positions_per_step // per_prefix * (args.steps + 1) + args.eval_positions // per_prefix + 1
     )
     index = build_index(tok, context, n_units, per_prefix, seed=context)
-    docs = list(index.doc_tokens.values())
     lines = [row("model load", load_s, 0, peak, str(cfg.model.path))]
-    model.eval()
-    lines += selection_rows(model, [d[:512] for d in docs[: args.select_docs]], context, fm, peak)
-    model.train()
-    lm_tokens = torch.from_numpy(np.stack([d[: context + 1] for d in docs[: args.lm_batch]]))
-    lines += lm_rows(model, lm_tokens, fm, peak)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_rl_trainer(cfg, model, tok, index, Path(tmp), torch.device("cpu"), None)
-        steps = []
-        cpu = []
-        for k in range(args.steps + 1):
-            m, dt = timed(trainer.step)
-            print(f"RL step {k}: {m['step_seconds']:.1f} s", flush=True)
-            if k:
-                steps.append(m)
-                cpu.append(CPU_SECONDS[dt])
-        del trainer
+    steps: list[dict] = []
+    if not args.eval_only:
+        lines += train_stages(cfg, model, tok, index, fm, peak, args, steps)
     model.eval()
     eval_lines = eval_rows(cfg, model, tok, index, fm, peak, args.eval_positions)
     samples = cfg.rl.positions_per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
-    step_s = float(np.mean([m["step_seconds"] for m in steps]))
-    step_f = float(np.mean([m["flops/step"] for m in steps]))
-    lines.append(row("RL step", step_s, step_f, peak, f"{samples} samples", float(np.mean(cpu))))
+    step_s = float(np.mean([m["step_seconds"] for m in steps])) if steps else float("nan")
     out = [
         f"### Per stage on {cfg.model.path} {args.label} ({time.strftime('%Y-%m-%d')})".replace("  ", " "),
         "",
@@ -254,9 +265,8 @@ def main() -> None:
         *lines,
         *eval_lines,
         "",
-        "RL step by stage (`time/<stage>_s`, means over the timed steps):",
-        "",
-        *stage_table(steps, peak),
+        *(["RL step by stage (`time/<stage>_s`, means over the timed steps):", ""] if steps else []),
+        *(stage_table(steps, peak) if steps else []),
     ]
     publish(out, write=not args.no_write)
 
