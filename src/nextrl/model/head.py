@@ -22,7 +22,10 @@ import torch
 
 # fp32 logits per vocabulary chunk: few large ops (each op has a fixed cost), bounded memory
 CHUNK_BYTES = 64 * 2**20
-KEEP_BYTES = 2**30  # hold the logits for the backward up to this size (1,024 rows of 262k), else recompute
+# hold the logits for the backward up to this size, else recompute: 1.5 GiB takes 1,024 rows of Gemma's vocabulary
+# with the two thought tokens (262,146), the baseline's 4 x 256 batch; held is 1.1-1.2x faster than the plain
+# head there, recomputed 0.8-0.9x (bench/head_chunks.py)
+KEEP_BYTES = 3 * 2**29
 ROW_CHUNK = 128  # rows per chunk where a whole vocabulary row is needed (top-k entropy)
 
 
