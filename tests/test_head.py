@@ -138,3 +138,23 @@ def test_head_weight_refuses_a_head_it_would_get_wrong():
     capped.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         head_weight(capped)
+
+
+def test_row_of_and_per_row_temperature_match_the_reference():
+    """One row predicting several targets (the same one twice too), each row at its own temperature."""
+    h, w, _, _ = _data(rows=6, vocab=90, seed=7)
+    temps = torch.tensor([0.8, 1.0, 0.0, 1.3, 0.8, 1.0])
+    row_of = torch.tensor([0, 0, 0, 2, 3, 5, 5, 1])
+    tgt = torch.tensor([4, 4, 17, 89, 0, 33, 34, 60])
+    up = torch.linspace(-1, 1, len(tgt))
+    h64, w64 = h.double().requires_grad_(), w.double().requires_grad_()
+    t = torch.where(temps > 0, temps, torch.ones_like(temps)).double()
+    logp = torch.log_softmax((h64 @ w64.T) / t[:, None], dim=-1)
+    ref = logp[row_of, tgt]
+    (ref * up.double()).sum().backward()
+    hc, wc = h.clone().requires_grad_(), w.clone().requires_grad_()
+    got = picked_logprobs(hc, wc, tgt, temps, row_of=row_of, chunk=40, keep_bytes=0)
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    (got * up).sum().backward()
+    torch.testing.assert_close(hc.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(wc.grad.double(), w64.grad, rtol=1e-4, atol=1e-5)
