@@ -146,12 +146,16 @@ def _sample(
     """Pick one token per row; return (tokens, logprobs, entropies). The logprob (and the entropy) is log_softmax(logits / T) of the chosen
     token under the temperature-scaled distribution BEFORE top-p truncation (T=1 when greedy): this is the
     quantity the trainer recomputes from a plain forward, so it must not depend on the truncation."""
+    # Every op here is a pass over [rows x vocabulary] (with 262k tokens as long as the head's matmul for the
+    # row): x / 1 is skipped (exact), and the probabilities are exponentiated once for sampling and entropy.
     logits = logits.float()
-    logp = F.log_softmax(logits / (params.temperature or 1.0), dim=-1)
+    T = params.temperature
+    logp = F.log_softmax(logits if T in (0, 1) else logits / T, dim=-1)
+    p = logp.exp()
     if params.temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        probs = logp.exp()
+        probs = p
         if params.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             # keep a token while the mass before it is < top_p: the smallest prefix reaching top_p, >= 1 token
@@ -166,7 +170,7 @@ def _sample(
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
     if override is not None:  # lead tokens: taken, not drawn; their log-prob is still the policy's
         tokens = torch.where(override >= 0, override.to(tokens.device), tokens)
-    entropy = -(logp.exp() * logp).sum(-1)
+    entropy = -(p * logp).sum(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 

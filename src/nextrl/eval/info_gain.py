@@ -20,7 +20,7 @@ from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
 from nextrl.env.formats import closed_thought
-from nextrl.sharing.logprobs import tree_completion_logprobs
+from nextrl.sharing.logprobs import tree_logprobs_and_nll
 
 
 def information_gain_nats(
@@ -60,25 +60,34 @@ def _target_logprobs(
     model, pad_id: int, tasks: Sequence[Task], thoughts: Sequence[list[int]], autocast, max_nodes: int
 ) -> tuple[list[float], list[float]]:
     """Per task (each with a context): log p(x_t | context, <think> thought </think>) and log p(x_t | context)
-    at temperature 1, teacher-forced through the prefix-tree path (the thought is a branch of the shared
-    prompt and the target its last token, so a stripe's prefix is encoded once per pass)."""
-    prompts = [list(t.prompt_ids) for t in tasks]
-    targets = [int(t.meta["target_ids"][0]) for t in tasks]
-    with_t = [[*th, x] for th, x in zip(thoughts, targets, strict=True)]
-    bare = [list(t.meta["context_ids"]) for t in tasks]
+    at temperature 1, teacher-forced through the prefix-tree path, without gradient. Both are one forward: the
+    bare context is a prefix of the prompt, so "context x_t" and "prompt thought x_t" are branches of one trie
+    (a stripe's prefix is encoded once), and only the row that predicts x_t in each is projected to the
+    vocabulary (`tree_logprobs_and_nll`'s next-token targets), not the thought's rows."""
     if not tasks:
         return [], []
+    targets = [int(t.meta["target_ids"][0]) for t in tasks]
+    seqs = [[*t.prompt_ids, *th, x] for t, th, x in zip(tasks, thoughts, targets, strict=True)]
+    seqs += [[*t.meta["context_ids"], x] for t, x in zip(tasks, targets, strict=True)]
     was_training = model.training
     model.eval()
     try:
-        a = tree_completion_logprobs(model, prompts, with_t, 1.0, pad_id, autocast, max_nodes=max_nodes)
-        b = tree_completion_logprobs(
-            model, bare, [[x] for x in targets], 1.0, pad_id, autocast, max_nodes=max_nodes
-        )
+        with torch.no_grad():
+            _, nll = tree_logprobs_and_nll(
+                model,
+                [],
+                [],
+                1.0,
+                pad_id,
+                autocast,
+                max_nodes,
+                lm_seqs=seqs,
+                lm_starts=[len(q) - 2 for q in seqs],
+            )
     finally:
         model.train(was_training)
-    last = torch.tensor([len(c) - 1 for c in with_t], device=a.device)
-    return a.gather(1, last[:, None])[:, 0].tolist(), b[:, 0].tolist()
+    logp = (-nll).tolist()
+    return logp[: len(tasks)], logp[len(tasks) :]
 
 
 def gains_of_thoughts(

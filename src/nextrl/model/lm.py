@@ -7,8 +7,8 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
+from nextrl.model.head import head_weight, next_token_nll
 from nextrl.model.optim import clip_grad
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
@@ -21,15 +21,21 @@ BatchFn = Callable[
 def lm_loss(
     model, tokens: torch.Tensor, mask: torch.Tensor | None, autocast: torch.dtype | None
 ) -> torch.Tensor:
+    """Mean next-token cross-entropy of `tokens[:, 1:]` given `tokens[:, :-1]` over the positions `mask`
+    selects (all without one), fp32 with gradient. Only those positions are projected to the vocabulary, and
+    in chunks (`nextrl.model.head`): 4 x 256 tokens of a 262k vocabulary would otherwise be a 1 GB logits
+    tensor, and F.cross_entropy's log-softmax and backward a few more of it."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     ctx = torch.autocast(inputs.device.type, dtype=autocast) if autocast else nullcontext()
     with ctx:
-        logits = model(input_ids=inputs).logits
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    if mask is None:
-        return loss.mean()
-    m = mask.reshape(-1).float()
-    return (loss * m).sum() / m.sum().clamp_min(1.0)
+        hidden = model.base_model(input_ids=inputs).last_hidden_state
+    rows, tgts = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+    if mask is not None:
+        keep = mask.reshape(-1).bool()
+        rows, tgts = rows[keep], tgts[keep]
+    with ctx:
+        nll = next_token_nll(rows, head_weight(model), tgts)
+    return nll.sum() / max(len(nll), 1)
 
 
 def train_lm(

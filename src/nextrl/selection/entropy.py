@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import torch
+from nextrl.model.head import topk_entropy
 
-
-def topk_entropy(logits: torch.Tensor, k: int = 16) -> torch.Tensor:
-    """Entropy (nats) of softmax over the k largest logits, for every position: [..., V] -> [...]."""
-    top = logits.float().topk(min(k, logits.size(-1)), dim=-1).values
-    logp = torch.log_softmax(top, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+__all__ = ["bucket_of", "topk_entropy"]
 
 
 def bucket_of(entropy: float, buckets: dict[str, float]) -> str | None:

@@ -17,8 +17,9 @@ import torch
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
 from nextrl.data.positions import context_start
+from nextrl.model.head import head_weight, topk_entropy_of_hidden
 from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN
-from nextrl.selection.entropy import bucket_of, topk_entropy
+from nextrl.selection.entropy import bucket_of
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
 
@@ -161,18 +162,27 @@ def score_document(
         starts.append(n - context)
     x = torch.as_tensor(tokens, dtype=torch.long, device=device)
     windows = torch.stack([x[s : s + context] for s in starts]) if n >= context else x.unsqueeze(0)
+    # The positions each window scores: i + 1 tokens of left context (all in the first window, the second
+    # half after it) and a next token inside the document. Only their rows go through the vocabulary head.
+    width = windows.size(1)
+    w_of, i_of = [], []
+    for w, s in enumerate(starts):
+        i = np.arange(0 if s == 0 else half - 1, width)
+        i = i[s + i + 1 < n]
+        w_of.append(np.full(len(i), w))
+        i_of.append(i)
+    w_all, i_all = np.concatenate(w_of), np.concatenate(i_of)
+    weight = head_weight(model)
     ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
     for b in range(0, len(windows), batch_size):  # all windows of a document have one length: batch them
+        sel = (w_all >= b) & (w_all < b + batch_size)
         with ctx:
-            logits = model(input_ids=windows[b : b + batch_size]).logits
-        ents = topk_entropy(logits, top_k).cpu().numpy()  # ents[w, i]: entropy before tokens[s_w + i + 1]
-        for w, e in enumerate(ents):
-            s = starts[b + w]
-            first = 0 if s == 0 else half - 1  # i + 1 tokens of left context
-            i = np.arange(first, len(e))
-            t = s + i + 1
-            keep = t < n
-            ent[t[keep]] = e[i[keep]]
+            hidden = model.base_model(input_ids=windows[b : b + batch_size]).last_hidden_state
+            rows = hidden[
+                torch.as_tensor(w_all[sel] - b, device=device), torch.as_tensor(i_all[sel], device=device)
+            ]
+            ents = topk_entropy_of_hidden(rows, weight, top_k).cpu().numpy()
+        ent[np.asarray(starts)[w_all[sel]] + i_all[sel] + 1] = ents  # entropy before tokens[s_w + i + 1]
     return ent
 
 

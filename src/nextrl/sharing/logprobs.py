@@ -19,6 +19,7 @@ import torch
 
 from nextrl.accounting.flops import TokenWork
 from nextrl.model.fsdp import base_forward
+from nextrl.model.head import head_weight, picked_logprobs
 from nextrl.sharing.branch_attention import BranchLayout, branch_attention
 from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
 
@@ -27,17 +28,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
-def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 logits at the sampling temperature (0 = greedy, read at 1). At 1 the division, an op over
-    [rows, vocab] forward and backward, is skipped: x / 1 is x exactly."""
-    logits = logits.float()
-    return logits if temperature <= 0 or temperature == 1 else logits / temperature
-
-
 def _picked_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = model.get_output_embeddings()(hidden)
-    logp = torch.log_softmax(_scaled(logits, temperature), dim=-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log p(target) at `temperature` (0 = greedy, read at 1) per row of `hidden`, fp32, with gradient: the
+    chunked head (`nextrl.model.head`), no [rows x vocabulary] logits tensor and its log-softmax copies."""
+    return picked_logprobs(hidden, head_weight(model), targets, temperature)
 
 
 def completion_logprobs(
@@ -208,18 +202,25 @@ def tree_logprobs_and_nll(
         ).last_hidden_state
         r = torch.tensor(rows + lm_rows, device=device, dtype=torch.long)
         c = torch.tensor(cols + lm_cols, device=device, dtype=torch.long)
-        logits = model.get_output_embeddings()(hidden[r, c])
-    logp = torch.log_softmax(_scaled(logits[: len(rows)], temperature), dim=-1)
+        projected = hidden[r, c]  # the distinct rows; the chunked head never holds their full logits
+        # one pass of the chunked head for both terms: the rollouts' rows at the sampling temperature, the
+        # next-token term's at 1 (one weight gradient of [V x H], not one per term)
+        row_t = torch.tensor([float(temperature)] * len(rows) + [1.0] * len(lm_rows), device=device)
+        both = picked_logprobs(
+            projected,
+            head_weight(model),
+            torch.tensor(tgts + lm_tgts, device=device, dtype=torch.long),
+            row_t,
+            row_of=torch.tensor(slot + [len(rows) + k for k in lm_slot], device=device, dtype=torch.long),
+        )
+        picked, lm_picked = both[: len(tgts)], both[len(tgts) :]
     Tc = max((len(c) for c in completions), default=0)
-    out = torch.zeros((N, Tc), dtype=logp.dtype, device=device)
+    out = torch.zeros((N, Tc), dtype=torch.float32, device=device)
     if where:
-        picked = logp[torch.tensor(slot, device=device), torch.tensor(tgts, device=device)]
         wi = torch.tensor([w[0] for w in where], device=device)
         wj = torch.tensor([w[1] for w in where], device=device)
         out = out.index_put((wi, wj), picked)
     nll = torch.zeros(len(lm_seqs), dtype=torch.float32, device=device)
     if lm_slot:
-        lm_logp = torch.log_softmax(logits[len(rows) :].float(), dim=-1)
-        picked = -lm_logp[torch.tensor(lm_slot, device=device), torch.tensor(lm_tgts, device=device)]
-        nll = nll.index_add(0, torch.tensor(lm_owner, device=device), picked)
+        nll = nll.index_add(0, torch.tensor(lm_owner, device=device), -lm_picked)
     return out, nll
