@@ -176,16 +176,19 @@ def test_other_models_run_through_the_module_and_lean_says_why_not():
 
 def test_lean_forward_under_bf16_autocast_samples_what_the_module_samples():
     """The GPU setting (matmuls in bf16 under autocast, the residual stream in fp32): the same dtypes flow through
-    both forwards, so the samples and log-probs are the same."""
+    both forwards, so short greedy samples are the same and the log-probs agree to bf16's rounding. Not to 1e-5, and
+    not sampled at temperature 1: on a CPU with native bf16 (AMX, AVX512-BF16) the lean forward's fused q/k/v and
+    gate/up matmuls accumulate in another order than the module's separate ones (log-prob differences up to
+    0.017 measured, enough to flip a sampled token now and then), as they do on a GPU."""
     model = tiny_llama(V).eval()
-    params = SamplingParams(phases=(Phase(12, (5,), (5,)), Phase(2)), n=4, temperature=1.0)
+    params = SamplingParams(phases=(Phase(3, (5,), (5,)), Phase(1)), n=1, temperature=0.0)  # short: no near-tie
     ps = prompts(5)
     outs = [PrefixSharingSampler(model, 0, seed=1, decode=d, autocast_dtype=torch.bfloat16).generate(ps, params)
             for d in ("hf", "lean")]  # fmt: skip
     for ga, gb in zip(*outs, strict=True):
         for a, b in zip(ga, gb, strict=True):
             assert a.completion_ids == b.completion_ids
-            assert np.allclose(a.logprobs, b.logprobs, atol=1e-5)
+            assert np.allclose(a.logprobs, b.logprobs, atol=0.05)  # bf16 has 8 mantissa bits
 
 
 # ---------------------------------------------------------------- Gemma 3: sliding-window and global layers

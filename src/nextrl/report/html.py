@@ -47,7 +47,7 @@ th:first-child, td:first-child { text-align: left; } thead th { background: #f3f
 tr.counts td { color: #777; font-style: italic; }
 .verdict { padding: .8em 1em; border-radius: 6px; border-left: 6px solid; margin: 1em 0; font-size: 1.1em; }
 .win { background: #e8f6ea; border-color: #2e7d32; } .loss { background: #fdecea; border-color: #c62828; }
-.none { background: #f1f1f1; border-color: #888; }
+.none, .note { background: #f1f1f1; border-color: #888; }
 figure { margin: 1em 0; } img { max-width: 100%; } figcaption { color: #666; font-size: .9em; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
@@ -216,7 +216,7 @@ def _thinking(summary: RunSummary) -> str:
             power = "" if seen is None else f" <small>(sees ≥{100 * seen:.0f})</small>"
             cells.append(f"{length}{100 * (d or 0):+.1f} pts{mark}{power}")
         rows.append(_row(escape(m), *cells))
-    notes = "".join(f"<p class='verdict none'>{escape(n)}</p>" for n in thinking_notes(summary))
+    notes = "".join(f"<p class='verdict note'>{escape(n)}</p>" for n in thinking_notes(summary))
     return (
         "<h2>Does thinking pay?</h2><p>Per bucket: mean thought length (tokens, <code>&lt;/think&gt;</code> "
         "included), and with-thought minus standard accuracy of the same model on the same positions "
