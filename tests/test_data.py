@@ -303,4 +303,6 @@ def test_pydoc_source_is_english_prose_present_on_every_machine():
     assert len(docs) == 5 and all(d.source == "pydoc" and d.doc_id.startswith("pydoc:") for d in docs)
     words = " ".join(d.text for d in docs).split()
     assert len(words) > 1000 and sum(w in {"the", "of", "is", "a", "to"} for w in words) > len(words) / 30
-    assert [d.doc_id for d in DocumentStream(cfg.data)] == [d.doc_id for d in docs]  # the same order every time
+    assert [d.doc_id for d in DocumentStream(cfg.data)] == [
+        d.doc_id for d in docs
+    ]  # the same order every time

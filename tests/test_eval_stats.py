@@ -164,9 +164,14 @@ def test_power_is_stated_and_a_small_evaluation_is_called_underpowered():
 
     assert detectable_difference(48, 0.4) > 0.2  # the 48 positions: some 20 points or more
     assert detectable_difference(0, 0.3) == 1.0
-    assert detectable_difference(10_000, 0.0) < 0.01  # identical models: a difference would show as discordance
+    assert (
+        detectable_difference(10_000, 0.0) < 0.01
+    )  # identical models: a difference would show as discordance
     assert power_note(48, 0.27).startswith("underpowered: 48 positions can only detect differences of 27.0")
-    assert power_note(2000, 0.03) == "2000 positions detect differences of 3.0 points or more (80% power, p < 0.01)"
+    assert (
+        power_note(2000, 0.03)
+        == "2000 positions detect differences of 3.0 points or more (80% power, p < 0.01)"
+    )
     a = [True, False] * 50
     rec = compare(a, a[::-1])
     assert rec["detectable"] == pytest.approx(detectable_difference(100, 1.0))

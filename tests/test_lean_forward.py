@@ -181,7 +181,9 @@ def test_lean_forward_under_bf16_autocast_samples_what_the_module_samples():
     gate/up matmuls accumulate in another order than the module's separate ones (log-prob differences up to
     0.017 measured, enough to flip a sampled token now and then), as they do on a GPU."""
     model = tiny_llama(V).eval()
-    params = SamplingParams(phases=(Phase(3, (5,), (5,)), Phase(1)), n=1, temperature=0.0)  # short: no near-tie
+    params = SamplingParams(
+        phases=(Phase(3, (5,), (5,)), Phase(1)), n=1, temperature=0.0
+    )  # short: no near-tie
     ps = prompts(5)
     outs = [PrefixSharingSampler(model, 0, seed=1, decode=d, autocast_dtype=torch.bfloat16).generate(ps, params)
             for d in ("hf", "lean")]  # fmt: skip
