@@ -4,6 +4,7 @@ gemma-3-270m base, ~240 MB) and skip without it; the rest needs nothing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_a_packaged_model_without_its_package_says_what_to_install(tmp_path, mon
         gguf.resolve_model_path("nowhere-1m", tmp_path)
 
 
-@pytest.mark.skipif(gguf.importlib.util.find_spec("gguf") is None, reason="needs the gguf package")
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the gguf package")
 def test_a_file_that_is_not_gguf_fails_naming_it_and_leaves_no_folder(tmp_path):
     bad = tmp_path / "notes.gguf"
     bad.write_bytes(b"this is not a GGUF file" * 100)

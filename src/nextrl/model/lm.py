@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
+from nextrl.model.fsdp import base_forward
 from nextrl.model.head import head_weight, next_token_nll
 from nextrl.model.optim import clip_grad
 from nextrl.utils.metrics import MetricsLogger
@@ -28,7 +29,7 @@ def lm_loss(
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     ctx = torch.autocast(inputs.device.type, dtype=autocast) if autocast else nullcontext()
     with ctx:
-        hidden = model.base_model(input_ids=inputs).last_hidden_state
+        hidden = base_forward(model)(input_ids=inputs).last_hidden_state  # sharded: through the root's hooks
     rows, tgts = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
     if mask is not None:
         keep = mask.reshape(-1).bool()

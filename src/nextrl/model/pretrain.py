@@ -74,15 +74,15 @@ def train_documents(cfg: RunConfig, max_chars: int | None = None) -> list[Docume
 def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseModel:
     if cfg.model.path:
         key = "tokenizer.path" if cfg.tokenizer.path else "model.path"
+        source = resolve_model_path(cfg.model.path, cache_root(cfg))  # a GGUF model: its converted folder
         try:
-            tok = load_tokenizer(cfg.tokenizer.path or cfg.model.path, cache_root(cfg))
+            tok = load_tokenizer(cfg.tokenizer.path or source, cache_root(cfg))
         except (OSError, ValueError) as e:  # not found, offline, no tokenizer files
             raise ConfigError(
                 f"config key '{key}': cannot load a tokenizer from {cfg.tokenizer.path or cfg.model.path}: {e}"
             ) from None
-        model = load_model(cfg.model.path, vocab_size=len(tok), cache_dir=cache_root(cfg))
-        resolved = resolve_model_path(cfg.model.path, cache_root(cfg))  # converted already: a folder name
-        path = Path(resolved) if Path(resolved).is_dir() else None
+        model = load_model(source, vocab_size=len(tok))
+        path = Path(source) if Path(source).is_dir() else None
         return BaseModel(model, tok, path, {"source": cfg.model.path, "cached": True, "flops": 0.0})
     folder = cache_root(cfg) / f"base-{cache_key(cfg)}"
     if (folder / "base.json").is_file():

@@ -264,9 +264,13 @@ class Learner:
     ) -> list[tuple[list[int], list[int]] | None]:
         """This rank's share of the batch's micro-batches (`plan_chunks`); sharded, padded with None (an idle
         pass) to as many as any rank has, as every pass is a collective."""
+        return self.my_share(self.plan_chunks(rollouts, lm.seqs if lm else []))
+
+    def my_share(self, items: list) -> list:
+        """This rank's share of `items` (every world-th); sharded, padded with None (an idle pass) to as many as
+        any rank has, as every pass is a collective."""
         rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
-        chunks = self.plan_chunks(rollouts, lm.seqs if lm else [])
-        return padded_share(chunks, rank, world) if self.sharded else chunks[rank::world]
+        return padded_share(items, rank, world) if self.sharded else items[rank::world]
 
     def backward_chunks(
         self,
@@ -353,11 +357,8 @@ class Learner:
         n_pred = sum(len(q) - 1 - a for q, a in zip(seqs, starts, strict=True))
         work = self.account.pass_work("lm")
         size, total = self.rl.micro_batch_size, 0.0
-        rank, world = (self.peers.rank, self.peers.world) if self.peers else (0, 1)
         self.policy.train()
-        starts_of_chunks = list(range(0, len(seqs), size))
-        mine = padded_share(starts_of_chunks, rank, world) if self.sharded else starts_of_chunks[rank::world]
-        for s in mine:  # this rank's share of the micro-batches
+        for s in self.my_share(list(range(0, len(seqs), size))):  # this rank's share of the micro-batches
             if s is None:  # sharded: another rank's extra micro-batch
                 idle_pass(self.policy, self.pad_token_id)
                 continue
