@@ -80,6 +80,9 @@ def main() -> None:
         state = {k: v.detach().clone() for k, v in whole.state_dict().items()}
         torch.save({"weights": state, "local_numel": local_state_numel(model)}, args.out)
     if sharded:
+        # every rank waits for rank 0's save: a rank that tears gloo down while its peer is still busy can
+        # abort the peer ("terminate called without an active exception", seen once in a full suite)
+        dist.barrier()
         dist.destroy_process_group()
 
 
