@@ -1,4 +1,4 @@
-"""Time the main job end to end and append the figures to BENCHMARKS.md.
+"""Time the main job end to end and append the figures to docs/benchmarks-history.md.
 
     python bench/main_job.py                      # default preset, cold cache (pretraining included)
     python bench/main_job.py --preset micro --warm
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument(
         "--warm", action="store_true", help="reuse the user's base-model cache instead of a cold one"
     )
-    ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to the history")
     args = ap.parse_args()
 
     cfg = load_config(args.preset, args.overrides)
@@ -94,7 +94,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
+        path = ROOT / "docs" / "benchmarks-history.md"
         if not path.exists():
             path.write_text(
                 "# Benchmarks\n\nEvery figure here was printed by the script named in its command line.\n\n"

@@ -4,7 +4,7 @@ workers (synchronous), and 2 workers generating one step ahead (asynchronous, rl
     python bench/placement.py                    # tiny preset, 12 steps each (base model from the cache)
     python bench/placement.py --steps 6 --no-write
 
-Ray's start-up (cluster and actors) is timed apart from the steps. Appends a table to BENCHMARKS.md.
+Ray's start-up (cluster and actors) is timed apart from the steps. Appends a table to docs/benchmarks-history.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""How every benchmark script ends: print its section and append it to BENCHMARKS.md (unless --no-write)."""
+"""How every benchmark script ends: print its section and append it to docs/benchmarks-history.md (unless
+--no-write); BENCHMARKS.md is the front page that summarises it, edited by hand."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-history.md"
 
 
 def publish(lines: list[str], write: bool) -> None:

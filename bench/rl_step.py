@@ -1,6 +1,6 @@
 """One next-token RL workload, three ways in one process: TRL's GRPOTrainer, nextrl with prefix sharing off,
 nextrl with prefix sharing on. Prints samples/s, FLOPs per sample, seconds per step and MFU, and appends the
-figures with the exact command to BENCHMARKS.md.
+figures with the exact command to docs/benchmarks-history.md.
 
     python bench/rl_step.py                            # contexts 256, 512 and 1024
     python bench/rl_step.py --contexts 512 --steps 2 --skip-trl --no-write
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--thought", type=int, default=16)
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-plain", action="store_true", help="leave out nextrl without prefix sharing")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to the history")
     ap.add_argument("--main-job-terms", action="store_true", help="nextrl with the tiny preset's reward, "
                     "next-token term and empty-thought samples (not TRL's workload: implies --skip-trl)")  # fmt: skip
     args = ap.parse_args()

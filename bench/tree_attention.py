@@ -16,7 +16,7 @@ and forward + backward, checked against the reference (what nextrl runs: one mas
   (inductor). On CPU it has no backward in torch 2.13: its forward is timed and the backward reported as
   unsupported.
 
-    python bench/tree_attention.py                      # context 512, appends the table to BENCHMARKS.md
+    python bench/tree_attention.py                      # context 512, appends the table to docs/benchmarks-history.md
     python bench/tree_attention.py --context 1024 --no-write
 """
 
