@@ -7,7 +7,8 @@ branch to its row. A branch's query sees the ancestors of its prompt's last node
 through an explicit 4D attention mask, so every sample sees exactly what it would see alone (same tokens,
 same positions). No prompt key/value is ever copied per sample.
 
-Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's. The forward
+Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the sampling core's
+(`engine/core.py`), as in the plain sampler. The forward
 is nextrl's lean one (`lean_forward`: fused projections, a KV buffer written in place) where the model is a
 Llama/Mistral/Qwen-style decoder or Gemma 3, else the Hugging Face module with its `DynamicCache`
 (`decode="hf"` forces it: the reference the lean forward is tested against). Hugging Face applies no sliding
@@ -24,21 +25,18 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
-from nextrl.engine.lean_forward import SLIDING, LeanForward, sliding_window_of, supports
-from nextrl.engine.sampler import (
-    TorchSampler,
-    _autocast,
-    _check_call,
-    _device,
-    _new_seqs,
-    _overrides,
-    _rollout,
-    _sample,
-    _score_targets,
-    _Seq,
+from nextrl.engine.core import (
+    SequenceState,
+    autocast_to,
+    check_call,
+    decode_step,
+    device_of,
+    new_states,
+    to_rollouts,
 )
+from nextrl.engine.lean_forward import SLIDING, LeanForward, sliding_window_of, supports
+from nextrl.engine.sampler import TorchSampler
 from nextrl.errors import ConfigError
 from nextrl.sharing.branch_attention import window_mask
 from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
@@ -73,45 +71,31 @@ class PrefixSharingSampler(TorchSampler):
             )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
-        _check_call(prompts, params)
+        check_call(prompts, params)
         groups = group_by_prefix(prompts, self.max_nodes)
-        seqs = [_new_seqs(p, params, i) for i, p in enumerate(prompts)]
-        self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
-        self.last_seconds = {"prefill": 0.0, "decode": 0.0}
-        was_training = self.model.training
-        self.model.eval()
-        if self.lean is not None:
-            self.lean.refresh()  # the learner changed the weights in place since the last call
-        try:
-            with torch.no_grad():
-                chunk: list[list[int]] = []
-                for g in groups:  # whole trees per chunk, about batch_size samples per chunk
-                    if chunk and (sum(map(len, chunk)) + len(g)) * params.n > self.batch_size:
-                        self._run_trees(chunk, prompts, seqs, params)
-                        chunk = []
-                    chunk.append(g)
-                if chunk:
+        seqs = [new_states(p, params, i) for i, p in enumerate(prompts)]
+        with self._inference():
+            if self.lean is not None:
+                self.lean.refresh()  # the learner changed the weights in place since the last call
+            chunk: list[list[int]] = []
+            for g in groups:  # whole trees per chunk, about batch_size samples per chunk
+                if chunk and (sum(map(len, chunk)) + len(g)) * params.n > self.batch_size:
                     self._run_trees(chunk, prompts, seqs, params)
-        finally:
-            self.model.train(was_training)
-        out = []
-        for group in seqs:
-            rolls = []
-            for s in group:
-                starts = s.starts + [len(s.ids)] * (len(params.phases) - len(s.starts))
-                rolls.append(_rollout(s, starts, self.policy_version))
-            out.append(rolls)
-        return out
+                    chunk = []
+                chunk.append(g)
+            if chunk:
+                self._run_trees(chunk, prompts, seqs, params)
+        return to_rollouts(seqs, params, self.policy_version)
 
     def _run_trees(
         self,
         groups: list[list[int]],
         prompts: Sequence[Sequence[int]],
-        seqs: list[list[_Seq]],
+        seqs: list[list[SequenceState]],
         params: SamplingParams,
     ) -> None:
         t_start = time.perf_counter()
-        model, device = self.model, _device(self.model)
+        model, device = self.model, device_of(self.model)
         gen = self._generator(device)
         trees: list[PackedTree] = [build_tree([prompts[i] for i in g]) for g in groups]
         for t in trees:
@@ -136,19 +120,16 @@ class PrefixSharingSampler(TorchSampler):
         for b, row in enumerate(slots):
             nodes = torch.tensor([node for _, node, _ in row], device=device)
             vis[b, : len(row)] = mask[b, 0, nodes]
-        with _autocast(device, self.autocast_dtype):
+        with autocast_to(device, self.autocast_dtype):
             hidden = self._forward(ids, pos, mask, cache, dtype, trunk=min(t.trunk for t in trees))
         rows_alive = list(range(len(trees)))  # cache row r holds tree rows_alive[r]
-        for row in slots:
-            for s, _, _ in row:
-                s.settle()
         # The first token of every sample of a prompt comes from the same logits: project each node once.
         live = [(b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None]
         nodes = [(b, slots[b][q][1]) for b, q in live]
         distinct = sorted(set(nodes))
         slot_of = {n: k for k, n in enumerate(distinct)}
         which = torch.tensor([slot_of[n] for n in nodes], device=device, dtype=torch.long)
-        with _autocast(device, self.autocast_dtype):
+        with autocast_to(device, self.autocast_dtype):
             logits = model.get_output_embeddings()(
                 hidden[[b for b, _ in distinct], [n for _, n in distinct]]
             )[which]
@@ -161,16 +142,10 @@ class PrefixSharingSampler(TorchSampler):
 
     def _decode_trees(self, trees, slots, live, logits, cache, vis, rows_alive, params, gen, dtype) -> None:
         """Sample every live branch one token per step from the trees' shared cache until all have ended."""
-        model, device = self.model, _device(self.model)
+        model, device = self.model, device_of(self.model)
         while True:
             if live:
-                live_seqs = [slots[b][q][0] for b, q in live]
-                _score_targets(live_seqs, logits, params)
-                tokens, logps, ents = _sample(logits, params, gen, _overrides(live_seqs, params, device))
-                for s, tok, lp, h in zip(
-                    live_seqs, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
-                ):
-                    s.add(tok, lp, params, h)
+                decode_step([slots[b][q][0] for b, q in live], logits, params, gen, device)
             live = [
                 (b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None
             ]
@@ -215,7 +190,7 @@ class PrefixSharingSampler(TorchSampler):
             rr, cc = real.nonzero(as_tuple=True)
             new_cols[rr, qslot[rr, cc], cc] = True
             vis = torch.cat([vis, new_cols], dim=2)
-            with _autocast(device, self.autocast_dtype):
+            with autocast_to(device, self.autocast_dtype):
                 h = self._forward(inp, qpos, step_mask, cache, dtype)
                 logits = model.get_output_embeddings()(h[rr, cc])
             # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
