@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -159,45 +160,50 @@ class PrefixSharingSampler(TorchSampler):
                 cache.batch_select_indices(sel)
                 vis = vis[sel]
                 rows_alive = keep
-            # Queries this step: the live slots of each alive row, padded with dummy queries that see only
-            # their own new column (a fully masked row would be NaN) and that nobody else sees.
-            per_row: dict[int, list[int]] = {b: [] for b in rows_alive}
-            for b, q in live:
-                per_row[b].append(q)
-            width = max(len(qs) for qs in per_row.values())
-            n_rows = len(rows_alive)
-            # built as lists and converted once: element-wise tensor writes cost ~1 ms per iteration
-            ids_l, pos_l, slot_l, real_l = [], [], [], []
-            for b in rows_alive:
-                qs = per_row[b]
-                pad = width - len(qs)
-                seqs_ = [slots[b][q] for q in qs]
-                ids_l.append([s.ids[-1] for s, _, _ in seqs_] + [self.pad_token_id] * pad)
-                pos_l.append([plen + len(s.ids) - 1 for s, _, plen in seqs_] + [0] * pad)
-                slot_l.append(qs + [0] * pad)
-                real_l.append([True] * len(qs) + [False] * pad)
-            n_real = len(live)
-            # dummy queries have position 0 and are not counted
-            self.last_work["decode"].add(n_real, sum(map(sum, pos_l)) + n_real, logits=n_real)
-            inp, qpos = torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device)
-            qslot, real = torch.tensor(slot_l, device=device), torch.tensor(real_l, device=device)
-            old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
-            old = old & real[:, :, None]  # dummy queries see no old column
-            eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
-            step_mask = torch.cat([old, eye], dim=2)[:, None]
-            # New column c holds the token of slot qslot[r, c]: only that slot sees it from now on.
-            new_cols = torch.zeros((n_rows, vis.shape[1], width), dtype=torch.bool, device=device)
-            rr, cc = real.nonzero(as_tuple=True)
-            new_cols[rr, qslot[rr, cc], cc] = True
-            vis = torch.cat([vis, new_cols], dim=2)
+            step = self._step_queries(slots, live, rows_alive, vis, device)
+            vis = step.vis
             with autocast_to(device, self.autocast_dtype):
-                h = self._forward(inp, qpos, step_mask, cache, dtype)
-                logits = model.get_output_embeddings()(h[rr, cc])
+                h = self._forward(step.ids, step.pos, step.mask, cache, dtype)
+                logits = model.get_output_embeddings()(h[step.rows, step.cols])
             # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
             live = [
-                (rows_alive[r], per_row[rows_alive[r]][c])
-                for r, c in zip(rr.tolist(), cc.tolist(), strict=True)
+                (rows_alive[r], step.per_row[rows_alive[r]][c])
+                for r, c in zip(step.rows.tolist(), step.cols.tolist(), strict=True)
             ]
+
+    def _step_queries(self, slots, live, rows_alive, vis, device) -> _StepQueries:
+        """One decode step's queries: the live slots of each alive cache row, padded with dummy queries that see
+        only their own new column (a fully masked row would be NaN) and that nobody else sees; their mask, and
+        `vis` grown by the step's new columns. Counts the step's decode work."""
+        per_row: dict[int, list[int]] = {b: [] for b in rows_alive}
+        for b, q in live:
+            per_row[b].append(q)
+        width = max(len(qs) for qs in per_row.values())
+        n_rows = len(rows_alive)
+        # built as lists and converted once: element-wise tensor writes cost ~1 ms per iteration
+        ids_l, pos_l, slot_l, real_l = [], [], [], []
+        for b in rows_alive:
+            qs = per_row[b]
+            pad = width - len(qs)
+            seqs_ = [slots[b][q] for q in qs]
+            ids_l.append([s.ids[-1] for s, _, _ in seqs_] + [self.pad_token_id] * pad)
+            pos_l.append([plen + len(s.ids) - 1 for s, _, plen in seqs_] + [0] * pad)
+            slot_l.append(qs + [0] * pad)
+            real_l.append([True] * len(qs) + [False] * pad)
+        n_real = len(live)
+        # dummy queries have position 0 and are not counted
+        self.last_work["decode"].add(n_real, sum(map(sum, pos_l)) + n_real, logits=n_real)
+        inp, qpos = torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device)
+        qslot, real = torch.tensor(slot_l, device=device), torch.tensor(real_l, device=device)
+        old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
+        old = old & real[:, :, None]  # dummy queries see no old column
+        eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
+        step_mask = torch.cat([old, eye], dim=2)[:, None]
+        # New column c holds the token of slot qslot[r, c]: only that slot sees it from now on.
+        new_cols = torch.zeros((n_rows, vis.shape[1], width), dtype=torch.bool, device=device)
+        rr, cc = real.nonzero(as_tuple=True)
+        new_cols[rr, qslot[rr, cc], cc] = True
+        return _StepQueries(inp, qpos, step_mask, torch.cat([vis, new_cols], dim=2), rr, cc, per_row)
 
     def _forward(self, ids, pos, mask, cache, dtype, trunk: int = 0) -> torch.Tensor:
         """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`
@@ -213,6 +219,18 @@ class PrefixSharingSampler(TorchSampler):
         return self.model.base_model(
             input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
         ).last_hidden_state
+
+
+class _StepQueries(NamedTuple):
+    """A decode step's queries, [rows, width] with dummy queries padding rows of fewer live branches."""
+
+    ids: torch.Tensor  # each query's input token (the branch's last token)
+    pos: torch.Tensor  # its position id
+    mask: torch.Tensor  # [rows, 1, width, columns + width]: the cache columns and new columns it sees
+    vis: torch.Tensor  # which slot sees which column, grown by the step's new columns
+    rows: torch.Tensor  # (rows, cols): the real queries, in live order
+    cols: torch.Tensor
+    per_row: dict[int, list[int]]  # tree row -> the slots it queries this step, in column order
 
 
 class _PositionedCache(DynamicCache):
