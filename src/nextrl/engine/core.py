@@ -136,6 +136,7 @@ class SequenceState:
 
 
 def check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    """Every engine refuses an empty prompt: its first sample would have nothing to be conditioned on."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: there is no token to condition the first sample on")
 

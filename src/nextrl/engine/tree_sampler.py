@@ -8,12 +8,12 @@ through an explicit 4D attention mask, so every sample sees exactly what it woul
 same positions). No prompt key/value is ever copied per sample.
 
 Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the sampling core's
-(`engine/core.py`), as in the plain sampler. The forward
-is nextrl's lean one (`lean_forward`: fused projections, a KV buffer written in place) where the model is a
-Llama/Mistral/Qwen-style decoder or Gemma 3, else the Hugging Face module with its `DynamicCache`
-(`decode="hf"` forces it: the reference the lean forward is tested against). Hugging Face applies no sliding
-window to a custom 4D mask, so for a model with sliding-window layers (Gemma 3) the module path keeps the
-position of every cache column and hands the model one mask per layer type, the sliding one windowed.
+(`engine/core.py`), as in the plain sampler. The forward is nextrl's lean one (`lean_forward`: fused
+projections, a KV buffer written in place) where the model is a Llama/Mistral/Qwen-style decoder or Gemma 3,
+else the Hugging Face module with its `DynamicCache` (`decode="hf"` forces it: the reference the lean forward
+is tested against). Hugging Face applies no sliding window to a custom 4D mask, so for a model with
+sliding-window layers (Gemma 3) the module path keeps the position of every cache column and hands the model
+one mask per layer type, the sliding one windowed.
 """
 
 from __future__ import annotations
