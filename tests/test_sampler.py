@@ -199,10 +199,10 @@ def test_state_dict_resumes_rng_stream(Engine, model):
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5])
 def test_sampling_follows_the_tempered_truncated_distribution(top_p):
-    """`_sample` draws token i with probability softmax(logits / T) restricted to the top-p set and renormalised
-    (the slow reference below), and reports the log-prob before truncation; 40,000 draws, each frequency within
-    5 standard errors."""
-    from nextrl.engine.sampler import _sample
+    """`sample_tokens` draws token i with probability softmax(logits / T) restricted to the top-p set and
+    renormalised (the slow reference below), and reports the log-prob before truncation; 40,000 draws, each
+    frequency within 5 standard errors."""
+    from nextrl.engine.core import sample_tokens
 
     logits = torch.tensor([2.0, 1.5, 0.3, -0.5, 1.0, -3.0])
     T, rows = 0.7, 40_000
@@ -217,7 +217,7 @@ def test_sampling_follows_the_tempered_truncated_distribution(top_p):
     want = [p[i] / mass if i in kept else 0.0 for i in range(len(p))]
     gen = torch.Generator().manual_seed(0)
     params = SamplingParams.simple(1, temperature=T, top_p=top_p)
-    tokens, logps, _ = _sample(logits.repeat(rows, 1), params, gen)
+    tokens, logps, _ = sample_tokens(logits.repeat(rows, 1), params, gen)
     freq = torch.bincount(tokens, minlength=len(p)).double() / rows
     for i, w in enumerate(want):
         se = (w * (1 - w) / rows) ** 0.5

@@ -7,12 +7,13 @@ branch to its row. A branch's query sees the ancestors of its prompt's last node
 through an explicit 4D attention mask, so every sample sees exactly what it would see alone (same tokens,
 same positions). No prompt key/value is ever copied per sample.
 
-Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the plain sampler's. The forward
-is nextrl's lean one (`lean_forward`: fused projections, a KV buffer written in place) where the model is a
-Llama/Mistral/Qwen-style decoder or Gemma 3, else the Hugging Face module with its `DynamicCache`
-(`decode="hf"` forces it: the reference the lean forward is tested against). Hugging Face applies no sliding
-window to a custom 4D mask, so for a model with sliding-window layers (Gemma 3) the module path keeps the
-position of every cache column and hands the model one mask per layer type, the sliding one windowed.
+Decoding mechanics (phases, forced tokens, EOS, log-probs before top-p) are the sampling core's
+(`engine/core.py`), as in the plain sampler. The forward is nextrl's lean one (`lean_forward`: fused
+projections, a KV buffer written in place) where the model is a Llama/Mistral/Qwen-style decoder or Gemma 3,
+else the Hugging Face module with its `DynamicCache` (`decode="hf"` forces it: the reference the lean forward
+is tested against). Hugging Face applies no sliding window to a custom 4D mask, so for a model with
+sliding-window layers (Gemma 3) the module path keeps the position of every cache column and hands the model
+one mask per layer type, the sliding one windowed.
 """
 
 from __future__ import annotations
@@ -20,25 +21,23 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
 
-from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import Rollout, SamplingParams
-from nextrl.engine.lean_forward import SLIDING, LeanForward, sliding_window_of, supports
-from nextrl.engine.sampler import (
-    TorchSampler,
-    _autocast,
-    _check_call,
-    _device,
-    _new_seqs,
-    _overrides,
-    _rollout,
-    _sample,
-    _score_targets,
-    _Seq,
+from nextrl.engine.core import (
+    SequenceState,
+    autocast_to,
+    check_call,
+    decode_step,
+    device_of,
+    new_states,
+    to_rollouts,
 )
+from nextrl.engine.lean_forward import SLIDING, LeanForward, sliding_window_of, supports
+from nextrl.engine.sampler import TorchSampler
 from nextrl.errors import ConfigError
 from nextrl.sharing.branch_attention import window_mask
 from nextrl.sharing.prefix_tree import PackedTree, attention_mask_for, build_tree, group_by_prefix, tree_batch
@@ -73,45 +72,31 @@ class PrefixSharingSampler(TorchSampler):
             )
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Rollout]]:
-        _check_call(prompts, params)
+        check_call(prompts, params)
         groups = group_by_prefix(prompts, self.max_nodes)
-        seqs = [_new_seqs(p, params, i) for i, p in enumerate(prompts)]
-        self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
-        self.last_seconds = {"prefill": 0.0, "decode": 0.0}
-        was_training = self.model.training
-        self.model.eval()
-        if self.lean is not None:
-            self.lean.refresh()  # the learner changed the weights in place since the last call
-        try:
-            with torch.no_grad():
-                chunk: list[list[int]] = []
-                for g in groups:  # whole trees per chunk, about batch_size samples per chunk
-                    if chunk and (sum(map(len, chunk)) + len(g)) * params.n > self.batch_size:
-                        self._run_trees(chunk, prompts, seqs, params)
-                        chunk = []
-                    chunk.append(g)
-                if chunk:
+        seqs = [new_states(p, params, i) for i, p in enumerate(prompts)]
+        with self._inference():
+            if self.lean is not None:
+                self.lean.refresh()  # the learner changed the weights in place since the last call
+            chunk: list[list[int]] = []
+            for g in groups:  # whole trees per chunk, about batch_size samples per chunk
+                if chunk and (sum(map(len, chunk)) + len(g)) * params.n > self.batch_size:
                     self._run_trees(chunk, prompts, seqs, params)
-        finally:
-            self.model.train(was_training)
-        out = []
-        for group in seqs:
-            rolls = []
-            for s in group:
-                starts = s.starts + [len(s.ids)] * (len(params.phases) - len(s.starts))
-                rolls.append(_rollout(s, starts, self.policy_version))
-            out.append(rolls)
-        return out
+                    chunk = []
+                chunk.append(g)
+            if chunk:
+                self._run_trees(chunk, prompts, seqs, params)
+        return to_rollouts(seqs, params, self.policy_version)
 
     def _run_trees(
         self,
         groups: list[list[int]],
         prompts: Sequence[Sequence[int]],
-        seqs: list[list[_Seq]],
+        seqs: list[list[SequenceState]],
         params: SamplingParams,
     ) -> None:
         t_start = time.perf_counter()
-        model, device = self.model, _device(self.model)
+        model, device = self.model, device_of(self.model)
         gen = self._generator(device)
         trees: list[PackedTree] = [build_tree([prompts[i] for i in g]) for g in groups]
         for t in trees:
@@ -136,19 +121,16 @@ class PrefixSharingSampler(TorchSampler):
         for b, row in enumerate(slots):
             nodes = torch.tensor([node for _, node, _ in row], device=device)
             vis[b, : len(row)] = mask[b, 0, nodes]
-        with _autocast(device, self.autocast_dtype):
+        with autocast_to(device, self.autocast_dtype):
             hidden = self._forward(ids, pos, mask, cache, dtype, trunk=min(t.trunk for t in trees))
         rows_alive = list(range(len(trees)))  # cache row r holds tree rows_alive[r]
-        for row in slots:
-            for s, _, _ in row:
-                s.settle()
         # The first token of every sample of a prompt comes from the same logits: project each node once.
         live = [(b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None]
         nodes = [(b, slots[b][q][1]) for b, q in live]
         distinct = sorted(set(nodes))
         slot_of = {n: k for k, n in enumerate(distinct)}
         which = torch.tensor([slot_of[n] for n in nodes], device=device, dtype=torch.long)
-        with _autocast(device, self.autocast_dtype):
+        with autocast_to(device, self.autocast_dtype):
             logits = model.get_output_embeddings()(
                 hidden[[b for b, _ in distinct], [n for _, n in distinct]]
             )[which]
@@ -161,16 +143,10 @@ class PrefixSharingSampler(TorchSampler):
 
     def _decode_trees(self, trees, slots, live, logits, cache, vis, rows_alive, params, gen, dtype) -> None:
         """Sample every live branch one token per step from the trees' shared cache until all have ended."""
-        model, device = self.model, _device(self.model)
+        model, device = self.model, device_of(self.model)
         while True:
             if live:
-                live_seqs = [slots[b][q][0] for b, q in live]
-                _score_targets(live_seqs, logits, params)
-                tokens, logps, ents = _sample(logits, params, gen, _overrides(live_seqs, params, device))
-                for s, tok, lp, h in zip(
-                    live_seqs, tokens.tolist(), logps.tolist(), ents.tolist(), strict=True
-                ):
-                    s.add(tok, lp, params, h)
+                decode_step([slots[b][q][0] for b, q in live], logits, params, gen, device)
             live = [
                 (b, q) for b, row in enumerate(slots) for q in range(len(row)) if row[q][0].finish is None
             ]
@@ -184,45 +160,50 @@ class PrefixSharingSampler(TorchSampler):
                 cache.batch_select_indices(sel)
                 vis = vis[sel]
                 rows_alive = keep
-            # Queries this step: the live slots of each alive row, padded with dummy queries that see only
-            # their own new column (a fully masked row would be NaN) and that nobody else sees.
-            per_row: dict[int, list[int]] = {b: [] for b in rows_alive}
-            for b, q in live:
-                per_row[b].append(q)
-            width = max(len(qs) for qs in per_row.values())
-            n_rows = len(rows_alive)
-            # built as lists and converted once: element-wise tensor writes cost ~1 ms per iteration
-            ids_l, pos_l, slot_l, real_l = [], [], [], []
-            for b in rows_alive:
-                qs = per_row[b]
-                pad = width - len(qs)
-                seqs_ = [slots[b][q] for q in qs]
-                ids_l.append([s.ids[-1] for s, _, _ in seqs_] + [self.pad_token_id] * pad)
-                pos_l.append([plen + len(s.ids) - 1 for s, _, plen in seqs_] + [0] * pad)
-                slot_l.append(qs + [0] * pad)
-                real_l.append([True] * len(qs) + [False] * pad)
-            n_real = len(live)
-            # dummy queries have position 0 and are not counted
-            self.last_work["decode"].add(n_real, sum(map(sum, pos_l)) + n_real, logits=n_real)
-            inp, qpos = torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device)
-            qslot, real = torch.tensor(slot_l, device=device), torch.tensor(real_l, device=device)
-            old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
-            old = old & real[:, :, None]  # dummy queries see no old column
-            eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
-            step_mask = torch.cat([old, eye], dim=2)[:, None]
-            # New column c holds the token of slot qslot[r, c]: only that slot sees it from now on.
-            new_cols = torch.zeros((n_rows, vis.shape[1], width), dtype=torch.bool, device=device)
-            rr, cc = real.nonzero(as_tuple=True)
-            new_cols[rr, qslot[rr, cc], cc] = True
-            vis = torch.cat([vis, new_cols], dim=2)
-            with _autocast(device, self.autocast_dtype):
-                h = self._forward(inp, qpos, step_mask, cache, dtype)
-                logits = model.get_output_embeddings()(h[rr, cc])
+            step = self._step_queries(slots, live, rows_alive, vis, device)
+            vis = step.vis
+            with autocast_to(device, self.autocast_dtype):
+                h = self._forward(step.ids, step.pos, step.mask, cache, dtype)
+                logits = model.get_output_embeddings()(h[step.rows, step.cols])
             # rows of `logits` follow (row, column) order = live order (per_row lists are in slot order)
             live = [
-                (rows_alive[r], per_row[rows_alive[r]][c])
-                for r, c in zip(rr.tolist(), cc.tolist(), strict=True)
+                (rows_alive[r], step.per_row[rows_alive[r]][c])
+                for r, c in zip(step.rows.tolist(), step.cols.tolist(), strict=True)
             ]
+
+    def _step_queries(self, slots, live, rows_alive, vis, device) -> _StepQueries:
+        """One decode step's queries: the live slots of each alive cache row, padded with dummy queries that see
+        only their own new column (a fully masked row would be NaN) and that nobody else sees; their mask, and
+        `vis` grown by the step's new columns. Counts the step's decode work."""
+        per_row: dict[int, list[int]] = {b: [] for b in rows_alive}
+        for b, q in live:
+            per_row[b].append(q)
+        width = max(len(qs) for qs in per_row.values())
+        n_rows = len(rows_alive)
+        # built as lists and converted once: element-wise tensor writes cost ~1 ms per iteration
+        ids_l, pos_l, slot_l, real_l = [], [], [], []
+        for b in rows_alive:
+            qs = per_row[b]
+            pad = width - len(qs)
+            seqs_ = [slots[b][q] for q in qs]
+            ids_l.append([s.ids[-1] for s, _, _ in seqs_] + [self.pad_token_id] * pad)
+            pos_l.append([plen + len(s.ids) - 1 for s, _, plen in seqs_] + [0] * pad)
+            slot_l.append(qs + [0] * pad)
+            real_l.append([True] * len(qs) + [False] * pad)
+        n_real = len(live)
+        # dummy queries have position 0 and are not counted
+        self.last_work["decode"].add(n_real, sum(map(sum, pos_l)) + n_real, logits=n_real)
+        inp, qpos = torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device)
+        qslot, real = torch.tensor(slot_l, device=device), torch.tensor(real_l, device=device)
+        old = torch.gather(vis, 1, qslot[:, :, None].expand(-1, -1, vis.shape[2]))
+        old = old & real[:, :, None]  # dummy queries see no old column
+        eye = torch.eye(width, dtype=torch.bool, device=device).expand(n_rows, -1, -1)
+        step_mask = torch.cat([old, eye], dim=2)[:, None]
+        # New column c holds the token of slot qslot[r, c]: only that slot sees it from now on.
+        new_cols = torch.zeros((n_rows, vis.shape[1], width), dtype=torch.bool, device=device)
+        rr, cc = real.nonzero(as_tuple=True)
+        new_cols[rr, qslot[rr, cc], cc] = True
+        return _StepQueries(inp, qpos, step_mask, torch.cat([vis, new_cols], dim=2), rr, cc, per_row)
 
     def _forward(self, ids, pos, mask, cache, dtype, trunk: int = 0) -> torch.Tensor:
         """Hidden states of new tokens `ids` at `pos` that see what the bool `mask` allows, appended to `cache`
@@ -238,6 +219,18 @@ class PrefixSharingSampler(TorchSampler):
         return self.model.base_model(
             input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
         ).last_hidden_state
+
+
+class _StepQueries(NamedTuple):
+    """A decode step's queries, [rows, width] with dummy queries padding rows of fewer live branches."""
+
+    ids: torch.Tensor  # each query's input token (the branch's last token)
+    pos: torch.Tensor  # its position id
+    mask: torch.Tensor  # [rows, 1, width, columns + width]: the cache columns and new columns it sees
+    vis: torch.Tensor  # which slot sees which column, grown by the step's new columns
+    rows: torch.Tensor  # (rows, cols): the real queries, in live order
+    cols: torch.Tensor
+    per_row: dict[int, list[int]]  # tree row -> the slots it queries this step, in column order
 
 
 class _PositionedCache(DynamicCache):

