@@ -23,7 +23,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"sharing"},
-    {"selection"},
+    {"positions"},
     {"engine"},
     {"env"},
     {"algo"},

@@ -182,7 +182,7 @@ def test_dynamic_sampling_keeps_the_batch_full(micro, tmp_path):
     for _ in range(2):
         m = t.step()
         assert m["groups/drawn"] >= m["groups/kept"]
-        assert m["groups/kept"] + m.get("dynamic/short_by", 0) == t.rl.positions_per_step
+        assert m["groups/kept"] + m.get("dynamic/short_by", 0) == t.cfg.positions.per_step
         assert m["groups/dropped"] == m["groups/drawn"] - m["groups/kept"]
         assert m["reward/batch_mean"] == m["reward/batch_mean"]  # not NaN
 

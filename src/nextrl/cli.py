@@ -125,7 +125,7 @@ TemperatureOpt = Annotated[float, typer.Option(help="sampling temperature")]
 
 def _eval_config(run_dir: Path | None, preset: str | None, overrides: list[str] | None):
     """The config an evaluation reads its domains from, and the run's index when a run folder is given."""
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     if run_dir is not None and not (run_dir / "config.yaml").is_file():
         raise UsageError(f"--run {run_dir}: not a run folder (no config.yaml)")
@@ -348,13 +348,13 @@ def plan(
 
 def _geometry(run: Path) -> dict | None:
     """How a run's prompts share prefixes, from its position index (None when it has none)."""
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     if not (run / "index" / "positions.parquet").is_file():
         return None
     cfg = load_config(str(run / "config.yaml"))
     index = PositionIndex.load(run / "index")
-    return index.prompt_geometry("train", cfg.selection.context, cfg.rl.positions_per_prefix)
+    return index.prompt_geometry("train", cfg.selection.context, cfg.positions.per_prefix)
 
 
 def _calibrate(runs: list[Path]) -> dict:

@@ -22,17 +22,16 @@ from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import Adaptation, MixtureTaskSource, NextTokenEnv, build_environment
 from nextrl.env.mixed import MixedEnvironment
-from nextrl.env.position_source import position_tasks
 from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
 from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
+from nextrl.positions import PositionIndex, position_tasks, select_positions
 from nextrl.preflight import check_context, preflight
 from nextrl.report import summary_table, write_report
 from nextrl.run_folder import RunLock, check_foreign, prepare_run_folder
-from nextrl.selection import PositionIndex, select_positions
 from nextrl.summary import RLRunSummary, RunSummary, SummaryError
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nextrl.trainer.rl import RLTrainer

@@ -1,5 +1,5 @@
 """Environments: where tasks come from (`TaskSource`), what they are, how rollouts are scored (`Environment`),
-found by name (`registry`). `next_token` is RPT's environment; `position_source` its task source."""
+found by name (`registry`). `next_token` is RPT's environment (its task source is `nextrl.positions.source`)."""
 
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, TaskSource, check_reward_spec
 from nextrl.env.formats import build_prompt, parse_boxed_answer

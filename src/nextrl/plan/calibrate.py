@@ -101,12 +101,12 @@ def read_run(
         if t in terms
     )
     w = Workload(
-        positions=cfg.rl.positions_per_step,
+        positions=cfg.positions.per_step,
         group_size=cfg.sampling.group_size,
         context=cfg.selection.context,
         thought=cfg.env.thought_tokens,
         answer=cfg.env.answer_tokens,
-        per_prefix=cfg.rl.positions_per_prefix,
+        per_prefix=cfg.positions.per_prefix,
         share_prefix=cfg.sharing.enabled,
         model_scored=any(t in terms for t in MODEL_SCORED),
         lm_term=cfg.rl.lm_coef > 0,

@@ -139,7 +139,7 @@ class RLTrainer:
             drawn.extend(groups)
             return groups
 
-        P = self.rl.positions_per_step
+        P = self.cfg.positions.per_step
         if not self.rl.dynamic_sampling:
             return draw(P), drawn, {}
         groups, ds = fill_batch(
