@@ -86,57 +86,58 @@ class StepAccount:
     ) -> dict[str, Any]:
         """Fold this step into `state` and return its metrics. `drawn`: every scored group generated this step
         (kept or not); `kept_groups`: those trained on; `batch_rewards`: [groups, G] of the batch."""
-        st = state
-        flat = [r for g in drawn for r in g.rollouts]
-        rewards = [g.rewards for g in drawn]
-        prompt_tokens = sum(len(r.prompt_ids) for r in flat)
-        gen_tokens = sum(len(r.completion_ids) for r in flat)
         flops = self.flops(flop_model)
-        for k, v in flops.items():
-            st.flops[k] = st.flops.get(k, 0.0) + v
-        train_tokens = self.work["loss"].tokens if "loss" in self.work else 0
-        st.step += 1
-        n_dropped = len(drawn) - kept_groups  # dropped by dynamic sampling or by the uniform-group filter
-        st.groups_kept += kept_groups
-        st.groups_dropped += n_dropped
-        st.groups_drawn += len(drawn)
-        st.samples += len(flat)
-        st.rollout_tokens += gen_tokens
         dt = time.time() - self.t0
-        t_gen, t_train = self.generation_seconds, self.training_seconds
-        st.seconds += dt
-        st.generation_seconds += t_gen
-        st.training_seconds += t_train
-        other = {"other": max(dt - sum(self.stage_seconds.values()), 0.0)}
-        for k, v in {**self.stage_seconds, **other}.items():
-            st.stage_seconds[k] = st.stage_seconds.get(k, 0.0) + v
-        f_gen = sum(flops[k] for k in GENERATION_STAGES)
-        f_train = sum(flops[k] for k in TRAINING_STAGES)
+        other = max(dt - sum(self.stage_seconds.values()), 0.0)  # seconds no stage claims
         all_totals = [x for g in drawn for x in g.totals]
         mean_reward = sum(all_totals) / max(len(all_totals), 1)
+        self._fold(state, drawn, kept_groups, flops, dt, other, mean_reward)
+        return {
+            **_sample_metrics(drawn, kept_groups, batch_rewards, mean_reward),
+            **self._cost_metrics(drawn, flops, state, dt, other, peak),
+            **(_empty_thought_metrics(drawn) if empty_thought_samples else {}),
+            **_domain_metrics(drawn),
+            **_component_metrics(drawn),
+        }
+
+    def _fold(
+        self, st: RLState, drawn: list, kept_groups: int, flops, dt: float, other: float, mean_reward: float
+    ) -> None:
+        """The run's counters advanced by this step."""
+        for k, v in flops.items():
+            st.flops[k] = st.flops.get(k, 0.0) + v
+        st.step += 1
+        st.groups_kept += kept_groups
+        st.groups_dropped += len(drawn) - kept_groups  # by dynamic sampling or by the uniform-group filter
+        st.groups_drawn += len(drawn)
+        st.samples += sum(len(g.rollouts) for g in drawn)
+        st.rollout_tokens += sum(len(r.completion_ids) for g in drawn for r in g.rollouts)
+        st.seconds += dt
+        st.generation_seconds += self.generation_seconds
+        st.training_seconds += self.training_seconds
+        for k, v in {**self.stage_seconds, "other": other}.items():
+            st.stage_seconds[k] = st.stage_seconds.get(k, 0.0) + v
         st.reward_history.append(mean_reward)
-        thought = [r.phase_starts[1] if len(r.phase_starts) > 1 else len(r.completion_ids) for r in flat]
-        metrics: dict[str, Any] = {
-            "reward/mean": mean_reward,
-            "reward/std": float(torch.tensor(all_totals).std()) if len(all_totals) > 1 else 0.0,
-            "reward/batch_mean": float(batch_rewards.mean()) if batch_rewards.numel() else 0.0,
-            "groups/kept": kept_groups,
-            "groups/dropped": n_dropped,
-            "groups/drawn": len(drawn),
-            # groups whose rewards differ: the only ones that carry a policy gradient
-            "groups/signal_fraction": sum(rewards_differ(g.totals) for g in drawn) / max(len(drawn), 1),
-            "thought/len_mean": sum(thought) / max(len(thought), 1),
-            # thoughts closed at once (`</think>` first), sampled or forced by rl.empty_thought_samples
-            "thought/empty_frac": sum(n <= 1 for n in thought) / max(len(thought), 1),
-            "answer/parsed_frac": sum(r.parsed for g in rewards for r in g) / max(len(flat), 1),
+
+    def _cost_metrics(
+        self, drawn: list, flops, st: RLState, dt: float, other: float, peak: float
+    ) -> dict[str, float]:
+        """Throughput, seconds by stage and role, model FLOPs and MFU of the step."""
+        flat = [r for g in drawn for r in g.rollouts]
+        tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in flat)
+        tokens += self.work["loss"].tokens if "loss" in self.work else 0
+        t_gen, t_train = self.generation_seconds, self.training_seconds
+        f_gen = sum(flops[k] for k in GENERATION_STAGES)
+        f_train = sum(flops[k] for k in TRAINING_STAGES)
+        return {
             "samples_per_second": len(flat) / max(dt, 1e-9),
-            "tokens_per_second": (prompt_tokens + gen_tokens + train_tokens) / max(dt, 1e-9),
+            "tokens_per_second": tokens / max(dt, 1e-9),
             "step_seconds": dt,
             # per role: what a rollout worker spent busy and what the learner waited for (training: below)
             "time/rollout_busy_s": self.rollout_seconds,
             "time/learner_waiting_s": self.waiting_seconds,
             **{f"time/{k}_s": v for k, v in sorted(self.stage_seconds.items())},
-            "time/other_s": other["other"],
+            "time/other_s": other,
             "generation_seconds": t_gen,
             "training_seconds": t_train,
             "flops/step": sum(flops.values()),
@@ -147,30 +148,65 @@ class StepAccount:
             "mfu/training": f_train / max(t_train, 1e-9) / peak,
             "mfu/step": sum(flops.values()) / max(dt, 1e-9) / peak,
         }
-        if empty_thought_samples:
-            # the forced empty thoughts are the last k of a group: not thinking vs thinking (only in groups that
-            # had them: in a mixture, an environment without a thought phase has none)
-            empty = [x for g in drawn if g.empty_samples for x in g.totals[-g.empty_samples :]]
-            think = [x for g in drawn if g.empty_samples for x in g.totals[: -g.empty_samples]]
-            metrics["reward/empty_thought"] = sum(empty) / max(len(empty), 1)
-            metrics["reward/thinking"] = sum(think) / max(len(think), 1)
-        domains = sorted({g.task.domain for g in drawn})
-        if len(domains) > 1:  # a mixture: each domain's reward and signal
-            for d in domains:
-                mine = [g for g in drawn if g.task.domain == d]
-                vals = [x for g in mine for x in g.totals]
-                metrics[f"domain/{d}/reward"] = sum(vals) / len(vals)
-                metrics[f"domain/{d}/signal_fraction"] = sum(rewards_differ(g.totals) for g in mine) / len(
-                    mine
-                )
-                metrics[f"domain/{d}/groups"] = len(mine)
-                samples = [r.components for g in mine for r in g.rewards]
-                if samples and all(correctness_component(c) for c in samples):
-                    metrics[f"domain/{d}/accuracy"] = sum(map(is_correct, samples)) / len(samples)
-        for name in sorted({k for g in rewards for r in g for k in r.components}):
-            vals = [r.components.get(name, 0.0) for g in rewards for r in g]
-            metrics[f"reward/{name}"] = sum(vals) / len(vals)
-        return metrics
+
+
+def _sample_metrics(
+    drawn: list, kept_groups: int, batch_rewards: torch.Tensor, mean_reward: float
+) -> dict[str, float]:
+    """Rewards, groups kept and with signal, thought lengths and parsed answers of the step's samples."""
+    flat = [r for g in drawn for r in g.rollouts]
+    all_totals = [x for g in drawn for x in g.totals]
+    thought = [r.phase_starts[1] if len(r.phase_starts) > 1 else len(r.completion_ids) for r in flat]
+    return {
+        "reward/mean": mean_reward,
+        "reward/std": float(torch.tensor(all_totals).std()) if len(all_totals) > 1 else 0.0,
+        "reward/batch_mean": float(batch_rewards.mean()) if batch_rewards.numel() else 0.0,
+        "groups/kept": kept_groups,
+        "groups/dropped": len(drawn) - kept_groups,
+        "groups/drawn": len(drawn),
+        # groups whose rewards differ: the only ones that carry a policy gradient
+        "groups/signal_fraction": sum(rewards_differ(g.totals) for g in drawn) / max(len(drawn), 1),
+        "thought/len_mean": sum(thought) / max(len(thought), 1),
+        # thoughts closed at once (`</think>` first), sampled or forced by rl.empty_thought_samples
+        "thought/empty_frac": sum(n <= 1 for n in thought) / max(len(thought), 1),
+        "answer/parsed_frac": sum(r.parsed for g in drawn for r in g.rewards) / max(len(flat), 1),
+    }
+
+
+def _empty_thought_metrics(drawn: list) -> dict[str, float]:
+    """Mean reward of not thinking vs thinking. The forced empty thoughts are the last k of a group (only in
+    groups that had them: in a mixture, an environment without a thought phase has none)."""
+    empty = [x for g in drawn if g.empty_samples for x in g.totals[-g.empty_samples :]]
+    think = [x for g in drawn if g.empty_samples for x in g.totals[: -g.empty_samples]]
+    return {
+        "reward/empty_thought": sum(empty) / max(len(empty), 1),
+        "reward/thinking": sum(think) / max(len(think), 1),
+    }
+
+
+def _domain_metrics(drawn: list) -> dict[str, float]:
+    """In a mixture (more than one domain this step): each domain's reward, signal, groups and accuracy."""
+    domains = sorted({g.task.domain for g in drawn})
+    if len(domains) < 2:
+        return {}
+    metrics = {}
+    for d in domains:
+        mine = [g for g in drawn if g.task.domain == d]
+        vals = [x for g in mine for x in g.totals]
+        metrics[f"domain/{d}/reward"] = sum(vals) / len(vals)
+        metrics[f"domain/{d}/signal_fraction"] = sum(rewards_differ(g.totals) for g in mine) / len(mine)
+        metrics[f"domain/{d}/groups"] = len(mine)
+        samples = [r.components for g in mine for r in g.rewards]
+        if samples and all(correctness_component(c) for c in samples):
+            metrics[f"domain/{d}/accuracy"] = sum(map(is_correct, samples)) / len(samples)
+    return metrics
+
+
+def _component_metrics(drawn: list) -> dict[str, float]:
+    """Each reward component's mean over the step's samples (0 where a sample's environment lacks it)."""
+    rewards = [r for g in drawn for r in g.rewards]
+    names = sorted({k for r in rewards for k in r.components})
+    return {f"reward/{n}": sum(r.components.get(n, 0.0) for r in rewards) / len(rewards) for n in names}
 
 
 def run_mfu(state: RLState, peak: float) -> tuple[float, float]:
