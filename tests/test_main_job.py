@@ -16,7 +16,7 @@ from nextrl.errors import RunFolderError
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer, run, select_stage
 from nextrl.summary import RunSummary
-from nextrl.trainer.accounting import FLOP_STAGES
+from nextrl.trainer.step_account import FLOP_STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from nextrl.engine.base import Rollout
 from nextrl.env.formats import closed_thought
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer, select_stage
-from nextrl.trainer.accounting import FLOP_STAGES
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import answer_entropy, loss_token_masks
+from nextrl.trainer.step_account import FLOP_STAGES
 
 pytestmark = pytest.mark.slow
 FP32 = ["model.dtype=float32"]

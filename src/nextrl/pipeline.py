@@ -23,7 +23,7 @@ from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import Adaptation, MixtureTaskSource, NextTokenEnv, build_environment
-from nextrl.env.mixed import MixedEnvironment
+from nextrl.env.mixed_environment import MixedEnvironment
 from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
 from nextrl.model.build import autocast_dtype, resolve_device
@@ -120,9 +120,9 @@ def build_rl_trainer(
     )
     # data-parallel learner ranks beside the driver's; sharded ones (FSDP2) form a group even alone
     if cfg.placement.learners > 1 or cfg.placement.shard == "fsdp":
-        from nextrl.distributed.learner_group import RayLearnerGroup
+        from nextrl.distributed.learner_group import attach_learner_group
 
-        RayLearnerGroup(cfg, trainer.learner, tokenizer.pad_token_id, autocast)
+        attach_learner_group(cfg, trainer.learner, tokenizer.pad_token_id, autocast)
     return trainer
 
 

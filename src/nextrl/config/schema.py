@@ -235,7 +235,7 @@ class SelectionConfig(_Strict):
 
 
 class MixtureAdaptConfig(_Strict):
-    """Adaptive mixture shares (`nextrl.env.mixture`): share_k ∝ weight_k · (floor + ŝ_k)^strength, where ŝ_k is
+    """Adaptive mixture shares (`nextrl.env.mixture_source`): share_k ∝ weight_k · (floor + ŝ_k)^strength, where ŝ_k is
     a moving average of the fraction of environment k's groups that carry learning signal."""
 
     strength: float = Field(1.0, ge=0.0, description="how strongly shares follow signal (0: fixed weights)")

@@ -26,6 +26,7 @@ class NextTokenEnv(Environment):
 
     name = "next_token"
     reward_components = ("prefix_match", "format", *MODEL_SCORED)
+    correctness = "prefix_match"
 
     def __init__(
         self, cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase, reward: RewardConfig | None = None

@@ -4,13 +4,14 @@ the step's metrics and folded into the run's resumable counters (`RLState`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from nextrl.accounting.flops import FlopModel, TokenWork
-from nextrl.utils.rewards import correctness_component, is_correct, rewards_differ
+from nextrl.utils.rewards import is_correct, rewards_differ
 
 FLOP_STAGES = ("prefill", "decode", "scoring", "loss_forward", "loss_backward", "reference", "lm")
 GENERATION_STAGES = ("prefill", "decode")
@@ -83,9 +84,12 @@ class StepAccount:
         flop_model: FlopModel,
         peak: float,
         empty_thought_samples: int = 0,
+        correctness_of: Callable[[Any], str | None] | None = None,
     ) -> dict[str, Any]:
         """Fold this step into `state` and return its metrics. `drawn`: every scored group generated this step
-        (kept or not); `kept_groups`: those trained on; `batch_rewards`: [groups, G] of the batch."""
+        (kept or not); `kept_groups`: those trained on; `batch_rewards`: [groups, G] of the batch;
+        `correctness_of(task)`: the component that says a sample is right (`Environment.correctness_of`), for
+        each domain's accuracy."""
         flops = self.flops(flop_model)
         dt = time.time() - self.t0
         other = max(dt - sum(self.stage_seconds.values()), 0.0)  # seconds no stage claims
@@ -96,7 +100,7 @@ class StepAccount:
             **_sample_metrics(drawn, kept_groups, batch_rewards, mean_reward),
             **self._cost_metrics(drawn, flops, state, dt, other, peak),
             **(_empty_thought_metrics(drawn) if empty_thought_samples else {}),
-            **_domain_metrics(drawn),
+            **_domain_metrics(drawn, correctness_of),
             **_component_metrics(drawn),
         }
 
@@ -184,7 +188,7 @@ def _empty_thought_metrics(drawn: list) -> dict[str, float]:
     }
 
 
-def _domain_metrics(drawn: list) -> dict[str, float]:
+def _domain_metrics(drawn: list, correctness_of: Callable[[Any], str | None] | None) -> dict[str, float]:
     """In a mixture (more than one domain this step): each domain's reward, signal, groups and accuracy."""
     domains = sorted({g.task.domain for g in drawn})
     if len(domains) < 2:
@@ -196,9 +200,14 @@ def _domain_metrics(drawn: list) -> dict[str, float]:
         metrics[f"domain/{d}/reward"] = sum(vals) / len(vals)
         metrics[f"domain/{d}/signal_fraction"] = sum(rewards_differ(g.totals) for g in mine) / len(mine)
         metrics[f"domain/{d}/groups"] = len(mine)
-        samples = [r.components for g in mine for r in g.rewards]
-        if samples and all(correctness_component(c) for c in samples):
-            metrics[f"domain/{d}/accuracy"] = sum(map(is_correct, samples)) / len(samples)
+        # (component naming a sample right, the sample's components), where its environment has one
+        samples = (
+            [(correctness_of(g.task), r.components) for g in mine for r in g.rewards]
+            if correctness_of
+            else []
+        )
+        if samples and all(name in c for name, c in samples):
+            metrics[f"domain/{d}/accuracy"] = sum(is_correct(c, name) for name, c in samples) / len(samples)
     return metrics
 
 
