@@ -29,13 +29,13 @@ VARIANTS = {  # name: overrides of the tiny preset (its own: context 128, G 8, t
     "g16": ["sampling.group_size=16"],
     "thought4": ["env.thought_tokens=4"],
     "thought48": ["env.thought_tokens=48"],
-    "stripe1": ["rl.positions_per_prefix=1"],
-    "stripe16": ["rl.positions_per_prefix=16"],
+    "stripe1": ["positions.per_prefix=1"],
+    "stripe16": ["positions.per_prefix=16"],
     "no_sharing": ["sharing.enabled=false"],
     # with sharing the next-token term rides in the loss: the runs without sharing are the ones that time its
     # pass of its own, and leaving one out must leave another
     "no_sharing_context256": ["sharing.enabled=false", "selection.context=256"],
-    "positions32": ["rl.positions_per_step=32"],
+    "positions32": ["positions.per_step=32"],
     "prefix_match_only": ["reward.spec=prefix_match", "rl.lm_coef=0"],
     "no_lm_term": ["rl.lm_coef=0"],
     "no_model_scoring": ["reward.spec=prefix_match"],

@@ -48,7 +48,7 @@ from nextrl.model.build import autocast_dtype  # noqa: E402
 from nextrl.model.lm import lm_loss  # noqa: E402
 from nextrl.model.pretrain import prepare_base  # noqa: E402
 from nextrl.pipeline import build_rl_trainer  # noqa: E402
-from nextrl.selection.index import score_document  # noqa: E402
+from nextrl.positions.index import score_document  # noqa: E402
 from publish import publish  # noqa: E402  (bench/publish.py)
 from rl_step import build_index  # noqa: E402
 from stage_times import stage_table  # noqa: E402
@@ -62,8 +62,8 @@ WORKLOAD = [
     "sampling.group_size=4",
     "sampling.temperature=1.0",
     "rl.empty_thought_samples=1",
-    "rl.positions_per_step=8",
-    "rl.positions_per_prefix=4",
+    "positions.per_step=8",
+    "positions.per_prefix=4",
     "rl.micro_batch_size=8",
     "rl.lm_coef=1.0",
     "reward=prefix_match+0.1*info_gain",
@@ -204,7 +204,7 @@ def train_stages(cfg, model, tok, index, fm: FlopModel, peak: float, args, steps
                 steps.append(m)
                 cpu.append(CPU_SECONDS[dt])
         del trainer
-    samples = cfg.rl.positions_per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
+    samples = cfg.positions.per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
     step_s = float(np.mean([m["step_seconds"] for m in steps]))
     step_f = float(np.mean([m["flops/step"] for m in steps]))
     lines.append(row("RL step", step_s, step_f, peak, f"{samples} samples", float(np.mean(cpu))))
@@ -235,10 +235,8 @@ def main() -> None:
         raise SystemExit("this benchmark runs fp32 (model.dtype=float32)")
     fm = FlopModel.from_model(model)
     context = cfg.selection.context
-    per_prefix = cfg.rl.positions_per_prefix
-    n_units = (
-        cfg.rl.positions_per_step // per_prefix * (args.steps + 1) + args.eval_positions // per_prefix + 1
-    )
+    per_prefix = cfg.positions.per_prefix
+    n_units = cfg.positions.per_step // per_prefix * (args.steps + 1) + args.eval_positions // per_prefix + 1
     index = build_index(tok, context, n_units, per_prefix, seed=context)
     lines = [row("model load", load_s, 0, peak, str(cfg.model.path))]
     steps: list[dict] = []
@@ -246,7 +244,7 @@ def main() -> None:
         lines += train_stages(cfg, model, tok, index, fm, peak, args, steps)
     model.eval()
     eval_lines = eval_rows(cfg, model, tok, index, fm, peak, args.eval_positions)
-    samples = cfg.rl.positions_per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
+    samples = cfg.positions.per_step * (cfg.sampling.group_size + cfg.rl.empty_thought_samples)
     step_s = float(np.mean([m["step_seconds"] for m in steps])) if steps else float("nan")
     out = [
         f"### Per stage on {cfg.model.path} {args.label} ({time.strftime('%Y-%m-%d')})".replace("  ", " "),
@@ -256,7 +254,7 @@ def main() -> None:
         f"{torch.__version__}, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (measured; the load average "
         f"was {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores)",
         f"- workload: context {context}, thought <= {cfg.env.thought_tokens}, G = {cfg.sampling.group_size} + "
-        f"{cfg.rl.empty_thought_samples} empty-thought, {cfg.rl.positions_per_step} positions per step "
+        f"{cfg.rl.empty_thought_samples} empty-thought, {cfg.positions.per_step} positions per step "
         f"({samples} samples), reward prefix_match + 0.1 x info_gain, lm_coef {cfg.rl.lm_coef}; {len(steps)} timed RL steps "
         f"after 1 warm-up, {step_s:.1f} s per step",
         "",

@@ -38,12 +38,12 @@ from nextrl.accounting.flops import FlopModel, TokenWork
 from nextrl.accounting.peak import matmul_peak
 from nextrl.config import load_config
 from nextrl.data import DocumentStream
-from nextrl.data.positions import context_start
 from nextrl.env import NextTokenEnv
 from nextrl.model.build import autocast_dtype
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer
-from nextrl.selection.index import PositionIndex
+from nextrl.positions.context import context_start
+from nextrl.positions.index import PositionIndex
 from nextrl.sharing.prefix_tree import build_tree
 from publish import publish  # bench/publish.py, beside this script
 from stage_times import stage_table
@@ -117,8 +117,8 @@ def positions_for(context: int, args) -> int:
 def run_nextrl(base, index, context, args, share: bool, out: Path) -> dict:
     overrides = [
         f"selection.context={context}",
-        f"rl.positions_per_step={args.positions}",
-        f"rl.positions_per_prefix={args.per_prefix}",
+        f"positions.per_step={args.positions}",
+        f"positions.per_prefix={args.per_prefix}",
         f"sampling.group_size={args.group_size}",
         f"env.thought_tokens={args.thought}",
         "rl.drop_uniform_groups=false",

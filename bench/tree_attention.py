@@ -54,7 +54,7 @@ def capture_layout(context: int):
     index = rl_step.build_index(base.tokenizer, context, 2, 8, seed=context)
     cfg = load_config(
         "tiny",
-        [f"selection.context={context}", "rl.positions_per_step=16", "rl.positions_per_prefix=8",
+        [f"selection.context={context}", "positions.per_step=16", "positions.per_prefix=8",
          "sampling.group_size=8", "env.thought_tokens=16", "rl.drop_uniform_groups=false",
          "rl.micro_batch_size=128", "sampling.batch_size=128", "rl.steps=1",
          f"model.max_position_embeddings={rl_step.positions_for(context, args)}",

@@ -336,7 +336,7 @@ if __name__ == "__main__":
     for d, text in enumerate(texts):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         # A position that is a multiple of 64 past 128 gets exactly 128 context tokens, also where prompts start
-        # on multiples of context // 2 (nextrl.data.positions.context_start).
+        # on multiples of context // 2 (nextrl.positions.context.context_start).
         position = 128 + 64 * (d % 4)
         if len(ids) > position + cfg.env.target_tokens:
             tasks.append(env.make_task(files[d].name, ids, position, 128))

@@ -84,7 +84,7 @@ def test_rl_on_code_problems_runs(problems, tmp_path):
             f"env.options={{path: '{problems}', max_tokens: 8, cpu_seconds: 2, wall_seconds: 4}}",
             "reward=passed+0.5*format",
             "rl.steps=2",
-            "rl.positions_per_step=2",
+            "positions.per_step=2",
         ],
     )
     base = prepare_base(cfg)

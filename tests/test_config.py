@@ -93,3 +93,17 @@ def test_a_key_under_a_shorthand_section_overrides_a_preset_that_used_the_shorth
     assert str(cfg.reward.spec) == "prefix_match" and cfg.reward.ema_tau == 0.5
     keep = load_config("tiny", ["reward.ema_tau=0.5"])
     assert str(keep.reward.spec) == str(load_config("tiny").reward.spec)
+
+
+def test_the_step_sizes_moved_from_rl_to_positions_and_the_old_keys_still_work_for_one_release(tmp_path):
+    with pytest.warns(FutureWarning, match=r"'rl\.positions_per_step'.*use 'positions\.per_step'"):
+        cfg = load_config("micro", ["rl.positions_per_step=8", "rl.positions_per_prefix=2"])
+    assert (cfg.positions.per_step, cfg.positions.per_prefix) == (8, 2)  # the override beats micro's per_step
+    old = tmp_path / "old.yaml"
+    old.write_text("rl:\n  steps: 2\n  positions_per_step: 6\n")
+    with pytest.warns(FutureWarning, match=r"use 'positions\.per_step'"):
+        assert load_config(str(old)).positions.per_step == 6
+    both = tmp_path / "both.yaml"
+    both.write_text("positions:\n  per_step: 4\nrl:\n  positions_per_step: 6\n")
+    with pytest.raises(ConfigError, match=r"'rl\.positions_per_step' moved to 'positions\.per_step'.*both"):
+        load_config(str(both))

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from nextrl.selection.curriculum import PositionPool, bucket_weights
+from nextrl.positions.curriculum import PositionPool, bucket_weights
 
 BUCKETS = ["easy", "medium", "hard"]
 

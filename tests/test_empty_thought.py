@@ -9,10 +9,10 @@ from nextrl.config import load_config
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Task
 from nextrl.env.next_token import empty_thought_targets, lm_sequences
-from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import loss_token_masks
+from nextrl.trainer.step_account import StepAccount
 from tiny_models import tiny_gemma3, tiny_llama
 
 CLOSE = 9

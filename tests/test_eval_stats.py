@@ -113,7 +113,7 @@ def test_summarize_counts_and_thought_vs_standard():
 
 def test_eval_rows_balance_buckets():
     from nextrl.eval.heldout import eval_rows
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     buckets = ["hard"] * 500 + ["easy"] * 40 + ["computed"] * 100
     index = PositionIndex(

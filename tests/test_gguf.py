@@ -101,7 +101,7 @@ def test_one_rl_step_of_the_real_model_through_the_gguf_path(gemma_folder, tmp_p
         "env.thought_tokens=4",
         "sampling.group_size=2",
         "rl.steps=1",
-        "rl.positions_per_step=2",
+        "positions.per_step=2",
         "rl.micro_batch_size=4",
         "baseline.enabled=false",
         "eval.positions=4",

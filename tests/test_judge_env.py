@@ -41,7 +41,7 @@ def trainer(base, prompts, out, extra=(), reward="judge+0.5*repetition+length"):
         f"env.options={{path: '{prompts}', max_tokens: 8}}",
         f"reward={reward}",
         "rl.steps=2",
-        "rl.positions_per_step=2",
+        "positions.per_step=2",
         "sampling.temperature=1.2",
         *extra,
     ]

@@ -24,7 +24,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"sharing"},
-    {"selection"},
+    {"positions"},
     {"engine"},
     {"env"},
     {"algo"},
@@ -201,3 +201,20 @@ def test_the_drawing_has_the_floors_of_layers():
     named = set(re.findall(r"\b([a-z_]+\.py)\b", drawing))
     missing = sorted(f for f in named if not any(ROOT.rglob(f)))
     assert named and not missing, f"the drawing names files that do not exist: {missing}"
+
+
+# Names a reader meets in several stages on purpose: each stage's interfaces, always imported with their stage.
+SHARED_NAMES = {"base"}
+
+
+def test_no_module_name_is_used_twice():
+    """`accounting/` beside `trainer/accounting.py`, or two `sampler.py`, send a reader (and a grep) to the
+    wrong file: a module or package name is used once across the stages."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        name = rel.parent.name if path.stem == "__init__" else path.stem
+        if name and name not in SHARED_NAMES:
+            where.setdefault(name, []).append(str(rel))
+    twice = {n: paths for n, paths in where.items() if len(paths) > 1}
+    assert not twice, f"module names used more than once: {twice}"

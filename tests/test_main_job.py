@@ -16,7 +16,7 @@ from nextrl.errors import RunFolderError
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer, run, select_stage
 from nextrl.summary import RunSummary
-from nextrl.trainer.accounting import FLOP_STAGES
+from nextrl.trainer.step_account import FLOP_STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ def test_resumed_rl_equals_uninterrupted(tmp_path):
             "rl.steps=4",
             "rl.checkpoint_every=2",
             "sampling.temperature=1.2",
-            "rl.positions_per_step=8",
+            "positions.per_step=8",
             "model.dtype=float32",
             "reward=prefix_match+0.1*info_gain",
             "rl.empty_thought_samples=1",
@@ -178,7 +178,7 @@ def test_shared_and_plain_loss_give_the_same_update(tmp_path, lm_coef):
     # the next-token term, the shared path trains it inside the loss's forwards (its sequences ride in the
     # rollouts' prompt trees, micro-batches of 16 cut the batch), the plain path in passes of its own.
     common = ["model.dtype=float32", f"rl.lm_coef={lm_coef}", "rl.micro_batch_size=16"]
-    cfg = load_config("micro", [*common, "rl.positions_per_step=8"])
+    cfg = load_config("micro", [*common, "positions.per_step=8"])
     base = prepare_base(cfg)
     index = select_stage(cfg, base, tmp_path, torch.device("cpu"), None)
     shared = _trainer(cfg, base, index, tmp_path / "s")

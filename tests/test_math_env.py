@@ -86,7 +86,7 @@ def test_rl_on_math_problems_runs_and_resumes(problems, tmp_path):
         "reward=correct+0.5*format",
         "rl.steps=3",
         "rl.checkpoint_every=1",
-        "rl.positions_per_step=3",
+        "positions.per_step=3",
         "sampling.temperature=1.5",
     ]
     cfg = load_config("micro", overrides)
@@ -124,8 +124,8 @@ def test_a_mixture_of_text_and_math_trains_both_and_resumes(problems, tmp_path):
         "reward.by_env={math: correct+0.5*format}",
         "rl.steps=2",
         "rl.checkpoint_every=1",
-        "rl.positions_per_step=8",
-        "rl.positions_per_prefix=2",
+        "positions.per_step=8",
+        "positions.per_prefix=2",
         "sampling.temperature=1.5",
         "rl.empty_thought_samples=1",  # only the text environment has a thought to close
         "env.mixture_adapt={strength: 1, rate: 0.5, min_share: 0.2}",

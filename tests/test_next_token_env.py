@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from nextrl.config.schema import EnvConfig, RewardConfig
-from nextrl.data.positions import context_start
 from nextrl.engine.base import Phase, Rollout
 from nextrl.env import NextTokenEnv, build_prompt, parse_boxed_answer
 from nextrl.errors import ConfigError
 from nextrl.model.tokenizer import train_bpe_tokenizer
+from nextrl.positions.context import context_start
 
 DOC = "the cat sat on the mat. the café owner looked at the big house. 日本の先生 ran to the river."
 # The tokenization of DOC by the fixture's tokenizer, checked in `test_fixture_tokenization`; positions below

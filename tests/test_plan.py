@@ -186,7 +186,7 @@ def test_prompt_geometry_of_an_index_by_hand():
     starts at 8. Prompts 6, 8 and 5 tokens; units [10, 12] and [13]; shared prompts 8 and 5 tokens."""
     import numpy as np
 
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     index = PositionIndex(
         doc_tokens={"a": np.arange(20)}, doc_split={"a": "train"}, doc_id=["a", "a", "a"],

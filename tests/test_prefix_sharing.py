@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nextrl.accounting.flops import FlopModel, TokenWork
-from nextrl.data.positions import PositionSampler
 from nextrl.engine import Phase, PrefixSharingSampler, SamplingParams, TorchSampler
+from nextrl.positions.cursor import PositionSampler
 from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
 from nextrl.sharing.prefix_tree import build_tree, group_by_prefix
 from nextrl.trainer.learner import plan_micro_batches

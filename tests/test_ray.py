@@ -92,7 +92,7 @@ def test_one_ray_worker_reproduces_the_local_run(cluster, micro, tmp_path):
 def test_two_workers_train_and_resume_exactly(cluster, micro, tmp_path):
     two = [*RAY, "placement.workers=2"]
     straight = trained(trainer(micro, tmp_path / "a", two))
-    assert straight.state.samples == 3 * straight.rl.positions_per_step * straight.cfg.sampling.group_size
+    assert straight.state.samples == 3 * straight.cfg.positions.per_step * straight.cfg.sampling.group_size
     trained(trainer(micro, tmp_path / "b", two), stop_after=2)
     resumed = trainer(micro, tmp_path / "b", two)
     assert resumed.maybe_resume() and resumed.state.step == 2
@@ -130,7 +130,7 @@ def test_asynchronous_rollouts_stay_within_the_staleness_bound_and_resume(cluste
     assert [m["staleness/max"] for m in rows] == [0, 1, 1, 1]
     assert all(m["staleness/mean"] <= 1 for m in rows)
     # the histogram counts every trained group once, by how many updates old it was
-    groups = straight.rl.positions_per_step
+    groups = straight.cfg.positions.per_step
     assert [(m["staleness/0"], m["staleness/1"]) for m in rows][0] == (groups, 0)
     assert all(m["staleness/0"] + m["staleness/1"] == groups and m["staleness/1"] > 0 for m in rows[1:])
     # per role: the workers were busy, and the learner waited less than a step (generation overlapped)

@@ -85,7 +85,7 @@ def test_qwen_gpu_preset_runs_end_to_end_on_cpu(tiny_qwen3, tmp_path):
         "sampling.group_size=2",
         "sampling.batch_size=16",
         "rl.steps=2",
-        "rl.positions_per_step=2",
+        "positions.per_step=2",
         "rl.micro_batch_size=4",
         "rl.checkpoint_every=1",
         "baseline.batch_size=2",

@@ -15,9 +15,9 @@ from nextrl.engine.base import Rollout
 from nextrl.env.formats import closed_thought
 from nextrl.model.pretrain import prepare_base
 from nextrl.pipeline import build_rl_trainer, select_stage
-from nextrl.trainer.accounting import FLOP_STAGES
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import answer_entropy, loss_token_masks
+from nextrl.trainer.step_account import FLOP_STAGES
 
 pytestmark = pytest.mark.slow
 FP32 = ["model.dtype=float32"]
@@ -182,7 +182,7 @@ def test_dynamic_sampling_keeps_the_batch_full(micro, tmp_path):
     for _ in range(2):
         m = t.step()
         assert m["groups/drawn"] >= m["groups/kept"]
-        assert m["groups/kept"] + m.get("dynamic/short_by", 0) == t.rl.positions_per_step
+        assert m["groups/kept"] + m.get("dynamic/short_by", 0) == t.cfg.positions.per_step
         assert m["groups/dropped"] == m["groups/drawn"] - m["groups/kept"]
         assert m["reward/batch_mean"] == m["reward/batch_mean"]  # not NaN
 

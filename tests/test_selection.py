@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document
-from nextrl.selection import PositionIndex, bucket_of, score_document, select_positions, topk_entropy
+from nextrl.positions import PositionIndex, bucket_of, score_document, select_positions, topk_entropy
 
 
 def _reference_entropy(logits: list[float], k: int) -> float:

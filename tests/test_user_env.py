@@ -24,7 +24,7 @@ OVERRIDES = [
     "rl.steps=3",
     "rl.checkpoint_every=1",
     "sampling.temperature=1.5",
-    "rl.positions_per_step=6",
+    "positions.per_step=6",
 ]
 
 

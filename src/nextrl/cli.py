@@ -125,7 +125,7 @@ TemperatureOpt = Annotated[float, typer.Option(help="sampling temperature")]
 
 def _eval_config(run_dir: Path | None, preset: str | None, overrides: list[str] | None):
     """The config an evaluation reads its domains from, and the run's index when a run folder is given."""
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     if run_dir is not None and not (run_dir / "config.yaml").is_file():
         raise UsageError(f"--run {run_dir}: not a run folder (no config.yaml)")
@@ -267,37 +267,16 @@ def plan(
     import json
 
     from nextrl.plan.cost import Workload
-    from nextrl.plan.planner import make_plan, nodes_for_deadline
-    from nextrl.plan.profiles import hardware as hw_profile
+    from nextrl.plan.planner import make_plan, nodes_for_deadline, render_plan
     from nextrl.plan.profiles import model as model_profile
     from nextrl.utils.io import atomic_write_text
 
     if calibrate or runs:
-        try:
-            if not calibrate:
-                raise UsageError("run folders are read only with --calibrate")
-            result = _calibrate(runs or [])
-        except NextRLError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(e.exit_code) from None
-        from nextrl.plan.calibrate import render
-
-        typer.echo(render(result))
-        if json_out is not None:
-            atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+        _plan_calibration(calibrate, runs, json_out)
         return
     try:
         m = model_profile(model, profiles)
-        if hardware == "this-machine":
-            import torch
-
-            from nextrl.accounting.peak import cpu_prefers_bf16
-            from nextrl.plan.machine import this_machine
-
-            # the dtype a run here would use: bf16 only where it is faster than fp32 (not where it is emulated)
-            hw = this_machine(torch.bfloat16 if cpu_prefers_bf16(torch.device("cpu")) else torch.float32)
-        else:
-            hw = hw_profile(hardware, profiles)
+        hw = _hardware(hardware, profiles)
         w = Workload(
             positions, group_size, context, thought, per_prefix=per_prefix, share_prefix=not no_share
         )
@@ -307,54 +286,54 @@ def plan(
     except NextRLError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(e.exit_code) from None
-    typer.echo(
-        f"{m.name} ({m.params / 1e9:.1f}B) on {nodes} x {hw.name} ({p['gpus']} GPUs), {flops:.1e} FLOPs"
-    )
-    typer.echo(
-        f"steps {p['steps']:,} of {p['flops_per_step']:.2e} FLOPs ({positions} positions x {group_size})"
-    )
-    for mode in ("sync", "async"):
-        r = p[mode]
-        if mode == "async" and r["seconds"] == float("inf"):
-            typer.echo("async: needs at least 2 GPUs (rollouts and the learner apart)")
-            continue
-        extra = f", {r['rollout_gpus']} rollout / {r['learner_gpus']} learner GPUs" if mode == "async" else ""
-        typer.echo(
-            f"{mode:5s}: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, utilisation {r['utilization']:.1%}{extra}"
-        )
-    shares = ", ".join(f"{k} {v:.0%}" for k, v in p["seconds_share_sync"].items() if v >= 0.005)
-    typer.echo(f"time by stage (sync): {shares}; bottleneck: {p['bottleneck']}")
-    typer.echo(
-        f"the change that helps most: {p['advice']['change']} (x{p['advice']['time_per_sample']:.2f} time per sample)"
-    )
-    if "without_prefix_sharing" in p:
-        off = p["without_prefix_sharing"]
-        typer.echo(
-            f"without prefix sharing: x{off['slowdown']:.2f} the time for the same steps ({off['days']:,.1f} days)"
-        )
-    mem = p["memory"]
-    typer.echo(
-        f"memory per GPU: rollout {mem['rollout'] / 1e9:,.1f} GB (KV cache {mem['kv_cache'] / 1e9:,.1f} GB at "
-        f"decode batch {w.decode_batch}), learner {mem['learner'] / 1e9:,.1f} GB, of {mem['capacity'] / 1e9:,.0f} GB: "
-        + ("fits" if mem["fits"] else "DOES NOT FIT")
-        + f"; the largest decode batch that fits: {mem['max_decode_batch']:,}"
-    )
-    if "nodes_for_deadline" in p:
-        n = p["nodes_for_deadline"]
-        typer.echo(f"nodes to finish in {deadline_days:g} days: {n if n else 'more than 100,000'}")
+    typer.echo(render_plan(p, flops, m, hw, nodes, w, deadline_days))
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(p, indent=2) + "\n")
 
 
+def _hardware(hardware: str, profiles: Path | None):
+    """A named hardware profile, or this machine measured now (`this-machine`)."""
+    from nextrl.plan.profiles import hardware as hw_profile
+
+    if hardware != "this-machine":
+        return hw_profile(hardware, profiles)
+    import torch
+
+    from nextrl.accounting.peak import cpu_prefers_bf16
+    from nextrl.plan.machine import this_machine
+
+    # the dtype a run here would use: bf16 only where it is faster than fp32 (not where it is emulated)
+    return this_machine(torch.bfloat16 if cpu_prefers_bf16(torch.device("cpu")) else torch.float32)
+
+
+def _plan_calibration(calibrate: bool, runs: list[Path] | None, json_out: Path | None) -> None:
+    """`nextrl plan --calibrate RUN...`: print (and write) how well the cost model predicts the runs."""
+    import json
+
+    from nextrl.plan.calibrate import render
+    from nextrl.utils.io import atomic_write_text
+
+    try:
+        if not calibrate:
+            raise UsageError("run folders are read only with --calibrate")
+        result = _calibrate(runs or [])
+    except NextRLError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo(render(result))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+
+
 def _geometry(run: Path) -> dict | None:
     """How a run's prompts share prefixes, from its position index (None when it has none)."""
-    from nextrl.selection.index import PositionIndex
+    from nextrl.positions.index import PositionIndex
 
     if not (run / "index" / "positions.parquet").is_file():
         return None
     cfg = load_config(str(run / "config.yaml"))
     index = PositionIndex.load(run / "index")
-    return index.prompt_geometry("train", cfg.selection.context, cfg.rl.positions_per_prefix)
+    return index.prompt_geometry("train", cfg.selection.context, cfg.positions.per_prefix)
 
 
 def _calibrate(runs: list[Path]) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,17 @@ from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import Adaptation, MixtureTaskSource, NextTokenEnv, build_environment
-from nextrl.env.mixed import MixedEnvironment
-from nextrl.env.position_source import position_tasks
+from nextrl.env.mixed_environment import MixedEnvironment
 from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
 from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
+from nextrl.positions import PositionIndex, position_tasks, select_positions
 from nextrl.preflight import check_context, preflight
 from nextrl.report import summary_table, write_report
 from nextrl.run_folder import RunLock, check_foreign, prepare_run_folder
-from nextrl.selection import PositionIndex, select_positions
 from nextrl.summary import RLRunSummary, RunSummary, SummaryError
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nextrl.trainer.rl import RLTrainer
@@ -119,9 +120,9 @@ def build_rl_trainer(
     )
     # data-parallel learner ranks beside the driver's; sharded ones (FSDP2) form a group even alone
     if cfg.placement.learners > 1 or cfg.placement.shard == "fsdp":
-        from nextrl.distributed.learner_group import RayLearnerGroup
+        from nextrl.distributed.learner_group import attach_learner_group
 
-        RayLearnerGroup(cfg, trainer.learner, tokenizer.pad_token_id, autocast)
+        attach_learner_group(cfg, trainer.learner, tokenizer.pad_token_id, autocast)
     return trainer
 
 
@@ -234,53 +235,96 @@ def _run(cfg: RunConfig, out: Path, resume: bool, t0: float) -> dict[str, Any]:
     logger = MetricsLogger(out)
     stage_seconds: dict[str, float] = {}
     try:
-        t = time.time()
+        done = _stages(cfg, out, resume, device, autocast, logger, stage_seconds)
+    finally:
+        logger.close()
+    fields = _summary_fields(cfg, out, done, stage_seconds, wall_seconds=time.time() - t0)
+    kept = out / "summary.invalid.json"  # written only when the figures do not fit the schema
+    try:
+        summary = RunSummary.from_dict(fields, kept)
+    except SummaryError:  # keep a long run's figures all the same; the error names every bad key
+        atomic_write_text(kept, json.dumps(fields, indent=2, default=str) + "\n")
+        raise
+    summary.write(out / "summary.json")
+    write_report(out)
+    return summary.model_dump(mode="json")
+
+
+@dataclass
+class _Stages:
+    """What the stages of a run produced, for its summary."""
+
+    base: BaseModel
+    index: PositionIndex
+    rl_summary: dict[str, Any]
+    models: dict[str, Any]  # base, baseline (when enabled), rl
+    baseline_stats: dict[str, Any]
+    evaluation: dict[str, Any]
+    outcomes: Any
+    buckets: Any
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    t = time.time()
+    yield
+    seconds[stage] = time.time() - t
+
+
+def _stages(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    device,
+    autocast,
+    logger: MetricsLogger,
+    seconds: dict[str, float],
+) -> _Stages:
+    """Pretrain (or load) the base model, select positions, RL, the FLOP-matched baseline, evaluation; each
+    stage's seconds into `seconds`, each trained model saved under out/models."""
+    with _timed(seconds, "pretrain"):
         base = prepare_base(cfg, logger)
         check_context(cfg, base.model)
         base.model.to(device)
-        stage_seconds["pretrain"] = time.time() - t
-
-        t = time.time()
+    with _timed(seconds, "selection"):
         index = select_stage(cfg, base, out, device, autocast)
-        stage_seconds["selection"] = time.time() - t
-
-        t = time.time()
+    with _timed(seconds, "rl"):
         policy, rl_summary = rl_stage(cfg, base, index, out, device, autocast, logger, resume)
         save_model(policy, base.tokenizer, out / "models" / "rl")
-        stage_seconds["rl"] = time.time() - t
-
-        t = time.time()
-        flops_rl = rl_summary["flops_total"]
+    with _timed(seconds, "baseline"):
         models = {"base": base.model, "rl": policy}
         baseline_stats: dict[str, Any] = {}
         if cfg.baseline.enabled:
             baseline, baseline_stats = baseline_stage(
-                cfg, base, index, out, device, autocast, logger, flops_rl, resume
+                cfg, base, index, out, device, autocast, logger, rl_summary["flops_total"], resume
             )
             save_model(baseline, base.tokenizer, out / "models" / "baseline")
             models = {"base": base.model, "baseline": baseline, "rl": policy}
-        stage_seconds["baseline"] = time.time() - t
-
-        t = time.time()
+    with _timed(seconds, "eval"):
         evaluation, outcomes, buckets = eval_stage(cfg, models, base.tokenizer, index, device, autocast, out)
-        stage_seconds["eval"] = time.time() - t
-    finally:
-        logger.close()
+    return _Stages(base, index, rl_summary, models, baseline_stats, evaluation, outcomes, buckets)
 
-    fields: dict[str, Any] = {
+
+def _summary_fields(
+    cfg: RunConfig, out: Path, done: _Stages, stage_seconds: dict[str, float], wall_seconds: float
+) -> dict[str, Any]:
+    """The run's summary.json, before its schema checks it."""
+    base, rl_summary, baseline_stats = done.base, done.rl_summary, done.baseline_stats
+    flops_rl = rl_summary["flops_total"]
+    return {
         "nextrl_version": __version__,
         "preset": cfg.preset,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run_dir": str(out),
-        "models": list(models),
-        **evaluation,
+        "models": list(done.models),
+        **done.evaluation,
         "flops": {
             "pretrain": base.info.get("flops", 0.0),
             "rl": flops_rl,
             "baseline": baseline_stats.get("flops", 0.0),
             "rl_breakdown": rl_summary["flops"],
         },
-        "wall_seconds": time.time() - t0,
+        "wall_seconds": wall_seconds,
         "stage_seconds": stage_seconds,
         "steps": {
             "pretrain": base.info.get("steps", 0),
@@ -292,25 +336,18 @@ def _run(cfg: RunConfig, out: Path, resume: bool, t0: float) -> dict[str, Any]:
             "rl": _rl_tokens_per_second(out),
             "baseline": baseline_stats.get("tokens_per_second", 0.0),
         },
-        "selection": {**index.stats(), "curriculum": cfg.curriculum.model_dump(), **_pool(rl_summary)},
+        "selection": {**done.index.stats(), "curriculum": cfg.curriculum.model_dump(), **_pool(rl_summary)},
         # the schema's RLRunSummary names the keys of the trainer's summary that summary.json keeps
         "rl_summary": {k: rl_summary[k] for k in RLRunSummary.model_fields if k in rl_summary},
         "base_model": {k: v for k, v in base.info.items() if isinstance(v, str | int | float | bool)},
         "config": cfg.model_dump(mode="json"),
-        "verdict": _flop_matched(verdict(outcomes, buckets, seed=cfg.seed), flops_rl, baseline_stats)
-        if "baseline" in models
+        "verdict": _flop_matched(
+            verdict(done.outcomes, done.buckets, seed=cfg.seed), flops_rl, baseline_stats
+        )
+        if "baseline" in done.models
         else None,
-        "control": control_check(outcomes, buckets, seed=cfg.seed),
+        "control": control_check(done.outcomes, done.buckets, seed=cfg.seed),
     }
-    kept = out / "summary.invalid.json"  # written only when the figures do not fit the schema
-    try:
-        summary = RunSummary.from_dict(fields, kept)
-    except SummaryError:  # keep a long run's figures all the same; the error names every bad key
-        atomic_write_text(kept, json.dumps(fields, indent=2, default=str) + "\n")
-        raise
-    summary.write(out / "summary.json")
-    write_report(out)
-    return summary.model_dump(mode="json")
 
 
 def _flop_matched(v: dict[str, Any], flops_rl: float, baseline: dict[str, Any]) -> dict[str, Any]:

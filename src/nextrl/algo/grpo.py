@@ -60,7 +60,10 @@ def grpo_loss(
     is_cap: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss (to minimise) and detached metrics: loss, pg_loss, kl, clip_frac, ratio_mean,
-    logprob_mismatch (mean |logp - old_logp|; near 0 on-policy, a large value flags stale weights or a bug)."""
+    logprob_mismatch (mean |logp - old_logp|; near 0 on-policy, a large value flags stale weights or a bug).
+
+    One piece on purpose: it is the module docstring's objective, line for line (ratio, importance weight,
+    clip, KL, aggregation), so that it can be checked against the formulas and the papers in one reading."""
     # float32 maths whatever the model dtype: exp() of bf16 log-ratios is too coarse for the clip test.
     logp = batch.logprobs.float()
     old = batch.old_logprobs.float().detach()

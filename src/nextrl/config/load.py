@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from nextrl.config.schema import RunConfig
+from nextrl.config.schema import RunConfig, move_deprecated_keys, moved_key
 from nextrl.errors import ConfigError
 
 
@@ -109,12 +109,15 @@ def validate(data: dict[str, Any], origin: str = "config") -> RunConfig:
 def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> RunConfig:
     """The resolved config of a preset (name or YAML path) with `key=value` overrides applied."""
     data, origin = preset_dict(preset)
-    data = copy.deepcopy(data)
+    try:  # keys moved since the preset was written go to their new place before the overrides apply to it
+        data = move_deprecated_keys(copy.deepcopy(data))
+    except ValueError as e:
+        raise ConfigError(f"invalid configuration from {origin}:\n  {e}") from None
     if overrides:
         origin += " with --set " + " ".join(overrides)
         for item in overrides:
             path, value = parse_override(item)
-            apply_override(data, path, value)
+            apply_override(data, moved_key(path), value)
     return validate(data, origin)
 
 

@@ -6,6 +6,7 @@ starts, with an error that names the dotted key (see `nextrl.config.load`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -234,7 +235,7 @@ class SelectionConfig(_Strict):
 
 
 class MixtureAdaptConfig(_Strict):
-    """Adaptive mixture shares (`nextrl.env.mixture`): share_k ∝ weight_k · (floor + ŝ_k)^strength, where ŝ_k is
+    """Adaptive mixture shares (`nextrl.env.mixture_source`): share_k ∝ weight_k · (floor + ŝ_k)^strength, where ŝ_k is
     a moving average of the fraction of environment k's groups that carry learning signal."""
 
     strength: float = Field(1.0, ge=0.0, description="how strongly shares follow signal (0: fixed weights)")
@@ -430,15 +431,63 @@ class CurriculumConfig(_Strict):
         )
 
 
-class RLConfig(_Strict):
-    algorithm: Literal["grpo"] = "grpo"
-    steps: int = Field(80, ge=0)
-    positions_per_step: int = Field(16, ge=1, description="positions (groups) per optimizer step")
-    positions_per_prefix: int = Field(
+class PositionsConfig(_Strict):
+    """How many positions an RL step trains on, and how many of them share one prompt prefix
+    (`nextrl.positions`). In the other domains a position is a task (a problem), one group each."""
+
+    per_step: int = Field(16, ge=1, description="positions (groups) per optimizer step")
+    per_prefix: int = Field(
         4,
         ge=1,
         description="positions of one document stripe (one shared prefix) taken together in a step",
     )
+
+
+# Keys that left `rl` for `positions`; still read, with a warning, for one release (then rejected).
+POSITIONS_MOVES = {"positions_per_step": "per_step", "positions_per_prefix": "per_prefix"}
+
+
+def _warn_moved(old: str, new: str) -> None:
+    warnings.warn(
+        f"config key 'rl.{old}' is deprecated and will be removed in the next release: use 'positions.{new}'",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def moved_key(path: list[str]) -> list[str]:
+    """The current dotted path of an override's key: `rl.positions_per_step` -> `positions.per_step` (warned)."""
+    if len(path) == 2 and path[0] == "rl" and path[1] in POSITIONS_MOVES:
+        _warn_moved(path[1], POSITIONS_MOVES[path[1]])
+        return ["positions", POSITIONS_MOVES[path[1]]]
+    return path
+
+
+def move_deprecated_keys(data: Any) -> Any:
+    """A config mapping (a preset, a saved config.yaml) with `rl.positions_per_step` (and per_prefix) moved to
+    `positions.per_step`, warned; a mapping that sets both the old and the new key is refused."""
+    rl = data.get("rl") if isinstance(data, dict) else None
+    if not isinstance(rl, dict) or not POSITIONS_MOVES.keys() & rl.keys():
+        return data
+    rl, positions = dict(rl), data.get("positions") or {}
+    if not isinstance(positions, dict):
+        return data  # the section's own validation names the error
+    positions = dict(positions)
+    for old, new in POSITIONS_MOVES.items():
+        if old not in rl:
+            continue
+        if new in positions:
+            raise ValueError(
+                f"config key 'rl.{old}' moved to 'positions.{new}', and both are set: keep only 'positions.{new}'"
+            )
+        positions[new] = rl.pop(old)
+        _warn_moved(old, new)
+    return {**data, "rl": rl, "positions": positions}
+
+
+class RLConfig(_Strict):
+    algorithm: Literal["grpo"] = "grpo"
+    steps: int = Field(80, ge=0)
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(2, ge=0)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -561,11 +610,11 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
-    def _reward_shorthand(cls, data):
+    def _shorthand_and_moved_keys(cls, data):
         # `reward: info_gain` in a YAML preset is short for `reward: {spec: info_gain}` (as `--set reward=...`)
         if isinstance(data, dict) and isinstance(data.get("reward"), str):
             data = {**data, "reward": {"spec": data["reward"]}}
-        return data
+        return move_deprecated_keys(data)
 
     preset: str = "tiny"
     seed: int = 0
@@ -578,6 +627,7 @@ class RunConfig(_Strict):
     env: EnvConfig = Field(default_factory=EnvConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     sharing: SharingConfig = Field(default_factory=SharingConfig)
+    positions: PositionsConfig = Field(default_factory=PositionsConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)

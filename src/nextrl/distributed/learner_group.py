@@ -30,8 +30,8 @@ import torch.distributed as dist
 from nextrl.config import RunConfig
 from nextrl.errors import ConfigError
 from nextrl.model.fsdp import init_single_rank
-from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.learner import Learner
+from nextrl.trainer.step_account import StepAccount
 
 
 def _sum_grads(params: list[torch.nn.Parameter]) -> None:
@@ -177,10 +177,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def attach_learner_group(cfg: RunConfig, learner: Learner, pad_token_id: int, autocast) -> RayLearnerGroup:
+    """Make `learner` rank 0 of a learner group: start ranks 1 … world − 1 on Ray and join them, set
+    `learner.peers` to the group (so its updates and checkpoints involve every rank), and give every rank the
+    same start: the policy sharded (placement.shard=fsdp), else rank 0's weights, optimizer and scheduler."""
+    group = RayLearnerGroup(cfg, learner, pad_token_id, autocast)
+    learner.peers = group
+    if (
+        cfg.placement.shard == "fsdp"
+    ):  # the same policy on every rank (Ray hands them rank 0's), fresh optimizer
+        learner.shard(autocast, keep_whole=True)
+    else:
+        group.load_from(learner)
+    return group
+
+
 class RayLearnerGroup:
-    """`LearnerPeers` of rank 0, in the driver: spawns ranks 1 … world − 1 on Ray and joins them. With
-    placement.shard=fsdp a world of 1 is a group too (FSDP2 over one rank, no Ray): its checkpoints are
-    sharded ones, resumable at any world size."""
+    """`LearnerPeers` of rank 0, in the driver: spawns ranks 1 … world − 1 on Ray and joins them (a learner
+    uses it once `attach_learner_group` has set it as its peers). With placement.shard=fsdp a world of 1 is a
+    group too (FSDP2 over one rank, no Ray): its checkpoints are sharded ones, resumable at any world size."""
 
     rank = 0
 
@@ -199,12 +214,7 @@ class RayLearnerGroup:
             init_single_rank(learner.device)
         else:
             self._spawn(cfg, learner, pad_token_id, autocast)
-        learner.peers = self
         self.learner = learner
-        if shard:  # every rank starts from the same policy (Ray hands them rank 0's) and a fresh optimizer
-            learner.shard(autocast, keep_whole=True)
-        else:
-            self.load_from(learner)
 
     def _spawn(self, cfg: RunConfig, learner: Learner, pad_token_id: int, autocast) -> None:
         import ray

@@ -38,8 +38,8 @@ from nextrl.config import RunConfig
 from nextrl.engine.base import EngineCapabilities, PolicyWeights
 from nextrl.env.base import ScoringModel, Task, TaskSource
 from nextrl.errors import ConfigError
-from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.producer import Producer, ScoredGroup, feed_back
+from nextrl.trainer.step_account import StepAccount
 
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets under the temp dir.
 _MAX_RAY_TMP = 60

@@ -125,6 +125,9 @@ class Environment:
     - `reward_components`: the names `score` fills in `Reward.components`; the reward spec may use only these.
     - `verifier_free`: no reward term needs the answer to be right (RLP-style), so `rl.advantages=auto` and
       `rl.loss_tokens=auto` pick RLP's advantages and a thought-only loss.
+    - `correctness`: the component that says a sample is right (1) or not (0), for accuracies and pass@k
+      (default: `correct` where there is one); None when there is no right answer (a judge's rating).
+      `correctness_of(task)` reads it per task.
     - `think_close`: the token that closes a thought in this environment's format (None: no thought phase);
       `rl.empty_thought_samples` needs it.
     - `spec`: the run's reward spec (`reward` in the config), checked against `reward_components`; set by
@@ -135,6 +138,16 @@ class Environment:
     reward_components: tuple[str, ...] = ()
     think_close: int | None = None
     spec: RewardSpec | None = None
+
+    @property
+    def correctness(self) -> str | None:
+        """Unless an environment names its own (a class attribute, e.g. `correctness = "passed"`): its
+        component `correct`, if it has one."""
+        return "correct" if "correct" in self.reward_components else None
+
+    def correctness_of(self, task: Task) -> str | None:  # noqa: ARG002 - a mixture answers per task
+        """The component that says whether a sample of `task` is right (see `correctness`)."""
+        return self.correctness
 
     def total(self, components: dict[str, float]) -> float:
         """The reward of one rollout: the spec's weighted sum of its components."""

@@ -146,6 +146,7 @@ def _verdict(plan: Plan | None, result: RunResult, sentinel: str) -> Verdict:
 class CodeEnv(Environment):
     name = "code"
     reward_components = ("passed", "format")
+    correctness = "passed"
 
     def __init__(self, options: dict[str, Any], tokenizer):
         unknown = set(options) - OPTIONS

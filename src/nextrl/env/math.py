@@ -69,6 +69,7 @@ def _verifier():
 class MathEnv(Environment):
     name = "math"
     reward_components = ("correct", "format")
+    correctness = "correct"
 
     def __init__(self, options: dict[str, Any], tokenizer):
         unknown = set(options) - {"path", "question_field", "answer_field", "solution_field", "max_tokens"}

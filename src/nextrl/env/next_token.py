@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from nextrl.config.schema import EnvConfig, RewardConfig
-from nextrl.data.positions import context_start
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env import formats
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, check_reward_spec
@@ -17,6 +16,7 @@ from nextrl.env.model_scored import MODEL_SCORED, ModelScoredTerms
 from nextrl.env.reward import boundaries, prefix_match_reward
 from nextrl.errors import ConfigError
 from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, document_prefix, think_ids
+from nextrl.positions.context import context_start
 
 
 class NextTokenEnv(Environment):
@@ -26,6 +26,7 @@ class NextTokenEnv(Environment):
 
     name = "next_token"
     reward_components = ("prefix_match", "format", *MODEL_SCORED)
+    correctness = "prefix_match"
 
     def __init__(
         self, cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase, reward: RewardConfig | None = None

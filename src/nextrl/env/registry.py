@@ -64,7 +64,7 @@ def build_environment(cfg, tokenizer) -> Environment:
             f"({sorted(cfg.env.mixture or {})})"
         )
     if cfg.env.mixture:
-        from nextrl.env.mixed import MixedEnvironment
+        from nextrl.env.mixed_environment import MixedEnvironment
 
         envs = {}
         for part in cfg.env.mixture:

@@ -19,7 +19,7 @@ from nextrl.env.base import Environment, Task
 from nextrl.env.registry import build_environment
 from nextrl.errors import UsageError
 from nextrl.eval.passk import evaluate_pass_at_k
-from nextrl.selection.index import PositionIndex
+from nextrl.positions.index import PositionIndex
 
 
 class NothingToEvaluate(UsageError):

@@ -24,7 +24,7 @@ from nextrl.eval.info_gain import gains_of_thoughts, information_gain_nats
 from nextrl.eval.perplexity import perplexity
 from nextrl.eval.stats import compare, power_note, stderr
 from nextrl.model.tokenizer import document_prefix
-from nextrl.selection.index import PositionIndex
+from nextrl.positions.index import PositionIndex
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
 

@@ -56,8 +56,8 @@ def evaluate_pass_at_k(
         if not tasks:
             break
         groups = engine.generate([t.prompt_ids for t in tasks], params)
-        for rewards in env.score(tasks, groups):
-            counts.append(sum(is_correct(r.components) for r in rewards))
+        for task, rewards in zip(tasks, env.score(tasks, groups), strict=True):
+            counts.append(sum(is_correct(r.components, env.correctness_of(task)) for r in rewards))
     if not counts:
         raise ValueError("the task source gave no problems to evaluate")
     out: dict[str, Any] = {"problems": len(counts), "samples_per_problem": n}

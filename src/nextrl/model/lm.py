@@ -56,7 +56,10 @@ def train_lm(
     on_step: Callable[[int], None] | None = None,
     log_every: int = 10,
 ) -> dict[str, float]:
-    """Train for steps [start_step, steps). `on_step(step_done)` runs after each step (checkpoints)."""
+    """Train for steps [start_step, steps). `on_step(step_done)` runs after each step (checkpoints).
+
+    One piece on purpose: it is the whole plain-LM training loop (pretraining and the FLOP-matched baseline
+    share it), read top to bottom; most of its length is its keyword arguments."""
     model.train()
     t_start = time.time()
     tokens_seen, last_loss = 0, float("nan")

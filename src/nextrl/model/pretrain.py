@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,9 @@ def load_base(folder: Path) -> BaseModel:
     return BaseModel(model, tok, folder, {**info, "cached": True})
 
 
-def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) -> None:
+def _corpus(cfg: RunConfig) -> tuple[list, Any, np.ndarray]:
+    """The pretraining documents, a BPE tokenizer trained on them, and their packed windows."""
     pc = cfg.pretrain
-    t0 = time.time()
-    if logger is not None:  # pretraining restarts from step 0 after a kill: log each step once
-        logger.restart("pretrain", 0)
     # ~3.5 characters per BPE token on code; read 1.5x what the token budget needs (epochs repeat otherwise).
     docs = train_documents(cfg, max_chars=int(pc.tokens * 3.5 * 1.5))
     if not docs:
@@ -115,13 +114,16 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
     encoded = []
     for d in progress(desc="tokenize", unit="doc", total=len(docs), iterable=docs):
         encoded.append(tok(d.text, add_special_tokens=False)["input_ids"])
-    windows = pack_windows(encoded, pc.seq_len, tok.eos_token_id)
+    return docs, tok, pack_windows(encoded, pc.seq_len, tok.eos_token_id)
+
+
+def _batches_with_thoughts(
+    cfg: RunConfig, batches: WindowBatches, tok
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """step -> (tokens, loss mask) of that step's windows, a seeded share of them with thoughts inserted
+    (`insert_thought`), so that the base model has seen `<think> … </think>` before RL asks for one."""
+    pc = cfg.pretrain
     open_id, close_id = think_ids(tok)
-    model = build_llama(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id, seed=cfg.seed)
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model.to(device)
-    batches = WindowBatches(windows, pc.batch_size, seed=cfg.seed)
-    steps = math.ceil(pc.tokens / (pc.batch_size * pc.seq_len))
 
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = batches.batch(step).numpy()
@@ -141,6 +143,20 @@ def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) ->
                 )
         return torch.from_numpy(tokens), torch.from_numpy(masks)
 
+    return batch_fn
+
+
+def pretrain_base(cfg: RunConfig, folder: Path, logger: MetricsLogger | None) -> None:
+    pc = cfg.pretrain
+    t0 = time.time()
+    if logger is not None:  # pretraining restarts from step 0 after a kill: log each step once
+        logger.restart("pretrain", 0)
+    docs, tok, windows = _corpus(cfg)
+    model = build_llama(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id, seed=cfg.seed)
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batch_fn = _batches_with_thoughts(cfg, WindowBatches(windows, pc.batch_size, seed=cfg.seed), tok)
+    steps = math.ceil(pc.tokens / (pc.batch_size * pc.seq_len))
     opt = build_optimizer(model, pc.lr, pc.weight_decay)
     sched = build_scheduler(opt, pc.warmup_steps, steps, "cosine")
     flops_step = FlopModel.from_model(model).train_sequence(pc.seq_len, pc.batch_size)

@@ -65,6 +65,21 @@ def _rl_rows(path: Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _shape(name: str, m, vocab: int) -> ModelShape:
+    """The planner's shape of a run's model (`model` section of its config; embeddings tied)."""
+    return ModelShape(
+        name=name,
+        hidden=m.hidden_size,
+        layers=m.num_layers,
+        heads=m.num_heads,
+        kv_heads=m.num_kv_heads,
+        head_dim=m.hidden_size // m.num_heads,
+        intermediate=m.intermediate_size,
+        vocab=vocab,
+        tied=True,
+    )
+
+
 def read_run(
     folder: str | Path, vocab: int | None = None, geometry: dict[str, float] | None = None
 ) -> MeasuredRun:
@@ -80,17 +95,7 @@ def read_run(
     if not rows:
         raise UsageError(f"--calibrate {folder}: no RL step with step_seconds in metrics.jsonl")
     m = cfg.model
-    shape = ModelShape(
-        name=folder.name,
-        hidden=m.hidden_size,
-        layers=m.num_layers,
-        heads=m.num_heads,
-        kv_heads=m.num_kv_heads,
-        head_dim=m.hidden_size // m.num_heads,
-        intermediate=m.intermediate_size,
-        vocab=vocab or cfg.tokenizer.vocab_size,
-        tied=True,
-    )
+    shape = _shape(folder.name, m, vocab or cfg.tokenizer.vocab_size)
     thought = [r["thought/len_mean"] for r in rows if "thought/len_mean" in r]
     trained = [r["groups/kept"] / r["groups/drawn"] for r in rows if r.get("groups/drawn")]
     terms = str(cfg.reward.spec)
@@ -101,12 +106,12 @@ def read_run(
         if t in terms
     )
     w = Workload(
-        positions=cfg.rl.positions_per_step,
+        positions=cfg.positions.per_step,
         group_size=cfg.sampling.group_size,
         context=cfg.selection.context,
         thought=cfg.env.thought_tokens,
         answer=cfg.env.answer_tokens,
-        per_prefix=cfg.rl.positions_per_prefix,
+        per_prefix=cfg.positions.per_prefix,
         share_prefix=cfg.sharing.enabled,
         model_scored=any(t in terms for t in MODEL_SCORED),
         lm_term=cfg.rl.lm_coef > 0,

@@ -110,7 +110,11 @@ def flop_model(m: ModelShape) -> FlopModel:
 
 def step_work(w: Workload) -> dict[str, TokenWork]:
     """The step's work per pass, as the engine and the loss would record it (completions of their mean
-    length; prompts as long and as shared as the workload's geometry says)."""
+    length; prompts as long and as shared as the workload's geometry says).
+
+    One piece on purpose: it follows the passes of one step in the order the trainer runs them, each from the
+    same geometry (units, shared and per-position prompt lengths, thinking and empty samples), so that it reads
+    against the step it models; split, every part would take all of that geometry."""
     k = w.empty_thought_samples
     thinking = w.positions * (w.group_size - k)  # samples that think; k per group close the thought at once
     samples = w.positions * w.group_size

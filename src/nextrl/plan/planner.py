@@ -160,3 +160,49 @@ def nodes_for_deadline(
         else:
             lo = mid + 1
     return lo
+
+
+def render_plan(
+    p: dict[str, Any],
+    flops: float,
+    m: ModelShape,
+    hw: Hardware,
+    nodes: int,
+    w: Workload,
+    deadline_days: float | None = None,
+) -> str:
+    """`make_plan`'s plan as the lines `nextrl plan` prints."""
+    lines = [
+        f"{m.name} ({m.params / 1e9:.1f}B) on {nodes} x {hw.name} ({p['gpus']} GPUs), {flops:.1e} FLOPs",
+        f"steps {p['steps']:,} of {p['flops_per_step']:.2e} FLOPs ({w.positions} positions x {w.group_size})",
+    ]
+    for mode in ("sync", "async"):
+        r = p[mode]
+        if mode == "async" and r["seconds"] == float("inf"):
+            lines.append("async: needs at least 2 GPUs (rollouts and the learner apart)")
+            continue
+        extra = f", {r['rollout_gpus']} rollout / {r['learner_gpus']} learner GPUs" if mode == "async" else ""
+        lines.append(
+            f"{mode:5s}: {r['days']:,.1f} days, {r['gpu_hours']:,.0f} GPU-hours, utilisation {r['utilization']:.1%}{extra}"
+        )
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in p["seconds_share_sync"].items() if v >= 0.005)
+    lines.append(f"time by stage (sync): {shares}; bottleneck: {p['bottleneck']}")
+    lines.append(
+        f"the change that helps most: {p['advice']['change']} (x{p['advice']['time_per_sample']:.2f} time per sample)"
+    )
+    if "without_prefix_sharing" in p:
+        off = p["without_prefix_sharing"]
+        lines.append(
+            f"without prefix sharing: x{off['slowdown']:.2f} the time for the same steps ({off['days']:,.1f} days)"
+        )
+    mem = p["memory"]
+    lines.append(
+        f"memory per GPU: rollout {mem['rollout'] / 1e9:,.1f} GB (KV cache {mem['kv_cache'] / 1e9:,.1f} GB at "
+        f"decode batch {w.decode_batch}), learner {mem['learner'] / 1e9:,.1f} GB, of {mem['capacity'] / 1e9:,.0f} GB: "
+        + ("fits" if mem["fits"] else "DOES NOT FIT")
+        + f"; the largest decode batch that fits: {mem['max_decode_batch']:,}"
+    )
+    if "nodes_for_deadline" in p:
+        n = p["nodes_for_deadline"]
+        lines.append(f"nodes to finish in {deadline_days:g} days: {n if n else 'more than 100,000'}")
+    return "\n".join(lines)

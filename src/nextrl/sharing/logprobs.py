@@ -94,6 +94,83 @@ def tree_completion_logprobs(
     return logp
 
 
+class _Picks:
+    """Target tokens and the hidden-state row (batch row, column) that predicts each. A row several targets
+    share (a prompt's last node predicts the first token of each of its samples) is listed once, so it is
+    projected to the vocabulary once."""
+
+    def __init__(self):
+        self.row_of: dict[tuple[int, int], int] = {}
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.slot: list[int] = []  # per target: its row's index in rows/cols
+        self.tgts: list[int] = []
+
+    def add(self, b: int, col: int, token: int) -> None:
+        key = (b, col)
+        if key not in self.row_of:
+            self.row_of[key] = len(self.rows)
+            self.rows.append(b)
+            self.cols.append(col)
+        self.slot.append(self.row_of[key])
+        self.tgts.append(token)
+
+
+class _TreeBatch:
+    """The input of one branch-attention forward: per batch row, a prompt trie (`Np` columns, padded) followed
+    by the completions that branch from it, packed end to end (`Nb` columns), with their position ids and the
+    two masks of `BranchLayout`. The tokens each piece processes are added to `work`."""
+
+    def __init__(self, trees, n_branch: int, pad_id: int, max_branch: int, work: TokenWork | None):
+        B, self.Np, self.Nb = len(trees), max(len(t) for t in trees), n_branch
+        self.ids = torch.full((B, self.Np + self.Nb), pad_id, dtype=torch.long)
+        self.pos = torch.zeros((B, self.Np + self.Nb), dtype=torch.long)
+        self.prefix_mask = np.zeros((B, 1, self.Np, self.Np), dtype=bool)
+        self.branch_mask = np.zeros((B, 1, self.Nb, self.Np + self.Nb), dtype=bool)
+        self.causal = np.tril(np.ones((max_branch,) * 2, dtype=bool))
+        self.diag = np.arange(max(self.Np, self.Nb))
+        self.trunk = min(t.trunk for t in trees)
+        self.work = work
+
+    def add_trie(self, b: int, t) -> np.ndarray:
+        """Row b's prompt trie; returns its ancestor mask (a branch sees its prompt's ancestors)."""
+        n, Np, diag = len(t), self.Np, self.diag
+        self.ids[b, :n] = torch.tensor(t.tokens)
+        self.pos[b, :n] = torch.tensor(t.depth)
+        anc = t.ancestor_mask()
+        self.prefix_mask[b, 0, :n, :n] = anc
+        self.prefix_mask[b, 0, diag[n:Np], diag[n:Np]] = True  # padding nodes see themselves only
+        if self.work is not None:
+            self.work.add(n, sum(t.depth) + n)
+        return anc
+
+    def add_branch(self, b: int, off: int, tokens: list[int], plen: int, sees: np.ndarray) -> None:
+        """A completion's inputs (without its last token) at offset `off` of row b's packed region, seeing the
+        trie nodes `sees` (its prompt's last node and ancestors) and its own earlier tokens."""
+        m, Np = len(tokens), self.Np
+        if m:
+            self.ids[b, Np + off : Np + off + m] = torch.tensor(tokens)
+            self.pos[b, Np + off : Np + off + m] = torch.arange(plen, plen + m)
+            bm = self.branch_mask[b, 0, off : off + m]
+            bm[:, : len(sees)] = sees
+            bm[:, Np + off : Np + off + m] = self.causal[:m, :m]
+        if self.work is not None:
+            self.work.add(m, m * plen + m * (m + 1) // 2)
+
+    def close_row(self, b: int, off: int) -> None:
+        # padding at the end of the packed region sees its own column only (a fully masked row would be NaN)
+        self.branch_mask[b, 0, self.diag[off : self.Nb], self.Np + self.diag[off : self.Nb]] = True
+
+    def layout(self, device) -> BranchLayout:
+        return BranchLayout(
+            self.Np,
+            torch.from_numpy(self.prefix_mask).to(device),
+            torch.from_numpy(self.branch_mask).to(device),
+            trunk=self.trunk,
+            positions=self.pos.to(device),
+        )
+
+
 def tree_logprobs_and_nll(
     model,
     prompts: Sequence[Sequence[int]],
@@ -117,6 +194,28 @@ def tree_logprobs_and_nll(
     device = next(model.parameters()).device
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: there is no token to condition the first completion token on")
+    batch, picks, lm_picks, where, lm_owner = _pack(
+        prompts, completions, lm_seqs, lm_starts, pad_id, max_nodes, work
+    )
+    if work is not None:
+        work.add(0, 0, logits=len(picks.rows) + len(lm_picks.rows))
+    picked, lm_picked = _forward_picks(model, batch, picks, lm_picks, temperature, autocast, device)
+    Tc = max((len(c) for c in completions), default=0)
+    out = torch.zeros((len(prompts), Tc), dtype=torch.float32, device=device)
+    if where:
+        wi = torch.tensor([w[0] for w in where], device=device)
+        wj = torch.tensor([w[1] for w in where], device=device)
+        out = out.index_put((wi, wj), picked)
+    nll = torch.zeros(len(lm_seqs), dtype=torch.float32, device=device)
+    if lm_picks.slot:
+        nll = nll.index_add(0, torch.tensor(lm_owner, device=device), -lm_picked)
+    return out, nll
+
+
+def _pack(prompts, completions, lm_seqs, lm_starts, pad_id: int, max_nodes: int, work: TokenWork | None):
+    """The prompts and the lm sequences with a target (each without its last token) grouped into prompt
+    tries, the completions branching from them, and the targets each hidden-state row predicts: (batch, the
+    completions' picks, the lm picks, (sequence, token) of each completion pick, lm sequence of each lm pick)."""
     N = len(prompts)
     lm_live = [i for i, s in enumerate(lm_seqs) if len(s) - 1 > lm_starts[i]]
     inputs = [list(p) for p in prompts] + [list(lm_seqs[i][:-1]) for i in lm_live]
@@ -124,103 +223,55 @@ def tree_logprobs_and_nll(
     trees = [build_tree([inputs[i] for i in g]) for g in groups]
     # branch inputs: each completion without its last token (a target only), packed end to end per row
     blen = [max(len(c) - 1, 0) for c in completions]
-    B, Np = len(groups), max(len(t) for t in trees)
     Nb = max(sum(blen[i] for i in g if i < N) for g in groups)
-    ids = torch.full((B, Np + Nb), pad_id, dtype=torch.long)
-    pos = torch.zeros((B, Np + Nb), dtype=torch.long)
-    prefix_mask = np.zeros((B, 1, Np, Np), dtype=bool)
-    branch_mask = np.zeros((B, 1, Nb, Np + Nb), dtype=bool)
-    causal = np.tril(np.ones((max(blen, default=0),) * 2, dtype=bool))
-    diag = np.arange(max(Np, Nb))
-    # For each (sequence, completion token): the row of the hidden state that predicts it. A prompt's last node
-    # predicts the first token of each of its samples and is projected to the vocabulary once for all of them.
-    # The lm targets have rows of their own (another temperature); a node both need is projected twice.
-    row_of: dict[tuple[int, int], int] = {}
-    rows, cols, where, slot, tgts = [], [], [], [], []
-    lm_row_of: dict[tuple[int, int], int] = {}
-    lm_rows, lm_cols, lm_slot, lm_tgts, lm_owner = [], [], [], [], []
+    batch = _TreeBatch(trees, Nb, pad_id, max(blen, default=0), work)
+    # For each (sequence, completion token): the row of the hidden state that predicts it. The lm targets have
+    # rows of their own (another temperature); a node both need is projected twice.
+    picks, lm_picks = _Picks(), _Picks()
+    where, lm_owner = [], []
     for b, (g, t) in enumerate(zip(groups, trees, strict=True)):
-        n = len(t)
-        ids[b, :n] = torch.tensor(t.tokens)
-        pos[b, :n] = torch.tensor(t.depth)
-        anc = t.ancestor_mask()
-        prefix_mask[b, 0, :n, :n] = anc
-        prefix_mask[b, 0, diag[n:Np], diag[n:Np]] = True  # padding nodes see themselves only
-        if work is not None:
-            work.add(n, sum(t.depth) + n)
+        anc = batch.add_trie(b, t)
         off = 0  # where the next branch starts in the packed region
         for k, i in enumerate(g):
+            nodes = t.seq_nodes[k]
             if i >= N:  # an lm sequence: its targets are predicted by its own trie nodes
                 q = lm_live[i - N]
-                s, nodes = lm_seqs[q], t.seq_nodes[k]
-                for j in range(lm_starts[q], len(s) - 1):
-                    key = (b, nodes[j])
-                    if key not in lm_row_of:
-                        lm_row_of[key] = len(lm_rows)
-                        lm_rows.append(b)
-                        lm_cols.append(nodes[j])
-                    lm_slot.append(lm_row_of[key])
-                    lm_tgts.append(int(s[j + 1]))
+                for j in range(lm_starts[q], len(lm_seqs[q]) - 1):
+                    lm_picks.add(b, nodes[j], int(lm_seqs[q][j + 1]))
                     lm_owner.append(q)
                 continue
-            last, plen, comp, m = t.seq_nodes[k][-1], len(prompts[i]), list(completions[i]), blen[i]
-            if m:
-                ids[b, Np + off : Np + off + m] = torch.tensor(comp[:m])
-                pos[b, Np + off : Np + off + m] = torch.arange(plen, plen + m)
-                bm = branch_mask[b, 0, off : off + m]
-                bm[:, :n] = anc[last]
-                bm[:, Np + off : Np + off + m] = causal[:m, :m]
-            if work is not None:
-                work.add(m, m * plen + m * (m + 1) // 2)
+            last, comp = nodes[-1], list(completions[i])
+            batch.add_branch(b, off, comp[: blen[i]], len(prompts[i]), anc[last])
+            # completion token j is predicted by the prompt's last node (j = 0) or by branch token j - 1
             for j, tok in enumerate(comp):
-                key = (b, last if j == 0 else Np + off + j - 1)
-                if key not in row_of:
-                    row_of[key] = len(rows)
-                    rows.append(b)
-                    cols.append(key[1])
+                picks.add(b, last if j == 0 else batch.Np + off + j - 1, tok)
                 where.append((i, j))
-                slot.append(row_of[key])
-                tgts.append(tok)
-            off += m
-        # padding at the end of the packed region sees its own column only (a fully masked row would be NaN)
-        branch_mask[b, 0, diag[off:Nb], Np + diag[off:Nb]] = True
-    if work is not None:
-        work.add(0, 0, logits=len(rows) + len(lm_rows))
-    layout = BranchLayout(
-        Np,
-        torch.from_numpy(prefix_mask).to(device),
-        torch.from_numpy(branch_mask).to(device),
-        trunk=min(t.trunk for t in trees),
-        positions=pos.to(device),
-    )
+            off += blen[i]
+        batch.close_row(b, off)
+    return batch, picks, lm_picks, where, lm_owner
+
+
+def _forward_picks(
+    model, batch: _TreeBatch, picks: _Picks, lm_picks: _Picks, temperature: float, autocast, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One branch-attention forward of `batch`, and the log-probs of both kinds of targets: the rollouts' at
+    the sampling temperature, the next-token term's at 1, in one pass of the chunked head (one weight gradient
+    of [V x H], not one per term). The distinct rows are projected; no full logits are held."""
+    layout = batch.layout(device)
     with _autocast(device, autocast), branch_attention(model):
+        pos = batch.pos.to(device)
         hidden = base_forward(model)(
-            input_ids=ids.to(device),
-            position_ids=pos.to(device),
-            attention_mask=layout.prefix_mask,
-            layout=layout,
+            input_ids=batch.ids.to(device), position_ids=pos, attention_mask=layout.prefix_mask, layout=layout
         ).last_hidden_state
-        r = torch.tensor(rows + lm_rows, device=device, dtype=torch.long)
-        c = torch.tensor(cols + lm_cols, device=device, dtype=torch.long)
-        projected = hidden[r, c]  # the distinct rows; the chunked head never holds their full logits
-        # one pass of the chunked head for both terms: the rollouts' rows at the sampling temperature, the
-        # next-token term's at 1 (one weight gradient of [V x H], not one per term)
-        row_t = torch.tensor([float(temperature)] * len(rows) + [1.0] * len(lm_rows), device=device)
+        r = torch.tensor(picks.rows + lm_picks.rows, device=device, dtype=torch.long)
+        c = torch.tensor(picks.cols + lm_picks.cols, device=device, dtype=torch.long)
+        n = len(picks.rows)
+        row_t = torch.tensor([float(temperature)] * n + [1.0] * len(lm_picks.rows), device=device)
         both = picked_logprobs(
-            projected,
+            hidden[r, c],
             head_weight(model),
-            torch.tensor(tgts + lm_tgts, device=device, dtype=torch.long),
+            torch.tensor(picks.tgts + lm_picks.tgts, device=device, dtype=torch.long),
             row_t,
-            row_of=torch.tensor(slot + [len(rows) + k for k in lm_slot], device=device, dtype=torch.long),
+            row_of=torch.tensor(picks.slot + [n + k for k in lm_picks.slot], device=device, dtype=torch.long),
         )
-        picked, lm_picked = both[: len(tgts)], both[len(tgts) :]
-    Tc = max((len(c) for c in completions), default=0)
-    out = torch.zeros((N, Tc), dtype=torch.float32, device=device)
-    if where:
-        wi = torch.tensor([w[0] for w in where], device=device)
-        wj = torch.tensor([w[1] for w in where], device=device)
-        out = out.index_put((wi, wj), picked)
-    nll = torch.zeros(len(lm_seqs), dtype=torch.float32, device=device)
-    if lm_slot:
-        nll = nll.index_add(0, torch.tensor(lm_owner, device=device), -lm_picked)
-    return out, nll
+    return both[: len(picks.tgts)], both[len(picks.tgts) :]

@@ -27,9 +27,9 @@ from nextrl.model.lm import lm_loss
 from nextrl.model.optim import build_optimizer, build_scheduler, clip_grad
 from nextrl.sharing.logprobs import completion_logprobs, tree_logprobs_and_nll
 from nextrl.sharing.prefix_tree import group_by_prefix
-from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.producer import ScoredGroup
 from nextrl.trainer.self_selection import loss_token_masks
+from nextrl.trainer.step_account import StepAccount
 
 
 def plan_micro_batches(

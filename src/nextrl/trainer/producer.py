@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from nextrl.engine.base import EngineCapabilities, PolicyWeights, Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, TaskSource
-from nextrl.trainer.accounting import StepAccount
 from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
 from nextrl.trainer.self_selection import answer_entropy
+from nextrl.trainer.step_account import StepAccount
 from nextrl.utils.rewards import rewards_differ
 
 

@@ -28,11 +28,11 @@ from nextrl.config.reward_spec import RewardSpec
 from nextrl.engine.base import RolloutEngine
 from nextrl.env.base import Environment, ScoringModel, TaskSource
 from nextrl.errors import ConfigError
-from nextrl.trainer.accounting import FLOP_STAGES, RLState, StepAccount, run_mfu
 from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nextrl.trainer.dynamic_sampling import fill_batch
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.producer import Producer, ScoredGroup
+from nextrl.trainer.step_account import FLOP_STAGES, RLState, StepAccount, run_mfu
 from nextrl.utils.metrics import MetricsLogger
 from nextrl.utils.progress import progress
 from nextrl.utils.rewards import rewards_differ
@@ -139,7 +139,7 @@ class RLTrainer:
             drawn.extend(groups)
             return groups
 
-        P = self.rl.positions_per_step
+        P = self.cfg.positions.per_step
         if not self.rl.dynamic_sampling:
             return draw(P), drawn, {}
         groups, ds = fill_batch(
@@ -163,6 +163,7 @@ class RLTrainer:
             self.flop_model,
             self.peak,
             self.rl.empty_thought_samples,
+            getattr(self.env, "correctness_of", None),  # an environment that only quacks may not have it
         )
         self.state.groups_with_signal = self.producer.groups_with_signal
         m["lr"] = self.learner.scheduler.get_last_lr()[0]

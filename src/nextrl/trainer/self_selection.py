@@ -1,6 +1,6 @@
 """Self-selection inside the RL step: which tokens the loss trains, and the policy's own uncertainty at a
 position (fed back to the task source, whose curriculum may prefer uncertain positions; the position draw
-itself is `nextrl.selection.sampler`).
+itself is `nextrl.positions.draw`).
 
 - Tokens: RLP trains the thought only (the answer is teacher-forced by the reward); the high-entropy mask keeps
   the loss on the top-ρ fraction of the batch's tokens by sampling entropy (arXiv 2506.01939).

@@ -1,5 +1,6 @@
 """When a group's rewards count as equal: one tolerance for the whole code base (advantages, dynamic sampling,
-the curriculum and the trainer's signal counts all ask this module)."""
+the curriculum and the trainer's signal counts all ask this module); and when a sample is right, by the
+component its environment names (`Environment.correctness`)."""
 
 from __future__ import annotations
 
@@ -19,20 +20,12 @@ def rewards_differ(rewards: Sequence[float], min_spread: float = 0.0) -> bool:
     return reward_spread(rewards) > max(REWARD_ATOL, min_spread)
 
 
-# the component that says a sample is right, by environment: math, code, next-token (first one present wins)
-CORRECTNESS = ("correct", "passed", "prefix_match")
-
-
-def correctness_component(components: dict[str, float]) -> str | None:
-    """The name of the component that says whether a sample is right, or None when there is none."""
-    return next((name for name in CORRECTNESS if name in components), None)
-
-
-def is_correct(components: dict[str, float]) -> bool:
-    """Whether a sample is right: its correctness component is 1."""
-    name = correctness_component(components)
-    if name is None:
+def is_correct(components: dict[str, float], correctness: str | None) -> bool:
+    """Whether a sample is right: its correctness component (the one its environment names in
+    `Environment.correctness`) is 1."""
+    if correctness is None or correctness not in components:
         raise ValueError(
-            f"no correctness component among {sorted(components)} (expected one of {CORRECTNESS})"
+            f"no correctness component among {sorted(components)} (the environment names "
+            f"{correctness!r}; one without a right answer, a judge's rating, has no accuracy)"
         )
-    return components[name] >= 1.0
+    return components[correctness] >= 1.0

@@ -1,5 +1,8 @@
-"""The next-token task source: positions of the index, drawn by the selection's sampler (plain cursor or
-curriculum), made into tasks by the environment."""
+"""The next-token task source: positions of the index, drawn by `nextrl.positions.draw` (plain cursor or
+curriculum), made into tasks by the environment.
+
+It holds an environment's tasks (`nextrl.env.base.Task`) without importing them: positions sit below the
+environments, which read `context_start` from here; a task only needs its `meta` mapping for the feedback."""
 
 from __future__ import annotations
 
@@ -7,9 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nextrl.config import RunConfig
-from nextrl.env.base import Task
-from nextrl.selection.index import PositionIndex
-from nextrl.selection.sampler import CurriculumPositions, PlainPositions, build_positions
+from nextrl.positions.draw import CurriculumPositions, PlainPositions, build_positions
+from nextrl.positions.index import PositionIndex
 
 
 class PositionTaskSource:
@@ -20,19 +22,19 @@ class PositionTaskSource:
         self,
         index: PositionIndex,
         sampler: PlainPositions | CurriculumPositions,
-        make_task: Callable[..., Task],
+        make_task: Callable[..., Any],
         context: int,
     ):
         self.index, self.sampler, self.make_task, self.context = index, sampler, make_task, context
 
-    def take(self, n: int, step: int) -> list[Task]:
+    def take(self, n: int, step: int) -> list[Any]:
         rows = self.sampler.take(n, step)
         tasks = self.index.tasks(self.make_task, rows, self.context)
         for r, t in zip(rows, tasks, strict=True):
             t.meta["index_row"] = int(r)  # for the feedback of `visit` (a row may be drawn twice in a step)
         return tasks
 
-    def visit(self, task: Task, rewards: Sequence[float], signal: bool, uncertainty: float | None) -> None:
+    def visit(self, task: Any, rewards: Sequence[float], signal: bool, uncertainty: float | None) -> None:
         self.sampler.visit(task.meta["index_row"], rewards, signal, uncertainty)
 
     def stats(self) -> dict[str, Any]:

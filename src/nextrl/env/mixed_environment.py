@@ -37,6 +37,9 @@ class MixedEnvironment(Environment):
     def verifier_free(self) -> bool:
         return all(e.verifier_free for e in self.envs.values())
 
+    def correctness_of(self, task: Task) -> str | None:
+        return self.envs[task.meta["source"]].correctness_of(task)
+
     def split(self, tasks: Sequence[Task]) -> list[tuple[Environment, list[int]]]:
         parts: dict[str, list[int]] = {}
         for i, t in enumerate(tasks):

@@ -16,10 +16,10 @@ import torch
 
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
-from nextrl.data.positions import context_start
 from nextrl.model.head import head_weight, topk_entropy_of_hidden
 from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN
-from nextrl.selection.entropy import bucket_of
+from nextrl.positions.context import context_start
+from nextrl.positions.entropy import bucket_of
 from nextrl.utils.io import atomic_write_with
 from nextrl.utils.progress import progress
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nextrl.config import RunConfig
-from nextrl.data.positions import PositionSampler
 from nextrl.errors import ConfigError
-from nextrl.selection.curriculum import PositionPool
-from nextrl.selection.index import COMPUTED, PositionIndex
+from nextrl.positions.curriculum import PositionPool
+from nextrl.positions.cursor import PositionSampler
+from nextrl.positions.index import COMPUTED, PositionIndex
 
 
 class PlainPositions(PositionSampler):
@@ -41,7 +41,7 @@ def build_positions(cfg: RunConfig, index: PositionIndex) -> PlainPositions | Cu
     cur = cfg.curriculum
     weights = cur.bucket_weights
     units = index.units(
-        "train", cfg.selection.context, cfg.rl.positions_per_prefix, by_bucket=weights is not None
+        "train", cfg.selection.context, cfg.positions.per_prefix, by_bucket=weights is not None
     )
     if weights is not None:
         units = [u for u in units if weights.get(index.bucket[u[0]], 0) > 0]
