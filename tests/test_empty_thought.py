@@ -8,9 +8,10 @@ import torch
 from nextrl.config import load_config
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Task
-from nextrl.env.next_token import empty_thought_targets, lm_sequences
+from nextrl.env.formats import answer_params
+from nextrl.env.formats.structured import closed_prompts, empty_thought_targets, join_empty_thought
+from nextrl.env.next_token import lm_sequences
 from nextrl.trainer.accounting import StepAccount
-from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import loss_token_masks
 from tiny_models import tiny_gemma3, tiny_llama
@@ -211,7 +212,7 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     env = trainer.env
     before = copy.deepcopy(policy)
     metrics = trainer.step()
-    close = env.think_close
+    close = env.thought_format.close
     for prompt, group in ((g.task, g.rollouts) for g in trainer.last_groups):
         assert len(group) == 4
         *thinking, empty = group
