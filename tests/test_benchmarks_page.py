@@ -272,12 +272,14 @@ def test_every_command_on_the_front_page_runs_as_written():
 
 
 def test_every_row_of_a_command_table_has_a_date():
-    rows = [line for line in PAGE.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
-    header, dated = None, []
-    for row in rows:
+    header, dated, in_table = None, [], False
+    for row in PAGE.read_text(encoding="utf-8").splitlines():
+        if not row.startswith("|"):
+            in_table = False  # a table ends at its first line that is not a row
+            continue
         cells = [c.strip() for c in row.strip("|").split("|")]
-        if "command" in cells and "date" in cells:
-            header = cells
+        if not in_table:  # a table's first row is its header
+            in_table, header = True, (cells if "command" in cells and "date" in cells else None)
         elif header and not set(row) <= set("|- ") and len(cells) == len(header):
             dated.append(re.search(r"\d{4}-\d{2}-\d{2}", cells[header.index("date")]) is not None)
     assert dated and all(dated)

@@ -8,8 +8,9 @@ import torch
 from nextrl.config import load_config
 from nextrl.engine.base import Phase, Rollout, SamplingParams
 from nextrl.env.base import Task
-from nextrl.env.next_token import empty_thought_targets, lm_sequences
-from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
+from nextrl.env.formats import answer_params
+from nextrl.env.formats.structured import closed_prompts, empty_thought_targets, join_empty_thought
+from nextrl.env.next_token import lm_sequences
 from nextrl.trainer.learner import Learner
 from nextrl.trainer.self_selection import loss_token_masks
 from nextrl.trainer.step_account import StepAccount
@@ -211,7 +212,7 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     env = trainer.env
     before = copy.deepcopy(policy)
     metrics = trainer.step()
-    close = env.think_close
+    close = env.thought_format.close
     for prompt, group in ((g.task, g.rollouts) for g in trainer.last_groups):
         assert len(group) == 4
         *thinking, empty = group
@@ -229,3 +230,37 @@ def test_trainer_step_with_empty_thoughts_and_lm_term(tmp_path):
     assert metrics["lm_loss"] > 0 and metrics["lm_loss_empty_thought"] > 0
     assert trainer.state.flops["lm"] == 0 and trainer.state.flops["loss_forward"] > 0
     assert 0.0 <= metrics["groups/signal_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("temperature", [0.0])
+def test_structured_format_lead_and_plain_paths_agree(temperature):
+    """`StructuredFormat.sample_groups`: on an engine with lead tokens the k empty samples come from the same
+    call; without, from `prompt + </think>` joined to a scored `</think>`. Greedy, the groups are the same."""
+    from nextrl.engine import TorchSampler
+    from nextrl.env.formats import StructuredFormat
+    from nextrl.sharing.logprobs import completion_logprobs
+
+    model = tiny_llama(40).eval()
+    fmt = StructuredFormat(8, CLOSE, 6, 2, (), None)
+    tasks = [Task(f"t{i}", p, meta={}) for i, p in enumerate([[3, 4, 5, 6, 8] * 4, [9, 10, 11]])]
+    params = fmt.sampling(4, temperature, 1.0)
+
+    class Sampler:
+        def __init__(self, lead):
+            self.lead, self.engine = lead, TorchSampler(model, 0, seed=0)
+
+        def generate(self, prompts, p):
+            return self.engine.generate(prompts, p)
+
+        def first_logprobs(self, prompts, token, t):
+            return completion_logprobs(model, prompts, [[token]] * len(prompts), t, 0)[:, 0].tolist()
+
+    lead = fmt.sample_groups(tasks, params, 2, Sampler(True))
+    plain = fmt.sample_groups(tasks, params, 2, Sampler(False))
+    for a, b in zip(lead, plain, strict=True):
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b, strict=True):
+            assert (x.prompt_ids, x.completion_ids, x.action_mask, x.phase_starts) == (
+                y.prompt_ids, y.completion_ids, y.action_mask, y.phase_starts)  # fmt: skip
+            assert np.allclose(x.logprobs, y.logprobs, atol=1e-5)
+        assert all(r.completion_ids[0] == CLOSE for r in a[2:])

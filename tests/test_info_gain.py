@@ -96,7 +96,9 @@ def test_matches_plain_forwards(tok, model, thought_tokens):
     diffs, lengths, closed_by_stop = [], [], 0
     with torch.no_grad():
         for t in tasks[1:]:
-            thought = greedy_thought(model, t.prompt_ids, thought_tokens, env.think_close, env.eos_ids)
+            thought = greedy_thought(
+                model, t.prompt_ids, thought_tokens, env.thought_format.close, env.eos_ids
+            )
             if thought_tokens == 0:
                 thought = []
             target = t.meta["target_ids"][0]

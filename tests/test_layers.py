@@ -218,3 +218,63 @@ def test_no_module_name_is_used_twice():
             where.setdefault(name, []).append(str(rel))
     twice = {n: paths for n, paths in where.items() if len(paths) > 1}
     assert not twice, f"module names used more than once: {twice}"
+
+
+# The stages that run RL without knowing what a thought looks like: its tokens belong to the thought format
+# (`nextrl.env.formats`), so a new format is one module there and none of these change.
+FORMAT_FREE = ("trainer", "distributed", "engine")
+THOUGHT_NAMES = {"think_open", "think_close", "THINK_OPEN", "THINK_CLOSE", "think_ids", "ensure_think_tokens"}
+THOUGHT_TEXT = ("<think>", "</think>")
+
+
+def thought_tokens_named(path: Path, root: Path = ROOT) -> list[str]:
+    """Identifiers and string literals (docstrings and comments are prose, and free) that name a thought
+    token."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        name = (
+            node.id
+            if isinstance(node, ast.Name)
+            else node.attr
+            if isinstance(node, ast.Attribute)
+            else node.name
+            if isinstance(node, (ast.FunctionDef, ast.alias))
+            else node.arg
+            if isinstance(node, ast.arg)
+            else None
+        )
+        if name in THOUGHT_NAMES:
+            found.append(f"{path.relative_to(root)}:{node.lineno} names {name}")
+        literal = (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        )
+        if literal and any(t in node.value for t in THOUGHT_TEXT):
+            found.append(f"{path.relative_to(root)}:{node.lineno} spells a thought token")
+    return found
+
+
+def test_trainer_learner_and_engines_name_no_thought_token():
+    bad = [
+        hit
+        for stage in FORMAT_FREE
+        for path in sorted((ROOT / stage).rglob("*.py"))
+        for hit in thought_tokens_named(path)
+    ]
+    assert not bad, "thought tokens belong to nextrl.env.formats:\n" + "\n".join(bad)
+
+
+def test_the_thought_check_catches_a_token(tmp_path):
+    """The rule itself: a docstring may mention `</think>`; a name or a string literal may not."""
+    f = tmp_path / "x.py"
+    f.write_text('"""Closes with </think>."""\nclose = env.think_close\nstop = "</think>"\n')
+    hits = [h.split(" ", 1)[1] for h in thought_tokens_named(f, tmp_path)]
+    assert sorted(hits) == ["names think_close", "spells a thought token"]

@@ -106,7 +106,7 @@ def test_info_gain_reward_matches_plain_forwards(micro, tmp_path, engine_scored)
     for task, group, rw in zip(tasks, rollouts, rewards, strict=True):
         base = plain_logp(ema.model, task.meta["context_ids"], task.meta["target_ids"])
         for ro, r in zip(group, rw, strict=True):
-            th, _ = closed_thought(ro, env.think_close, env.eos_ids)
+            th, _ = closed_thought(ro, env.thought_format.close, env.eos_ids)
             want = plain_logp(t.policy, task.prompt_ids + th, task.meta["target_ids"]) - base
             assert r.components["info_gain"] == pytest.approx(want, abs=1e-4)
             assert r.components["format"] == (0.0 if r.parsed else -1.0)
@@ -118,7 +118,7 @@ def test_copy_guard_takes_the_gain_away(micro, tmp_path):
     t = trainer(micro, tmp_path, ["reward=likelihood"])
     task = take_tasks(t, 1)[0]
     target = task.meta["target_ids"]
-    close = t.env.think_close
+    close = t.env.thought_format.close
     # the thought writes out the target (the known hack); the other thinks of something else
     copy_ro = Rollout(
         task.prompt_ids, target[:2] + [close] + target[:1], [0.0] * 4, [1] * 4, "length", 0, [0, 3]

@@ -120,7 +120,7 @@ def check_context(cfg: RunConfig, model) -> None:
     if not limit:
         return
     longest = cfg.selection.context + cfg.env.thought_tokens + cfg.env.answer_tokens + 2
-    if cfg.env.format == "structured" and longest > limit:
+    if cfg.env.format != "prompted" and longest > limit:  # prompted prompts are as long as their template
         raise ConfigError(
             f"config key 'selection.context': a prompt of {cfg.selection.context} tokens plus the thought and "
             f"answer ({longest} tokens) exceeds the model's max_position_embeddings={limit}"

@@ -254,9 +254,19 @@ class EnvConfig(_Strict):
     name: str = Field(
         "next_token", min_length=1, description="registered environment, or 'package.module:factory'"
     )
-    format: Literal["structured", "prompted"] = "structured"
+    format: Literal["structured", "aside", "prompted"] = Field(
+        "structured",
+        description="thought format (nextrl.env.formats): 'structured' (<think> … </think>, for models nextrl "
+        "pretrained), 'aside' (delimiters from the model's own vocabulary and an empty thought that is exactly "
+        "no thought, for pretrained models nextrl did not pretrain), 'prompted' (instruction models)",
+    )
+    delimiters: tuple[str, str] = Field(
+        (" (", ")"),
+        description="aside format: the strings that open and close a thought, each exactly one token of the "
+        "model's vocabulary",
+    )
     thought_tokens: int = Field(16, ge=0, description="maximum thought length m")
-    answer_tokens: int = Field(1, ge=1, description="tokens predicted after </think> (structured format)")
+    answer_tokens: int = Field(1, ge=1, description="tokens predicted after the thought (structured, aside)")
     max_answer_chars: int = Field(64, ge=1, description="longest answer scored (prompted format)")
     enable_thinking: bool = Field(
         True,
@@ -524,9 +534,10 @@ class RLConfig(_Strict):
     empty_thought_samples: int = Field(
         0,
         ge=0,
-        description="samples of each group that close the thought at once (`</think>` first, trained as the "
-        "policy's action): the other samples' advantages are then measured against not thinking, and the "
-        "policy learns where thinking pays (structured format)",
+        description="samples of each group with an empty thought (as the thought format makes it: structured "
+        "closes the thought at once, `</think>` trained as the policy's action; aside answers from the bare "
+        "context): the other samples' advantages are then measured against not thinking, and the policy "
+        "learns where thinking pays",
     )
     lm_coef: float = Field(
         0.0,
@@ -687,9 +698,10 @@ class RunConfig(_Strict):
                 f"config key 'rl.empty_thought_samples': {k} empty-thought samples leave no thinking sample in a "
                 f"group of sampling.group_size={self.sampling.group_size}"
             )
-        if k and (self.env.format != "structured" or self.env.thought_tokens == 0):
+        if k and self.env.thought_tokens == 0:
+            # whether a format has an empty thought at all is its own answer, checked when the trainer is built
             raise ValueError(
-                "config key 'rl.empty_thought_samples': needs env.format=structured and env.thought_tokens > 0 "
-                "(an empty thought is `</think>` as the first thought token)"
+                "config key 'rl.empty_thought_samples': needs env.thought_tokens > 0 (with no thought phase "
+                "there is no thought to leave empty)"
             )
         return self

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -21,6 +21,9 @@ from nextrl.config.reward_spec import RewardSpec
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.errors import ConfigError
 from nextrl.sharing.logprobs import completion_logprobs, tree_completion_logprobs
+
+if TYPE_CHECKING:  # the formats build on this module's Task
+    from nextrl.env.formats.base import ThoughtFormat
 
 
 @dataclass
@@ -128,15 +131,16 @@ class Environment:
     - `correctness`: the component that says a sample is right (1) or not (0), for accuracies and pass@k
       (default: `correct` where there is one); None when there is no right answer (a judge's rating).
       `correctness_of(task)` reads it per task.
-    - `think_close`: the token that closes a thought in this environment's format (None: no thought phase);
-      `rl.empty_thought_samples` needs it.
+    - `thought_format`: how this environment's tasks put a thought to the policy (`nextrl.env.formats`; None:
+      no thought format). The producer asks it to sample groups with empty thoughts
+      (`rl.empty_thought_samples` needs `thought_format.has_empty_thought`).
     - `spec`: the run's reward spec (`reward` in the config), checked against `reward_components`; set by
       `build_environment`. `total(components)` applies it, so `score` returns `Reward(self.total(c), c, …)`.
     """
 
     name: str = ""
     reward_components: tuple[str, ...] = ()
-    think_close: int | None = None
+    thought_format: ThoughtFormat | None = None
     spec: RewardSpec | None = None
 
     @property

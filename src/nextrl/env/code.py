@@ -37,11 +37,11 @@ from typing import Any
 
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
-from nextrl.env.next_token import end_of_turn_ids
 from nextrl.env.records import RecordTasks, file_tasks
 from nextrl.env.sandbox import Limits, RunResult, run_many, unavailable, unhideable
 from nextrl.env.verdict import Plan, decide, harness, plan_tests
 from nextrl.errors import ConfigError
+from nextrl.model.tokenizer import end_of_turn_ids
 
 OPTIONS = {"path", "max_tokens", "cpu_seconds", "wall_seconds", "memory_mb", "work_mb", "workers", "hide"}
 

@@ -35,9 +35,9 @@ import torch
 
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
-from nextrl.env.next_token import end_of_turn_ids
 from nextrl.env.records import RecordTasks, file_tasks
 from nextrl.errors import ConfigError, DataError
+from nextrl.model.tokenizer import end_of_turn_ids
 
 RUBRIC = (
     "Rate the response to the request from 1 (poor) to 5 (excellent) for coherence, fluency and how well it "

@@ -23,9 +23,9 @@ from typing import Any
 
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task
-from nextrl.env.next_token import end_of_turn_ids
 from nextrl.env.records import RecordTasks, read_records
 from nextrl.errors import ConfigError, DataError
+from nextrl.model.tokenizer import end_of_turn_ids
 
 INSTRUCTION = (
     "Solve the problem. Think step by step, then give the final answer as \\boxed{{...}}.\n\n{question}"

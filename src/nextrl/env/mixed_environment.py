@@ -28,10 +28,11 @@ class MixedEnvironment(Environment):
         self.envs, self.weights = dict(envs), dict(weights)
         self.reward_components = tuple(sorted({c for e in self.envs.values() for c in e.reward_components}))
         self.spec = _SpecByEnv(self.envs)  # type: ignore[assignment]
-        closes = [
-            e.think_close for e in self.envs.values() if e.think_close is not None and e.think_close >= 0
-        ]
-        self.think_close = closes[0] if closes else None
+        # the run-level checks ask this one (e.g. rl.empty_thought_samples); each part samples with its own
+        formats = [e.thought_format for e in self.envs.values() if e.thought_format is not None]
+        self.thought_format = next(
+            (f for f in formats if f.has_empty_thought), formats[0] if formats else None
+        )
 
     @property
     def verifier_free(self) -> bool:

@@ -1,6 +1,7 @@
 """The next-token environment's model-scored reward terms: `info_gain` (RLP) and `likelihood` (Quiet-STaR).
 
-Both are teacher-forced: the true continuation is scored after `prompt + thought + </think>` by the scoring
+Both are teacher-forced: the true continuation is scored after the closed thought (where the thought format
+says: `ThoughtFormat.scored_prefix`) by the scoring
 model (the current policy, through a `ScoringModel` handle), and after the bare context by an EMA baseline that
 follows the policy (RLP). Both passes go through the prefix-tree path, so the document prefix shared by a
 stripe's positions and their G thoughts is encoded once per pass, not once per sample. The formulas themselves
@@ -16,7 +17,7 @@ import torch
 from nextrl.config.schema import RewardConfig
 from nextrl.engine.base import Rollout
 from nextrl.env.base import ScoringModel, Task
-from nextrl.env.formats import closed_thought
+from nextrl.env.formats.base import ThoughtFormat
 from nextrl.env.likelihood import copies_target, information_gain, likelihood_gain
 from nextrl.model.ema import EMAModel
 
@@ -26,9 +27,9 @@ MODEL_SCORED = ("info_gain", "likelihood")
 class ModelScoredTerms:
     """Computes the model-scored terms of a reward spec for a batch of groups; owns the EMA baseline."""
 
-    def __init__(self, rc: RewardConfig, names: Sequence[str], think_close: int, eos_ids, token_bytes):
+    def __init__(self, rc: RewardConfig, names: Sequence[str], thought_format: ThoughtFormat, token_bytes):
         self.rc, self.names = rc, [n for n in names if n in MODEL_SCORED]
-        self.think_close, self.eos_ids, self.token_bytes = think_close, tuple(eos_ids), token_bytes
+        self.format, self.token_bytes = thought_format, token_bytes
         self.scorer: ScoringModel | None = None
         self.ema: EMAModel | None = None
 
@@ -73,15 +74,14 @@ class ModelScoredTerms:
         # already scored from the logits it sampled the answer from (`Rollout.target_logprob`) is read from the
         # rollout; the others go through one teacher-forced pass.
         prompts, comps, thoughts, read, missing = [], [], [], [], []
-        for t, group, tgt in zip(tasks, rollouts, targets, strict=True):
+        for group, tgt in zip(rollouts, targets, strict=True):
             for r in group:
-                th, _ = closed_thought(r, self.think_close, self.eos_ids)
-                thoughts.append(th[:-1])
+                thoughts.append(self.format.thought_ids(r))
                 if k == 1 and r.target_logprob is not None:
                     read.append((len(thoughts) - 1, r.target_logprob))
                     continue
                 missing.append(len(thoughts) - 1)
-                prompts.append(list(t.prompt_ids) + th)
+                prompts.append(self.format.scored_prefix(r))
                 comps.append(tgt)
         width = max((len(tgt) for tgt in targets), default=0)
         device = next(scorer.model.parameters()).device  # where `without` is computed too

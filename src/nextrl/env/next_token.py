@@ -10,19 +10,20 @@ from transformers import PreTrainedTokenizerBase
 
 from nextrl.config.schema import EnvConfig, RewardConfig
 from nextrl.engine.base import Rollout, SamplingParams
-from nextrl.env import formats
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, check_reward_spec
+from nextrl.env.formats import ThoughtFormat, build_format
 from nextrl.env.model_scored import MODEL_SCORED, ModelScoredTerms
 from nextrl.env.reward import boundaries, prefix_match_reward
 from nextrl.errors import ConfigError
-from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, document_prefix, think_ids
+from nextrl.model.tokenizer import TokenBytes, document_prefix
 from nextrl.positions.context import context_start
 
 
 class NextTokenEnv(Environment):
-    """RPT-style next-token reasoning (format from `cfg.format`), rewarded by `reward.spec` over the components
-    `prefix_match` (0/1), `format` (−1 for a missing or unparseable answer, else 0), `info_gain` and
-    `likelihood` (model-scored). Without a reward config it scores prefix match only (evaluation)."""
+    """RPT-style next-token reasoning in the thought format `cfg.format` (`nextrl.env.formats`), rewarded by
+    `reward.spec` over the components `prefix_match` (0/1), `format` (−1 for a missing or unparseable answer,
+    else 0), `info_gain` and `likelihood` (model-scored). Without a reward config it scores prefix match only
+    (evaluation)."""
 
     name = "next_token"
     reward_components = ("prefix_match", "format", *MODEL_SCORED)
@@ -36,17 +37,8 @@ class NextTokenEnv(Environment):
         self.tok = tokenizer
         self.token_bytes = TokenBytes(tokenizer)
         self.prefix_ids = document_prefix(tokenizer)  # <bos> where the model was pretrained after one
-        eos = tokenizer.eos_token_id
-        self.eos_ids: tuple[int, ...] = (
-            end_of_turn_ids(tokenizer) if cfg.format == "prompted" else (() if eos is None else (int(eos),))
-        )
-        self.think_open = self.think_close = -1
-        if cfg.format == "structured":
-            vocab = tokenizer.get_vocab()
-            if THINK_OPEN not in vocab or THINK_CLOSE not in vocab:
-                # convert_tokens_to_ids would silently give unk: fail here instead (see ensure_think_tokens).
-                raise ValueError("structured format needs <think> and </think> tokens in the vocabulary")
-            self.think_open, self.think_close = think_ids(tokenizer)
+        self.thought_format: ThoughtFormat = build_format(cfg, tokenizer, self.token_bytes)
+        self.eos_ids = self.thought_format.eos_ids
         self.spec = check_reward_spec(self.reward_cfg.spec, self)
         if dict(self.spec.terms).get("format", 0.0) < 0:
             raise ConfigError(
@@ -54,12 +46,13 @@ class NextTokenEnv(Environment):
                 "answer: format is already a penalty (−1 for a missing answer, else 0); write +w*format"
             )
         self.model_scored = ModelScoredTerms(
-            self.reward_cfg, self.spec.names, self.think_close, self.eos_ids, self.token_bytes
+            self.reward_cfg, self.spec.names, self.thought_format, self.token_bytes
         )
-        if self.model_scored.names and cfg.format != "structured":
+        if self.model_scored.names and not self.thought_format.teacher_forced:
             raise ConfigError(
-                f"config key 'reward': {', '.join(self.model_scored.names)} needs env.format=structured "
-                "(the continuation is teacher-forced right after </think>)"
+                f"config key 'reward': {', '.join(self.model_scored.names)} needs a format whose answer directly "
+                f"follows the thought (env.format=structured or aside; not {cfg.format}): the continuation is "
+                "teacher-forced there"
             )
 
     @property
@@ -86,12 +79,7 @@ class NextTokenEnv(Environment):
         ctx = self.prefix_ids + [int(t) for t in doc_tokens[context_start(position, context) : position]]
         target_ids = [int(t) for t in doc_tokens[position : position + self.cfg.target_tokens]]
         pieces = [self.token_bytes(t) for t in target_ids]
-        if self.cfg.format == "structured":
-            prompt_ids = formats.structured_prompt(
-                ctx, self.think_open, self.think_close, self.cfg.thought_tokens
-            )
-        else:
-            prompt_ids = self._prompted_ids(ctx)
+        prompt_ids = self.thought_format.prompt(ctx)
         meta = {
             "position": position,
             "bucket": bucket,
@@ -104,54 +92,20 @@ class NextTokenEnv(Environment):
             task_id=f"{doc_id}@{position}", prompt_ids=prompt_ids, domain=domain, group_key=doc_id, meta=meta
         )
 
-    def _prompted_ids(self, ctx: list[int]) -> list[int]:
-        text = formats.build_prompt(
-            self.tok.decode(ctx, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        )
-        if getattr(self.tok, "chat_template", None):
-            # The template writes its own BOS/role markers, so no extra special tokens are added.
-            # enable_thinking: Qwen3's switch (other templates ignore it); on, the model opens its own <think>
-            chat = self.tok.apply_chat_template(
-                [{"role": "user", "content": text}],
-                tokenize=False,
-                add_generation_prompt=True,
-                enable_thinking=self.cfg.enable_thinking,
-            )
-            return list(self.tok(chat, add_special_tokens=False)["input_ids"])
-        return list(self.tok(text)["input_ids"])
-
     # ------------------------------------------------------------ sampling
 
     @property
     def _n_phases(self) -> int:
-        return 2 if self.cfg.format == "structured" and self.cfg.thought_tokens > 0 else 1
+        return self.thought_format.n_phases
 
     def sampling_params(self, n: int, temperature: float, top_p: float) -> SamplingParams:
-        if self.cfg.format == "structured":
-            return formats.structured_sampling(
-                self.cfg.thought_tokens,
-                self.cfg.answer_tokens,
-                self.think_close,
-                self.eos_ids,
-                n,
-                temperature,
-                top_p,
-            )
-        return formats.prompted_sampling(self.cfg.thought_tokens, self.eos_ids, n, temperature, top_p)
+        return self.thought_format.sampling(n, temperature, top_p)
 
     # ------------------------------------------------------------ scoring
 
     def answer_bytes(self, task: Task, rollout: Rollout) -> bytes | None:
         """The predicted bytes, or None when the answer is missing or unparseable."""
-        if self.cfg.format == "structured":
-            ids = formats.structured_answer_ids(rollout, self._n_phases, self.eos_ids)
-            return None if ids is None else self.token_bytes.join(ids)
-        # Special tokens are kept so that `</think>` survives decoding.
-        text = self.tok.decode(
-            rollout.completion_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
-        ans = formats.parse_boxed_answer(text, self.cfg.max_answer_chars)
-        return None if ans is None else ans.encode("utf-8")
+        return self.thought_format.answer_bytes(rollout)
 
     def verify(self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]]) -> list[list[Reward]]:
         """The model-free components of every rollout: `prefix_match` and `format`, and the parsed answer."""
@@ -209,7 +163,7 @@ class NextTokenEnv(Environment):
         return lm_sequences(tasks)
 
     def score_plan(self, tasks: Sequence[Task]) -> tuple[int, list[int]] | None:
-        """RLP's info gain scores the true next token after `prompt + thought + </think>`: exactly the
+        """RLP's info gain scores the true next token after the closed thought: exactly the
         distribution the engine samples the answer from, so the engine records it (phase 1's first step) and
         the with-thought pass is not run. Only when every model-scored term reads one token."""
         if self._n_phases < 2 or not self.model_scored.names or self.model_scored.tokens != 1:
@@ -219,27 +173,12 @@ class NextTokenEnv(Environment):
         return 1, [int(t.meta["target_ids"][0]) for t in tasks]
 
     def empty_thought_targets(self, tasks: Sequence[Task]) -> tuple[list[list[int]], list[int]]:
-        if self._n_phases < 2:  # no thought phase: nothing to close
-            return [], []
-        return empty_thought_targets(tasks, self.think_open, self.think_close)
+        return self.thought_format.empty_thought_targets(tasks)
 
     def standard_prediction_correct(self, task: Task, predicted_token_id: int) -> bool:
         """No-thought protocol: one greedy token, judged by the same byte rule as a reasoned answer."""
         pred = self.token_bytes(int(predicted_token_id))
         return prefix_match_reward(pred, task.meta["target_bytes"], task.meta["boundaries"]) == 1.0
-
-
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")
-
-
-def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
-    """Tokens that end a chat model's turn (Qwen's <|im_end|> and <|endoftext|>, Llama 3's <|eot_id|>, …) plus
-    the tokenizer's EOS: generation in the prompted format stops at any of them."""
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[t] for t in END_OF_TURN if t in vocab]
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return tuple(sorted(set(ids)))
 
 
 def lm_sequences(tasks: Sequence[Task]) -> list[list[int]]:
@@ -248,18 +187,3 @@ def lm_sequences(tasks: Sequence[Task]) -> list[list[int]]:
     seqs = sorted({(*t.meta["context_ids"], t.meta["target_ids"][0]) for t in tasks if t.meta["target_ids"]})
     out = [s for a, s in enumerate(seqs) if not (a + 1 < len(seqs) and seqs[a + 1][: len(s)] == s)]
     return [list(s) for s in out if len(s) > 1]
-
-
-def empty_thought_targets(
-    tasks: Sequence[Task], think_open: int, think_close: int
-) -> tuple[list[list[int]], list[int]]:
-    """For each position: `context <think></think> x_t`, trained on x_t only (its index is returned), so the
-    next-token term also teaches that an empty thought changes nothing: closing the thought at once must cost
-    the policy no accuracy, or "not thinking" is no option for it to learn."""
-    seqs, starts = [], []
-    for t in tasks:
-        ctx = list(t.meta["context_ids"])
-        if ctx and t.meta["target_ids"]:
-            seqs.append([*ctx, think_open, think_close, int(t.meta["target_ids"][0])])
-            starts.append(len(seqs[-1]) - 2)
-    return seqs, starts

@@ -11,6 +11,7 @@ import numpy as np
 
 from nextrl.engine.base import Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Task
+from nextrl.env.formats import EngineSampler
 
 
 def per_bucket(buckets: Sequence[str], values: Sequence[float]) -> dict[str, float]:
@@ -35,13 +36,21 @@ def standard_correct(env, engine: RolloutEngine, tasks: Sequence[Task]) -> list[
 def thought_rollouts(
     env, engine: RolloutEngine, tasks: Sequence[Task], temperature: float
 ) -> tuple[list[bool], list[Rollout]]:
-    """Thought then answer (greedy by default): whether each answer is right, and the rollouts (one per task)."""
-    outs = engine.generate([t.prompt_ids for t in tasks], env.sampling_params(1, temperature, 1.0))
+    """Thought then answer (greedy by default): whether each answer is right, and the rollouts (one per task).
+    The thought format makes them (`sample_groups`): in the aside format a thought closed at once is no
+    thought, so that prediction is the bare context's."""
+    params = env.sampling_params(1, temperature, 1.0)
+    fmt = getattr(env, "thought_format", None)
+    if fmt is None:
+        outs = engine.generate([t.prompt_ids for t in tasks], params)
+    else:
+        outs = fmt.sample_groups(tasks, params, 0, EngineSampler(engine))
     rewards = env.score(tasks, outs)
     correct = [r[0].components.get("prefix_match", r[0].total) > 0 for r in rewards]
     return correct, [o[0] for o in outs]
 
 
 def thought_length(rollout: Rollout) -> int:
-    """Tokens of the thought phase, `</think>` included (0 for a format without a thought phase)."""
+    """Tokens of the thought phase, its closing delimiter included (0 for a format without a thought phase, and
+    for an aside's empty thought)."""
     return rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)

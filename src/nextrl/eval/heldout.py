@@ -1,8 +1,8 @@
 """The evaluation stage: every model on the same held-out positions, outcomes kept per position, paired tests.
 
 For each model: the standard prediction (greedy next token from the bare context), the with-thought
-prediction (greedy thought, then the answer) with its thought length, and, in the structured format, the
-information gain of that same thought; plus held-out perplexity. All generation and scoring goes through the
+prediction (greedy thought, then the answer) with its thought length, and, in a format whose answer directly
+follows the thought (structured, aside), the information gain of that same thought; plus held-out perplexity. All generation and scoring goes through the
 prefix-sharing paths (positions are sorted so the positions of one document stripe are adjacent and share
 their prefix). Per-position outcomes are written to `eval/outcomes.parquet`, so any other comparison can be
 made later without re-running the models.
@@ -72,7 +72,8 @@ def evaluate_models(
     lengths: dict[str, list[int]] = {}
     gains: dict[str, list[float]] = {}
     result: dict[str, Any] = {"perplexity": {}}
-    structured = cfg.env.format == "structured"
+    fmt = getattr(env, "thought_format", None)
+    teacher_forced = fmt is not None and fmt.teacher_forced
     bar = progress(total=len(models) * len(tasks), desc="eval", unit="pos")
     for name, model in models.items():
         bar.set_postfix(model=name)
@@ -95,7 +96,7 @@ def evaluate_models(
             ok, rollouts = thought_rollouts(env, engine, chunk, cfg.eval.thought_temperature)
             wt += ok
             ln += [thought_length(r) for r in rollouts]
-            if structured:  # nats per position that the model's own (greedy) thought buys
+            if teacher_forced:  # nats per position that the model's own (greedy) thought buys
                 gn += gains_of_thoughts(
                     model, tokenizer.pad_token_id, env, chunk, rollouts, autocast, cfg.sharing.max_tree_nodes
                 )

@@ -1,10 +1,13 @@
 """Evaluation: the nats per position that thinking buys.
 
 For each held-out position the policy writes a thought (greedy by default), then the first true next token is
-teacher-forced twice: after `context <think> thought </think>` and after the bare context. The mean of
-log p(x_t | context, thought) − log p(x_t | context) is RLP's reward (arXiv 2510.01265) with the policy itself
-as the baseline: its expectation is the drop in cross-entropy that the thought buys. A model that ignores its
-thought scores about 0 (the `<think>` scaffold alone may shift it a little); a useful thought scores > 0.
+teacher-forced twice: after the closed thought (where the thought format says, `ThoughtFormat.scored_prefix`:
+`context <think> thought </think>` in the structured format, `context ( thought )` in the aside format, the bare
+context for an aside's empty thought) and after the bare context. The mean of log p(x_t | context, thought) −
+log p(x_t | context) is RLP's reward (arXiv 2510.01265) with the policy itself as the baseline: its expectation
+is the drop in cross-entropy that the thought buys. A model that ignores its thought scores about 0 (the
+delimiters alone may shift it: a structured empty thought costs what `<think></think>` costs, an aside's empty
+thought exactly 0); a useful thought scores > 0.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import torch
 from nextrl.engine.base import Rollout
 from nextrl.engine.sampler import TorchSampler
 from nextrl.env.base import Task
-from nextrl.env.formats import closed_thought
 from nextrl.sharing.logprobs import tree_logprobs_and_nll
 
 
@@ -43,31 +45,33 @@ def information_gain_nats(
 
 def _thoughts(
     model, pad_id: int, env, tasks: Sequence[Task], autocast, temperature: float, batch_size: int, seed: int
-) -> list[tuple[list[int], bool]]:
-    """(thought incl. `</think>`, whether `</think>` was added) per task, sampled with the env's parameters."""
-    if env.cfg.thought_tokens == 0:
-        return [([], False) for _ in tasks]  # the prompt already ends with an empty `<think></think>`
+) -> list[Rollout]:
+    """One thought per task (only the thought phase), sampled with the env's parameters."""
+    fmt = env.thought_format
+    if fmt.n_phases < 2:
+        return [Rollout(list(t.prompt_ids), [], [], [], "stop", phase_starts=[0]) for t in tasks]
     # Only the thought phase: the answer is teacher-forced afterwards, so sampling it would be wasted work.
     params = env.sampling_params(1, temperature, 1.0)
     params = dataclasses.replace(params, phases=params.phases[:1])
     sampler = TorchSampler(model, pad_id, batch_size=batch_size, autocast_dtype=autocast, seed=seed)
     outs = sampler.generate([t.prompt_ids for t in tasks], params)
-    return [closed_thought(group[0], env.think_close, env.eos_ids) for group in outs]
+    return [group[0] for group in outs]
 
 
 @torch.no_grad()
 def _target_logprobs(
-    model, pad_id: int, tasks: Sequence[Task], thoughts: Sequence[list[int]], autocast, max_nodes: int
+    model, pad_id: int, tasks: Sequence[Task], prefixes: Sequence[list[int]], autocast, max_nodes: int
 ) -> tuple[list[float], list[float]]:
-    """Per task (each with a context): log p(x_t | context, <think> thought </think>) and log p(x_t | context)
+    """Per task (each with a context): log p(x_t | prefix) (the closed thought's `scored_prefix`) and
+    log p(x_t | context)
     at temperature 1, teacher-forced through the prefix-tree path, without gradient. Both are one forward: the
-    bare context is a prefix of the prompt, so "context x_t" and "prompt thought x_t" are branches of one trie
+    bare context is a prefix of the prompt, so "context x_t" and "prefix x_t" are branches of one trie
     (a stripe's prefix is encoded once), and only the row that predicts x_t in each is projected to the
     vocabulary (`tree_logprobs_and_nll`'s next-token targets), not the thought's rows."""
     if not tasks:
         return [], []
     targets = [int(t.meta["target_ids"][0]) for t in tasks]
-    seqs = [[*t.prompt_ids, *th, x] for t, th, x in zip(tasks, thoughts, targets, strict=True)]
+    seqs = [[*p, x] for p, x in zip(prefixes, targets, strict=True)]
     seqs += [[*t.meta["context_ids"], x] for t, x in zip(tasks, targets, strict=True)]
     was_training = model.training
     model.eval()
@@ -99,14 +103,11 @@ def gains_of_thoughts(
     autocast,
     max_nodes: int = 4096,
 ) -> list[float]:
-    """Per task, log p(x_t | context, <think> thought </think>) − log p(x_t | context) for the thought of the
-    given rollout (one per task, e.g. the greedy with-thought evaluation's). NaN for a task with no context."""
+    """Per task, log p(x_t | closed thought) − log p(x_t | context) for the thought of the given rollout (one
+    per task, e.g. the greedy with-thought evaluation's). NaN for a task with no context."""
     idx = [i for i, t in enumerate(tasks) if t.meta["context_ids"]]
-    closed = [
-        closed_thought(thoughts[i], env.think_close, env.eos_ids)[0] if env.cfg.thought_tokens > 0 else []
-        for i in idx
-    ]
-    with_t, without = _target_logprobs(model, pad_id, [tasks[i] for i in idx], closed, autocast, max_nodes)
+    prefixes = [env.thought_format.scored_prefix(thoughts[i]) for i in idx]
+    with_t, without = _target_logprobs(model, pad_id, [tasks[i] for i in idx], prefixes, autocast, max_nodes)
     out = [math.nan] * len(tasks)
     for k, a, b in zip(idx, with_t, without, strict=True):
         out[k] = a - b
@@ -124,14 +125,19 @@ def evaluate_information_gain(
     seed: int = 0,
     max_nodes: int = 4096,
 ) -> dict[str, Any]:
-    """Information gain of the policy's own thoughts on `tasks` (structured-format next-token tasks): thoughts
-    sampled by the plain sampler, then scored as `gains_of_thoughts` scores them.
+    """Information gain of the policy's own thoughts on `tasks` (next-token tasks in a format whose answer
+    directly follows the thought): thoughts sampled by the plain sampler, then scored as `gains_of_thoughts`
+    scores them.
 
     Returns information_gain_nats' mean/stderr/n plus logp_with_thought and logp_no_thought (means),
-    thought_tokens (mean, `</think>` included), unclosed (thoughts ended by eos, closed here) and skipped
-    (tasks with an empty context: there is nothing to condition the no-thought prediction on)."""
-    if getattr(env.cfg, "format", None) != "structured":
-        raise ValueError("information gain needs the structured format (the answer directly after </think>)")
+    thought_tokens (mean, the closing delimiter included; 0 for an empty aside), unclosed (thoughts ended by
+    eos, closed here) and skipped (tasks with an empty context: there is nothing to condition the no-thought
+    prediction on)."""
+    fmt = getattr(env, "thought_format", None)
+    if fmt is None or not fmt.teacher_forced:
+        raise ValueError(
+            "information gain needs a format whose answer directly follows the thought (structured or aside)"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tasks = list(tasks)
     usable = [t for t in tasks if t.meta["context_ids"]]
@@ -139,10 +145,12 @@ def evaluate_information_gain(
     model.eval()
     try:
         with torch.no_grad():
-            closed = _thoughts(model, pad_id, env, usable, autocast, thought_temperature, batch_size, seed)
+            rollouts = _thoughts(model, pad_id, env, usable, autocast, thought_temperature, batch_size, seed)
     finally:
         model.train(was_training)
-    with_t, without = _target_logprobs(model, pad_id, usable, [th for th, _ in closed], autocast, max_nodes)
+    closed = [fmt.closed_thought(r) for r in rollouts]
+    prefixes = [fmt.scored_prefix(r) for r in rollouts]
+    with_t, without = _target_logprobs(model, pad_id, usable, prefixes, autocast, max_nodes)
     result: dict[str, Any] = information_gain_nats(with_t, without)
     n = len(usable)
     result |= {

@@ -80,6 +80,20 @@ def think_ids(tok: PreTrainedTokenizerBase) -> tuple[int, int]:
     return tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
 
 
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")
+
+
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Tokens that end a chat model's turn (Qwen's <|im_end|> and <|endoftext|>, Llama 3's <|eot_id|>, …) plus
+    the tokenizer's EOS: generation in a chat domain (math, code, judged writing, the prompted format) stops at
+    any of them."""
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[t] for t in END_OF_TURN if t in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(sorted(set(ids)))
+
+
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     # GPT-2's reversible byte <-> printable-unicode map used by ByteLevel pre-tokenizers.

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from nextrl.engine.base import EngineCapabilities, PolicyWeights, Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Environment, Reward, ScoringModel, Task, TaskSource
-from nextrl.trainer.empty_thought import answer_params, closed_prompts, join_empty_thought
 from nextrl.trainer.self_selection import answer_entropy
 from nextrl.trainer.step_account import StepAccount
 from nextrl.utils.rewards import rewards_differ
@@ -29,7 +28,7 @@ class ScoredGroup:
     rollouts: list[Rollout]
     rewards: list[Reward]
     policy_version: int
-    empty_samples: int = 0  # the last k rollouts closed the thought at once (rl.empty_thought_samples)
+    empty_samples: int = 0  # the last k rollouts have an empty thought (rl.empty_thought_samples)
 
     @property
     def totals(self) -> list[float]:
@@ -129,27 +128,14 @@ class Producer:
         plan = env.score_plan(tasks) if self.engine.capabilities.score else None
         if plan is not None:  # the reward's teacher-forced token, scored by the engine as it samples
             params = dataclasses.replace(params, score_phase=plan[0], score_tokens=tuple(plan[1]))
-        close = env.think_close
-        k = self.k_empty if close is not None and close >= 0 else 0  # only where a thought can be closed
-        in_engine = bool(k) and self.engine.capabilities.lead and params.n > k
-        if in_engine:
-            # k samples per group close the thought at once (trainer/empty_thought.py), in the same call: the
-            # engine takes `</think>` as their first action, with the first-step log-prob and entropy it has
-            rollouts = self._generate(prompts, dataclasses.replace(params, lead=(close, k)), account)
-        else:
-            rollouts = self._generate(prompts, dataclasses.replace(params, n=params.n - k), account)
-        if k and not in_engine:
-            # an engine without lead tokens: the answers from `prompt + </think>`, the close scored apart
-            answers = self._generate(closed_prompts(prompts, close), answer_params(params, k), account)
-            entropies = [g[0].entropies[0] if g[0].entropies else 0.0 for g in rollouts]
-            # log π(</think> | prompt) at the sampling temperature: the behaviour log-prob of an empty thought
-            t_close = time.time()
-            close_lp = self.policy.logprobs(
-                prompts, [[close]] * len(prompts), params.temperature, work=account.work["prefill"]
-            )[:, 0].tolist()
-            account.add_seconds("prefill", time.time() - t_close)  # a teacher-forced pass over the prompts
-            empty = join_empty_thought(prompts, answers, close_lp, entropies, close)
-            rollouts = [list(a) + list(b) for a, b in zip(rollouts, empty, strict=True)]
+        fmt = env.thought_format
+        k = (
+            self.k_empty if fmt is not None and fmt.has_empty_thought else 0
+        )  # only where a thought can be empty
+        if fmt is None:
+            rollouts = self._generate(prompts, params, account)
+        else:  # the format makes the group, its last k samples with an empty thought (its module says how)
+            rollouts = fmt.sample_groups(tasks, params, k, _AccountedSampler(self, account))
         account.generation_seconds += time.time() - t
         self.policy.work = account.work["scoring"]
         t_score = time.time()
@@ -177,3 +163,24 @@ class Producer:
                 n = len(r.completion_ids)
                 account.work["decode"].add_sequence(n, len(r.prompt_ids), logits=n)
         return rollouts
+
+
+class _AccountedSampler:
+    """The producer's engine as a thought format sees it (`GroupSampler`): every call's work and seconds are
+    added to the step's account."""
+
+    def __init__(self, producer: Producer, account: StepAccount):
+        self.producer, self.account = producer, account
+        self.lead = producer.engine.capabilities.lead
+
+    def generate(self, prompts, params: SamplingParams) -> list[list[Rollout]]:
+        return self.producer._generate(prompts, params, self.account)
+
+    def first_logprobs(self, prompts, token: int, temperature: float) -> list[float]:
+        """log π(token | prompt) at `temperature`, one teacher-forced pass of the policy over the prompts."""
+        t = time.time()
+        lp = self.producer.policy.logprobs(
+            prompts, [[token]] * len(prompts), temperature, work=self.account.work["prefill"]
+        )[:, 0].tolist()
+        self.account.add_seconds("prefill", time.time() - t)
+        return lp

@@ -100,11 +100,11 @@ class RLTrainer:
                 f"config key 'rl.entropy_mask_rho': {self.rl.entropy_mask_rho} < 1 needs token entropies, which "
                 f"the rollout engine {type(self.engine).__name__} does not record"
             )
-        close = self.env.think_close
-        if self.rl.empty_thought_samples and (close is None or close < 0):
+        fmt = self.env.thought_format
+        if self.rl.empty_thought_samples and (fmt is None or not fmt.has_empty_thought):
+            what = "no thought format" if fmt is None else f"thought format '{fmt.name}' has no empty thought"
             raise ConfigError(
-                f"config key 'rl.empty_thought_samples': environment '{self.env.name}' has no thought phase "
-                "to close"
+                f"config key 'rl.empty_thought_samples': environment '{self.env.name}' has {what} to sample"
             )
 
     # ---- one step -----------------------------------------------------------------------------------------

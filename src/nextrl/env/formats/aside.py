@@ -1,0 +1,158 @@
+"""The aside format, for pretrained models nextrl did not pretrain: the thought is an aside between two
+delimiters from the model's own vocabulary (`env.delimiters`, default `" ("` and `")"`: no new tokens, whose
+untrained embeddings would cost the model its prediction), and an empty thought is exactly no thought.
+
+A thinking sample's prompt is `context + open`; the thought phase stops at `close` (forced when the budget runs
+out) and the answer phase follows it, so the answer is read by position as in the structured format.
+
+Why an empty thought is no thought. Any pair of delimiters costs a base model dearly even around nothing: on
+Gemma 3 270M two inserted tokens cost 2-8 nats of the true next token (BENCHMARKS.md, thought formats). Here the
+answer after an empty thought is read from the bare context, so not thinking costs exactly 0 nats:
+
+- the empty-thought samples of a group (`rl.empty_thought_samples`) are answers generated from the bare
+  context: their rollout's prompt is the context, their completion only the answer (`phase_starts` [0, 0]: an
+  empty thought phase, then the answer);
+- a thinking sample that closes its thought at once is the same: it is redone from the bare context;
+- whatever scores "after an empty thought" reads the bare context (`scored_prefix`): information gain and
+  likelihood (so an empty thought's information gain is exactly 0), evaluation's with-thought prediction
+  (which then equals the standard one), and the next-token term's empty-thought text (`context x_t`).
+
+The information gain of a non-empty thought is log p(x | context + open + thought + close) − log p(x | context).
+
+What "not thinking" is for the policy. Unlike `</think>` in the structured format, not thinking is no action
+here: the empty samples carry no extra token and no log-prob of "choosing" to skip. They are the group's
+no-thought baseline, so every thinking sample's advantage is measured against not thinking, and RL raises the
+thoughts that beat the bare context and lowers those that do not. (An action "skip" would need a token whose
+probability the base model has never learnt, which is what this format avoids; the with-thought prediction of
+a model that closes at once is its bare prediction, so a policy can still learn to think little.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from nextrl.engine.base import Rollout, SamplingParams
+from nextrl.env.base import Task
+from nextrl.env.formats.base import (
+    GroupSampler,
+    ThoughtFormat,
+    answer_params,
+    answer_phase_ids,
+    with_target,
+)
+from nextrl.env.formats.structured import closed_thought, structured_sampling
+
+DEFAULT_DELIMITERS = (" (", ")")
+
+
+class AsideFormat(ThoughtFormat):
+    name = "aside"
+    teacher_forced = True
+
+    def __init__(
+        self, open_id: int, close_id: int, thought_tokens: int, answer_tokens: int, eos_ids, token_bytes
+    ):
+        self.open, self.close = open_id, close_id
+        self.thought_tokens, self.answer_tokens = thought_tokens, answer_tokens
+        self.eos_ids, self.token_bytes = tuple(eos_ids), token_bytes
+
+    @property
+    def has_empty_thought(self) -> bool:
+        return self.thought_tokens > 0
+
+    def prompt(self, context_ids: Sequence[int]) -> list[int]:
+        # no thought budget: no thought at all (an empty aside is no aside)
+        return [*context_ids, self.open] if self.thought_tokens > 0 else list(context_ids)
+
+    def sampling(self, n: int, temperature: float, top_p: float) -> SamplingParams:
+        return structured_sampling(
+            self.thought_tokens, self.answer_tokens, self.close, self.eos_ids, n, temperature, top_p
+        )
+
+    def answer_bytes(self, rollout: Rollout) -> bytes | None:
+        ids = answer_phase_ids(rollout, self.n_phases, self.eos_ids)
+        return None if ids is None else self.token_bytes.join(ids)
+
+    # ------------------------------------------------------------ sampling a group
+
+    def sample_groups(
+        self, tasks: Sequence[Task], params: SamplingParams, k: int, sampler: GroupSampler
+    ) -> list[list[Rollout]]:
+        """The thinking samples from `context + open` (those that close at once redone from the bare context),
+        then the k empty-thought samples: answers from the bare context."""
+        if k and not self.has_empty_thought:
+            raise ValueError("the aside format has no thought phase (env.thought_tokens = 0)")
+        tasks = list(tasks)
+        groups = (
+            [[] for _ in tasks]
+            if params.n == k
+            else sampler.generate([t.prompt_ids for t in tasks], dataclasses.replace(params, n=params.n - k))
+        )
+        groups = [list(g) for g in groups]
+        if self.n_phases > 1:
+            self._redo_closed_at_once(tasks, groups, params, sampler)
+        if k:
+            answers = sampler.generate([_context(t) for t in tasks], answer_params(params, k))
+            for g, a in zip(groups, answers, strict=True):
+                g += [no_thought(r) for r in a]
+        return groups
+
+    def _redo_closed_at_once(self, tasks, groups, params: SamplingParams, sampler: GroupSampler) -> None:
+        redo = [(i, j) for i, g in enumerate(groups) for j, r in enumerate(g) if self._closed_at_once(r)]
+        if not redo:
+            return
+        answers = sampler.generate([_context(tasks[i]) for i, _ in redo], answer_params(params, 1))
+        for (i, j), (r,) in zip(redo, answers, strict=True):
+            groups[i][j] = no_thought(r)
+
+    # ------------------------------------------------------------ the thought as scored
+
+    def _closed_at_once(self, rollout: Rollout) -> bool:
+        """A thinking sample whose thought holds no token before its close (sampled, or cut by eos)."""
+        return not is_no_thought(rollout) and closed_thought(rollout, self.close, self.eos_ids)[0] == [
+            self.close
+        ]
+
+    def closed_thought(self, rollout: Rollout) -> tuple[list[int], bool]:
+        """`thought + close`; empty (no delimiters at all) for an empty thought."""
+        if self.n_phases < 2 or is_no_thought(rollout):
+            return [], False
+        thought, added = closed_thought(rollout, self.close, self.eos_ids)
+        return ([], False) if thought == [self.close] else (thought, added)
+
+    def thought_ids(self, rollout: Rollout) -> list[int]:
+        return self.closed_thought(rollout)[0][:-1]
+
+    def scored_prefix(self, rollout: Rollout) -> list[int]:
+        """`context + open + thought + close`, or the bare context for an empty thought."""
+        thought, _ = self.closed_thought(rollout)
+        if thought:
+            return [*rollout.prompt_ids, *thought]
+        if is_no_thought(rollout) or self.n_phases < 2:
+            return list(rollout.prompt_ids)  # the prompt is the bare context
+        return list(rollout.prompt_ids[:-1])  # closed at once: the prompt without its open
+
+    def empty_thought_targets(self, tasks: Sequence[Task]) -> tuple[list[list[int]], list[int]]:
+        """`context x_t`: the answer after an empty thought is the answer from the bare context."""
+        if self.n_phases < 2:
+            return [], []
+        return with_target(tasks, list)
+
+
+def is_no_thought(rollout: Rollout) -> bool:
+    """An empty-thought sample: its prompt is the bare context and its thought phase is empty."""
+    return len(rollout.phase_starts) > 1 and rollout.phase_starts[1] == 0
+
+
+def no_thought(answer: Rollout) -> Rollout:
+    """An answer generated from the bare context as a two-phase rollout with an empty thought phase, so that
+    its answer is read where every other sample's is."""
+    return dataclasses.replace(answer, phase_starts=[0, *(answer.phase_starts or [0])])
+
+
+def _context(task: Task) -> list[int]:
+    ctx = list(task.meta["context_ids"])
+    if not ctx:
+        raise ValueError(f"task {task.task_id}: an empty thought needs a context to answer from")
+    return ctx
