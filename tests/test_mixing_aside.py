@@ -253,3 +253,26 @@ def test_evaluation_information_gain_is_mixed(tok, model):
         want = mixed_reference(logp_row(model, prefix), bare)[x] - bare[x]
         assert gain == pytest.approx(float(want), abs=1e-4)
         assert gain >= math.log(1 - W) - 1e-5  # a thought costs at most -log(1 - w)
+
+
+def test_heldout_with_thought_protocol_reads_the_mixture(tok, model):
+    """The evaluation stage's with-thought protocol (`heldout.with_thought`): the engine's greedy thoughts, then
+    the mixed answer; without mixing, the engine's own answers."""
+    from types import SimpleNamespace
+
+    from nextrl.engine import TorchSampler
+    from nextrl.eval.accuracy import thought_rollouts
+    from nextrl.eval.heldout import with_thought
+
+    cfg = SimpleNamespace(
+        eval=SimpleNamespace(thought_temperature=0.0), sharing=SimpleNamespace(max_tree_nodes=4096), seed=0
+    )
+    doc = tok(TEXT)["input_ids"]
+    for w in (W, None):
+        env = mixing_env(tok, mix_weight=w)
+        tasks = [env.make_task("d", doc, p, context=8) for p in range(4, 20)]
+        engine = TorchSampler(model, 0, seed=0)
+        got = with_thought(cfg, model, 0, env, engine, tasks, None)
+        plain = thought_rollouts(env, TorchSampler(model, 0, seed=0), tasks, 0.0)
+        want = plain if w is None else mixed_answers(model, 0, env, tasks, plain[1], None)
+        assert got[0] == want[0] and got[1] == want[1]
