@@ -5,8 +5,9 @@ says: `ThoughtFormat.scored_prefix`) by the scoring model (the current policy, t
 handle), and after the bare context by an EMA baseline that follows the policy (RLP). Where the format mixes
 (`env.mix_weight`, the aside format) the with-thought log-prob is the mixture with the policy's own bare-context
 prediction (one more teacher-forced pass per position; the empty-thought samples then need none). Both passes
-go through the prefix-tree path, so the document prefix shared by a stripe's positions and their G thoughts is encoded once per pass, not once per sample. The formulas themselves
-are in `nextrl.env.likelihood`, tested on hand-made tensors.
+go through the prefix-tree path, so the document prefix shared by a stripe's positions and their G thoughts is
+encoded once per pass, not once per sample. The formulas themselves are in `nextrl.env.likelihood`, tested on
+hand-made tensors.
 """
 
 from __future__ import annotations
