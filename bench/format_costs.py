@@ -17,7 +17,11 @@ Means are over positions with their standard errors (positions of one document s
 fully independent). `<think>`/`</think>` are the tokens nextrl adds to the tokenizer (new embedding rows), as a
 user of `env.format=structured` on this model gets them.
 
+With `--mix-weight w ...` the aside format is also measured with its answer read from the mixture
+w p(. | context ( thought )) + (1 − w) p(. | context) (`env.mix_weight`), on the same thoughts, once per weight.
+
     python bench/format_costs.py --data c4 --positions 128
+    python bench/format_costs.py --data c4 --positions 128 --per-doc 16 --formats aside --mix-weight 0.03 0.1 0.3
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from nextrl.config import load_config
 from nextrl.engine import build_engine
 from nextrl.engine.base import Rollout
 from nextrl.env import NextTokenEnv
-from nextrl.eval.accuracy import standard_correct, thought_rollouts
+from nextrl.eval.accuracy import mixed_answers, standard_correct, thought_rollouts
 from nextrl.eval.info_gain import gains_of_thoughts, information_gain_nats
 from nextrl.eval.stats import compare
 from nextrl.model.pretrain import prepare_base
@@ -118,8 +122,28 @@ def measure(model, tok, cfg, fmt_name: str, picks, args) -> dict:
         "paired": compare(wt, std),
         "greedy_info_gain": nats(gains_of_thoughts(model, pad, env, tasks, greedy, None)),
     }
+    if fmt_name == "aside":
+        out["mixed"] = [mixed(model, tok, cfg, w, tasks, sampled, greedy, std, args) for w in args.mix_weight]
     out["seconds"] = time.time() - t0
     return out
+
+
+def mixed(model, tok, cfg, weight: float, tasks, sampled, greedy, std, args) -> dict:
+    """The aside format with `env.mix_weight=weight`, on the same thoughts as the unmixed rows (the thought
+    phase does not depend on the weight): the answer read from the mixture with the bare context's."""
+    env = NextTokenEnv(cfg.env.model_copy(update={"format": "aside", "mix_weight": weight}), tok)
+    pad = tok.pad_token_id
+    empty = gains_of_thoughts(model, pad, env, tasks, [empty_rollout(env, t) for t in tasks], None)
+    wt, answered = mixed_answers(model, pad, env, tasks, greedy, None, 0.0, seed=args.seed)
+    return {
+        "mix_weight": weight,
+        "empty_thought_cost": nats([-g for g in empty]),
+        "sampled_info_gain": nats(gains_of_thoughts(model, pad, env, tasks, sampled, None)),
+        "standard": sum(std) / len(std),
+        "with_thought": sum(wt) / len(wt),
+        "paired": compare(wt, std),
+        "greedy_info_gain": nats(gains_of_thoughts(model, pad, env, tasks, answered, None)),
+    }
 
 
 def main(argv=None) -> None:
@@ -134,6 +158,14 @@ def main(argv=None) -> None:
     p.add_argument("--thought-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mix-weight",
+        type=float,
+        nargs="*",
+        default=[],
+        help="aside format: also read the answer from the mixture with the bare context's at these weights "
+        "(env.mix_weight), on the same thoughts",
+    )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -177,6 +209,21 @@ def table(result: dict) -> str:
             f"{s['info_gain']['stderr']:.2f} | {s['tokens']:.1f} | {100 * s['closed_at_once']:.0f}% | "
             f"{100 * a['standard']:.1f}% | {100 * a['with_thought']:.1f}% | {a['paired']['p_value']:.2g} | "
             f"{a['greedy_info_gain']['mean']:.2f} ± {a['greedy_info_gain']['stderr']:.2f} |"
+        )
+    mixes = [(r, m) for r in result["formats"] for m in r.get("mixed", [])]
+    if mixes:
+        rows += [
+            "",
+            "| aside, env.mix_weight | empty thought costs (nats) | own sampled thought: info gain (nats) "
+            "| standard acc | with-thought acc (greedy) | McNemar p | greedy thought: info gain |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for _, m in mixes:
+        e, s, g = m["empty_thought_cost"], m["sampled_info_gain"], m["greedy_info_gain"]
+        rows.append(
+            f"| {m['mix_weight']:g} | {e['mean']:.3f} ± {e['stderr']:.3f} | {s['mean']:.3f} ± {s['stderr']:.3f} "
+            f"| {100 * m['standard']:.1f}% | {100 * m['with_thought']:.1f}% | {m['paired']['p_value']:.2g} "
+            f"| {g['mean']:.3f} ± {g['stderr']:.3f} |"
         )
     return "\n".join(rows)
 

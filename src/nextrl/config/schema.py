@@ -267,6 +267,17 @@ class EnvConfig(_Strict):
     )
     thought_tokens: int = Field(16, ge=0, description="maximum thought length m")
     answer_tokens: int = Field(1, ge=1, description="tokens predicted after the thought (structured, aside)")
+    mix_weight: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="aside format with answer_tokens 1: read the answer after a thought from the mixture "
+        "w * p(. | context ( thought )) + (1 - w) * p(. | context) (Quiet-STaR's mixing with a constant weight "
+        "w), so a useless thought costs at most -log(1 - w) nats. Applies to info_gain and likelihood (the bare "
+        "term is the policy's own) and to evaluation (with-thought prediction, information gain); RL's sampled "
+        "answer (prefix_match) is still drawn after the thought alone (the engine cannot mix), so use it with "
+        "the info_gain reward. null: no mixing",
+    )
     max_answer_chars: int = Field(64, ge=1, description="longest answer scored (prompted format)")
     enable_thinking: bool = Field(
         True,
@@ -296,6 +307,16 @@ class EnvConfig(_Strict):
         if m is not None and (len(m) < 2 or any(w < 0 for w in m.values()) or sum(m.values()) <= 0):
             raise ValueError("a mixture needs at least two environments, weights >= 0 with a positive sum")
         return m
+
+    @model_validator(mode="after")
+    def _mix_weight_needs_aside(self) -> EnvConfig:
+        if self.mix_weight is not None and (self.format != "aside" or self.answer_tokens != 1):
+            raise ValueError(
+                f"config key 'env.mix_weight': mixing the answer after a thought with the bare context's needs "
+                f"env.format=aside and env.answer_tokens=1 (got format={self.format}, "
+                f"answer_tokens={self.answer_tokens}); set env.mix_weight=null otherwise"
+            )
+        return self
 
     @model_validator(mode="after")
     def _adapt_needs_mixture(self) -> EnvConfig:

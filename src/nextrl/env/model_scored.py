@@ -1,11 +1,13 @@
 """The next-token environment's model-scored reward terms: `info_gain` (RLP) and `likelihood` (Quiet-STaR).
 
 Both are teacher-forced: the true continuation is scored after the closed thought (where the thought format
-says: `ThoughtFormat.scored_prefix`) by the scoring
-model (the current policy, through a `ScoringModel` handle), and after the bare context by an EMA baseline that
-follows the policy (RLP). Both passes go through the prefix-tree path, so the document prefix shared by a
-stripe's positions and their G thoughts is encoded once per pass, not once per sample. The formulas themselves
-are in `nextrl.env.likelihood`, tested on hand-made tensors.
+says: `ThoughtFormat.scored_prefix`) by the scoring model (the current policy, through a `ScoringModel`
+handle), and after the bare context by an EMA baseline that follows the policy (RLP). Where the format mixes
+(`env.mix_weight`, the aside format) the with-thought log-prob is the mixture with the policy's own bare-context
+prediction (one more teacher-forced pass per position; the empty-thought samples then need none). Both passes
+go through the prefix-tree path, so the document prefix shared by a stripe's positions and their G thoughts is
+encoded once per pass, not once per sample. The formulas themselves are in `nextrl.env.likelihood`, tested on
+hand-made tensors.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ class ModelScoredTerms:
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state)
 
+    def _mixed(self, scorer, contexts, targets, G, with_t: torch.Tensor, empty: list[int]) -> torch.Tensor:
+        """The with-thought log-probs mixed with the policy's own bare-context ones (`ThoughtFormat.mix`, the
+        aside format's `env.mix_weight`), per target token. The bare term is one teacher-forced pass per
+        position, shared by its G samples (the engine's score plan records only the after-thought log-prob);
+        the empty-thought samples read it as it is, so they need no pass of their own."""
+        bare = scorer.logprobs(contexts, targets).to(with_t.device)
+        bare = torch.repeat_interleave(bare, torch.tensor(G, device=bare.device), dim=0)
+        if empty:
+            rows = torch.tensor(empty, device=with_t.device)
+            with_t[rows] = bare[rows, : with_t.shape[1]]
+        return self.format.mix(with_t, bare[:, : with_t.shape[1]])
+
     @torch.no_grad()
     def __call__(
         self, tasks: Sequence[Task], rollouts: Sequence[Sequence[Rollout]], scorer: ScoringModel | None
@@ -73,10 +87,14 @@ class ModelScoredTerms:
         # with the thought, under the scoring model: one sequence per sample. A one-token target the engine
         # already scored from the logits it sampled the answer from (`Rollout.target_logprob`) is read from the
         # rollout; the others go through one teacher-forced pass.
-        prompts, comps, thoughts, read, missing = [], [], [], [], []
+        mixing = self.format.mix_weight is not None
+        prompts, comps, thoughts, read, missing, empty = [], [], [], [], [], []
         for group, tgt in zip(rollouts, targets, strict=True):
             for r in group:
                 thoughts.append(self.format.thought_ids(r))
+                if mixing and not self.format.closed_thought(r)[0]:
+                    empty.append(len(thoughts) - 1)  # the bare context mixed with itself: read below
+                    continue
                 if k == 1 and r.target_logprob is not None:
                     read.append((len(thoughts) - 1, r.target_logprob))
                     continue
@@ -96,6 +114,8 @@ class ModelScoredTerms:
         contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
         without = scorer.like(self.ema.model).logprobs(contexts, targets)
         G = [len(g) for g in rollouts]
+        if mixing:
+            with_t = self._mixed(scorer, contexts, targets, G, with_t, empty)
         without = torch.repeat_interleave(without, torch.tensor(G, device=without.device), dim=0)
         mask = torch.zeros_like(with_t)
         row = 0

@@ -1,7 +1,8 @@
 """The evaluation stage: every model on the same held-out positions, outcomes kept per position, paired tests.
 
 For each model: the standard prediction (greedy next token from the bare context), the with-thought
-prediction (greedy thought, then the answer) with its thought length, and, in a format whose answer directly
+prediction (greedy thought, then the answer; where the format mixes, `env.mix_weight`, the answer is the
+argmax of the mixture of the after-thought and bare-context distributions) with its thought length, and, in a format whose answer directly
 follows the thought (structured, aside), the information gain of that same thought; plus held-out perplexity. All generation and scoring goes through the
 prefix-sharing paths (positions are sorted so the positions of one document stripe are adjacent and share
 their prefix). Per-position outcomes are written to `eval/outcomes.parquet`, so any other comparison can be
@@ -19,7 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nextrl.engine import build_engine
-from nextrl.eval.accuracy import per_bucket, standard_correct, thought_length, thought_rollouts
+from nextrl.eval.accuracy import (
+    mixed_answers,
+    per_bucket,
+    standard_correct,
+    thought_length,
+    thought_rollouts,
+)
 from nextrl.eval.info_gain import gains_of_thoughts, information_gain_nats
 from nextrl.eval.perplexity import perplexity
 from nextrl.eval.stats import compare, power_note, stderr
@@ -93,7 +100,7 @@ def evaluate_models(
         for s in range(0, len(tasks), CHUNK):
             chunk = tasks[s : s + CHUNK]
             std += standard_correct(env, engine, chunk)
-            ok, rollouts = thought_rollouts(env, engine, chunk, cfg.eval.thought_temperature)
+            ok, rollouts = with_thought(cfg, model, tokenizer.pad_token_id, env, engine, chunk, autocast)
             wt += ok
             ln += [thought_length(r) for r in rollouts]
             if teacher_forced:  # nats per position that the model's own (greedy) thought buys
@@ -116,6 +123,18 @@ def evaluate_models(
     if out is not None:
         write_outcomes(out / "eval" / "outcomes.parquet", tasks, outcomes, lengths, gains)
     return result, outcomes, buckets
+
+
+def with_thought(cfg, model, pad_id: int, env, engine, tasks, autocast):
+    """The with-thought protocol on `tasks`: (whether each answer is right, the rollouts). Where the format
+    mixes (`env.mix_weight`), the answer after the thought is read from the mixture with the bare context's."""
+    ok, rollouts = thought_rollouts(env, engine, tasks, cfg.eval.thought_temperature)
+    if getattr(env, "thought_format", None) is None or env.thought_format.mix_weight is None:
+        return ok, rollouts
+    return mixed_answers(
+        model, pad_id, env, tasks, rollouts, autocast, cfg.eval.thought_temperature,
+        cfg.sharing.max_tree_nodes, cfg.seed,
+    )  # fmt: skip
 
 
 def summarize(

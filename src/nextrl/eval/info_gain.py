@@ -7,7 +7,8 @@ context for an aside's empty thought) and after the bare context. The mean of lo
 log p(x_t | context) is RLP's reward (arXiv 2510.01265) with the policy itself as the baseline: its expectation
 is the drop in cross-entropy that the thought buys. A model that ignores its thought scores about 0 (the
 delimiters alone may shift it: a structured empty thought costs what `<think></think>` costs, an aside's empty
-thought exactly 0); a useful thought scores > 0.
+thought exactly 0); a useful thought scores > 0. Where the format mixes (`env.mix_weight`, the aside format) the
+with-thought log-prob is the mixture's, log(w p(x_t | context, thought) + (1 − w) p(x_t | context)).
 """
 
 from __future__ import annotations
@@ -60,10 +61,16 @@ def _thoughts(
 
 @torch.no_grad()
 def _target_logprobs(
-    model, pad_id: int, tasks: Sequence[Task], prefixes: Sequence[list[int]], autocast, max_nodes: int
+    model,
+    pad_id: int,
+    fmt,
+    tasks: Sequence[Task],
+    prefixes: Sequence[list[int]],
+    autocast,
+    max_nodes: int,
 ) -> tuple[list[float], list[float]]:
-    """Per task (each with a context): log p(x_t | prefix) (the closed thought's `scored_prefix`) and
-    log p(x_t | context)
+    """Per task (each with a context): log p(x_t | prefix) (the closed thought's `scored_prefix`; the format's
+    mixture with the bare context's where it mixes, `ThoughtFormat.mix`) and log p(x_t | context)
     at temperature 1, teacher-forced through the prefix-tree path, without gradient. Both are one forward: the
     bare context is a prefix of the prompt, so "context x_t" and "prefix x_t" are branches of one trie
     (a stripe's prefix is encoded once), and only the row that predicts x_t in each is projected to the
@@ -90,8 +97,9 @@ def _target_logprobs(
             )
     finally:
         model.train(was_training)
-    logp = (-nll).tolist()
-    return logp[: len(tasks)], logp[len(tasks) :]
+    logp = -nll
+    with_t, without = logp[: len(tasks)], logp[len(tasks) :]
+    return fmt.mix(with_t, without).tolist(), without.tolist()
 
 
 def gains_of_thoughts(
@@ -107,7 +115,10 @@ def gains_of_thoughts(
     per task, e.g. the greedy with-thought evaluation's). NaN for a task with no context."""
     idx = [i for i, t in enumerate(tasks) if t.meta["context_ids"]]
     prefixes = [env.thought_format.scored_prefix(thoughts[i]) for i in idx]
-    with_t, without = _target_logprobs(model, pad_id, [tasks[i] for i in idx], prefixes, autocast, max_nodes)
+    fmt = env.thought_format
+    with_t, without = _target_logprobs(
+        model, pad_id, fmt, [tasks[i] for i in idx], prefixes, autocast, max_nodes
+    )
     out = [math.nan] * len(tasks)
     for k, a, b in zip(idx, with_t, without, strict=True):
         out[k] = a - b
@@ -150,7 +161,7 @@ def evaluate_information_gain(
         model.train(was_training)
     closed = [fmt.closed_thought(r) for r in rollouts]
     prefixes = [fmt.scored_prefix(r) for r in rollouts]
-    with_t, without = _target_logprobs(model, pad_id, usable, prefixes, autocast, max_nodes)
+    with_t, without = _target_logprobs(model, pad_id, fmt, usable, prefixes, autocast, max_nodes)
     result: dict[str, Any] = information_gain_nats(with_t, without)
     n = len(usable)
     result |= {

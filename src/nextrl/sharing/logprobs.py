@@ -212,6 +212,42 @@ def tree_logprobs_and_nll(
     return out, nll
 
 
+@torch.no_grad()
+def tree_next_token_log_probs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    autocast: torch.dtype | None = None,
+    max_nodes: int = 4096,
+) -> torch.Tensor:
+    """The whole next-token distribution after each prompt, log-softmax at temperature 1 -> [N, V] fp32, without
+    gradient: the prompts packed as prefix trees (a shared document prefix encoded once), and only each
+    prompt's last row projected to the vocabulary. For reading an answer from two distributions at once (the
+    aside format's mixing); [N, V] is held, so callers pass prompts in slices."""
+    if not prompts:
+        return torch.zeros((0, head_weight(model).size(0)))
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: there is no token to condition the next token on")
+    device = next(model.parameters()).device
+    # one dummy completion token per prompt: its pick is the prompt's last node (a completion of one token
+    # adds no branch input)
+    batch, picks, _, where, _ = _pack(prompts, [[0]] * len(prompts), (), (), pad_id, max_nodes, None)
+    layout = batch.layout(device)
+    with _autocast(device, autocast), branch_attention(model):
+        hidden = base_forward(model)(
+            input_ids=batch.ids.to(device),
+            position_ids=batch.pos.to(device),
+            attention_mask=layout.prefix_mask,
+            layout=layout,
+        ).last_hidden_state
+    rows = hidden[torch.tensor(picks.rows, device=device), torch.tensor(picks.cols, device=device)]
+    logp = torch.log_softmax(rows.float() @ head_weight(model).float().T, dim=-1)
+    slot = [0] * len(prompts)
+    for k, (i, _) in enumerate(where):
+        slot[i] = picks.slot[k]
+    return logp[torch.tensor(slot, device=device)]
+
+
 def _pack(prompts, completions, lm_seqs, lm_starts, pad_id: int, max_nodes: int, work: TokenWork | None):
     """The prompts and the lm sequences with a target (each without its last token) grouped into prompt
     tries, the completions branching from them, and the targets each hidden-state row predicts: (batch, the

@@ -53,7 +53,9 @@ def build_format(
     eos_ids = () if eos is None else (int(eos),)
     if cfg.format == "aside":
         open_id, close_id = delimiter_ids(tokenizer, cfg.delimiters)
-        return AsideFormat(open_id, close_id, cfg.thought_tokens, cfg.answer_tokens, eos_ids, token_bytes)
+        return AsideFormat(
+            open_id, close_id, cfg.thought_tokens, cfg.answer_tokens, eos_ids, token_bytes, cfg.mix_weight
+        )
     vocab = tokenizer.get_vocab()
     if THINK_OPEN not in vocab or THINK_CLOSE not in vocab:
         # convert_tokens_to_ids would silently give unk: fail here instead (see ensure_think_tokens).

@@ -19,6 +19,35 @@ answer after an empty thought is read from the bare context, so not thinking cos
 
 The information gain of a non-empty thought is log p(x | context + open + thought + close) − log p(x | context).
 
+Mixing (`env.mix_weight` = w, Quiet-STaR's mixing with a constant weight). The base model's own thoughts cost it
+(−3.9 nats of the true token on Gemma 3 270M, and 23 points of greedy accuracy: BENCHMARKS.md), so the answer
+after a non-empty thought may be read from the mixture
+
+    p_mix(y) = w * p(y | context open thought close) + (1 - w) * p(y | context)
+
+of the policy's two next-token distributions (`mix`, through `nextrl.model.mixing_head.mixed_log_probs` with the
+constant logit z = logit(w)). A thought that puts no mass on the true token then costs at most −log(1 − w)
+nats (0.03 at w = 0.03), the greedy answer changes only where the thought's prediction is confident enough to
+outweigh the bare one, and a thought that makes the true token much likelier still gains: the gain over the
+bare context is log(1 + w (p_after / p_bare − 1)), never below log(1 − w) (at w = 0.03, a thought that lifts the
+true token from p = 0.01 to 0.9 gains log(1 + 0.03 · 89) = 1.3 nats instead of 4.5). An empty thought
+is the bare context mixed with itself: exactly the bare context (`mix` returns it unchanged where the two
+log-probs are equal). Where it is read:
+
+- info gain and likelihood (`nextrl.env.model_scored`): the with-thought log-prob of each scored target token
+  becomes log p_mix, per token (Quiet-STaR's teacher-forced tokens ahead), with the bare term the policy's own
+  log p(x | context, earlier target tokens), one teacher-forced pass per position shared by its G samples; the
+  baseline subtracted (RLP's EMA) is unchanged. The estimator of the reward is thus log p_mix(x) − log p_EMA(x);
+  with a constant w it has no parameters of its own to learn (a learned per-position w is Quiet-STaR's
+  `MixingHead`, not wired here);
+- evaluation: the with-thought prediction is the argmax (or a draw at the evaluation's temperature) of the mixed
+  vocabulary row, and its information gain is log p_mix(x) − log p_bare(x) under the same model.
+
+The mismatch: RL's sampled answer after a thought (what `prefix_match` scores) is still drawn from p(. | context
+open thought close) alone: the engine samples from one distribution and cannot mix. So under mixing
+`prefix_match` rewards the unmixed answer while evaluation reads the mixed one; use mixing with the `info_gain`
+reward, which scores the mixed log-prob.
+
 What "not thinking" is for the policy. Unlike `</think>` in the structured format, not thinking is no action
 here: the empty samples carry no extra token and no log-prob of "choosing" to skip. They are the group's
 no-thought baseline, so every thinking sample's advantage is measured against not thinking, and RL raises the
@@ -30,7 +59,10 @@ a model that closes at once is its bare prediction, so a policy can still learn 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
+
+import torch
 
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Task
@@ -42,6 +74,7 @@ from nextrl.env.formats.base import (
     with_target,
 )
 from nextrl.env.formats.structured import closed_thought, structured_sampling
+from nextrl.model.mixing_head import mixed_log_probs
 
 DEFAULT_DELIMITERS = (" (", ")")
 
@@ -51,11 +84,34 @@ class AsideFormat(ThoughtFormat):
     teacher_forced = True
 
     def __init__(
-        self, open_id: int, close_id: int, thought_tokens: int, answer_tokens: int, eos_ids, token_bytes
+        self,
+        open_id: int,
+        close_id: int,
+        thought_tokens: int,
+        answer_tokens: int,
+        eos_ids,
+        token_bytes,
+        mix_weight: float | None = None,
     ):
         self.open, self.close = open_id, close_id
         self.thought_tokens, self.answer_tokens = thought_tokens, answer_tokens
         self.eos_ids, self.token_bytes = tuple(eos_ids), token_bytes
+        if mix_weight is not None and not 0.0 < mix_weight < 1.0:
+            raise ValueError(f"the aside format's mix weight must lie in (0, 1), got {mix_weight}")
+        if mix_weight is not None and answer_tokens != 1:
+            raise ValueError(
+                f"the aside format mixes a one-token answer only, not answer_tokens={answer_tokens}"
+            )
+        self.mix_weight = mix_weight
+
+    def mix(self, logp_after: torch.Tensor, logp_bare: torch.Tensor) -> torch.Tensor:
+        """log(w p_after + (1 - w) p_bare) elementwise (one token per row, or whole vocabulary rows), and
+        exactly `logp_bare` where the two are equal (an empty thought: the bare context mixed with itself)."""
+        if self.mix_weight is None:
+            return logp_after
+        w = self.mix_weight
+        z = torch.tensor(math.log(w / (1.0 - w)), dtype=logp_after.dtype, device=logp_after.device)
+        return torch.where(logp_after == logp_bare, logp_bare, mixed_log_probs(z, logp_after, logp_bare))
 
     @property
     def has_empty_thought(self) -> bool:

@@ -9,7 +9,8 @@ knows the format's delimiters, so that the trainer, the learner and the engines 
   (`sample_groups`, through a `GroupSampler` that the producer or the evaluation hands it);
 - the thought of a rollout as scored (`closed_thought`, `thought_ids`) and the ids after which the true
   continuation is teacher-forced (`scored_prefix`), for model-scored rewards and evaluation's information gain;
-- the text the learner's next-token term trains on for the empty thought (`empty_thought_targets`).
+- the text the learner's next-token term trains on for the empty thought (`empty_thought_targets`);
+- how the answer after a thought is read from the after-thought and bare-context log-probs (`mix`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol
+
+import torch
 
 from nextrl.engine.base import Rollout, RolloutEngine, SamplingParams
 from nextrl.env.base import Task
@@ -81,6 +84,9 @@ class ThoughtFormat(ABC):
     # the answer directly follows the thought, so the true continuation can be teacher-forced after it
     # (model-scored rewards, evaluation's information gain)
     teacher_forced: bool = False
+    # the weight of the after-thought prediction in the answer's mixture with the bare context's (None: the
+    # answer is read after the thought alone; only the aside format mixes, `AsideFormat.mix`)
+    mix_weight: float | None = None
 
     @property
     def n_phases(self) -> int:
@@ -124,6 +130,12 @@ class ThoughtFormat(ABC):
     def scored_prefix(self, rollout: Rollout) -> list[int]:
         """The ids after which the true continuation is teacher-forced for this rollout."""
         return [*rollout.prompt_ids, *self.closed_thought(rollout)[0]]
+
+    def mix(self, logp_after: torch.Tensor, logp_bare: torch.Tensor) -> torch.Tensor:
+        """The answer's log-probs as this format reads them after a thought, from the log-probs after the
+        closed thought and after the bare context (the same tokens, or whole vocabulary rows): the ones after
+        the thought, unless the format mixes."""
+        return logp_after
 
     def empty_thought_targets(self, tasks: Sequence[Task]) -> tuple[list[list[int]], list[int]]:
         """Sequences and the index of their one target for the next-token term's "an empty thought changes
