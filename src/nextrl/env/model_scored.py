@@ -81,21 +81,39 @@ class ModelScoredTerms:
             raise RuntimeError(
                 f"reward terms {self.names} need a scoring model: call bind_scorer() or pass scorer="
             )
-        rc = self.rc
-        k = self.tokens
-        targets = [list(t.meta["target_ids"][:k]) for t in tasks]
-        # with the thought, under the scoring model: one sequence per sample. A one-token target the engine
-        # already scored from the logits it sampled the answer from (`Rollout.target_logprob`) is read from the
-        # rollout; the others go through one teacher-forced pass.
+        targets = [list(t.meta["target_ids"][: self.tokens]) for t in tasks]
+        with_t, thoughts, empty = self._with_thought(scorer, rollouts, targets)
+        # without the thought, under the EMA baseline: one sequence per position (the bare context)
+        contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
+        without = scorer.like(self.ema.model).logprobs(contexts, targets)
+        G = [len(g) for g in rollouts]
+        if self.format.mix_weight is not None:
+            with_t = self._mixed(scorer, contexts, targets, G, with_t, empty)
+        without = torch.repeat_interleave(without, torch.tensor(G, device=without.device), dim=0)
+        out = self._terms(with_t, without, _target_mask(with_t, targets, G))
+        if self.rc.copy_guard:
+            # a thought that writes out the start of the target gets no positive gain (Quiet-STaR's hack)
+            copied = torch.tensor(self._copies(tasks, G, thoughts), device=with_t.device)
+            out = {n: torch.where(copied, v.clamp(max=0.0), v) for n, v in out.items()}
+        return {name: _per_group(v.tolist(), G) for name, v in out.items()}
+
+    def _with_thought(
+        self, scorer: ScoringModel, rollouts: Sequence[Sequence[Rollout]], targets: list[list[int]]
+    ) -> tuple[torch.Tensor, list[list[int]], list[int]]:
+        """Per sample, log p(target tokens | what the format scores after its thought) under the scoring
+        model [samples, width]; the thoughts; and (when mixing) the samples whose thought is empty, left for
+        `_mixed` to fill with the bare context's. A one-token target the engine already scored from the logits
+        it sampled the answer from (`Rollout.target_logprob`) is read from the rollout; the others go through
+        one teacher-forced pass, one sequence per sample."""
         mixing = self.format.mix_weight is not None
         prompts, comps, thoughts, read, missing, empty = [], [], [], [], [], []
         for group, tgt in zip(rollouts, targets, strict=True):
             for r in group:
                 thoughts.append(self.format.thought_ids(r))
                 if mixing and not self.format.closed_thought(r)[0]:
-                    empty.append(len(thoughts) - 1)  # the bare context mixed with itself: read below
+                    empty.append(len(thoughts) - 1)  # the bare context mixed with itself: read in _mixed
                     continue
-                if k == 1 and r.target_logprob is not None:
+                if self.tokens == 1 and r.target_logprob is not None:
                     read.append((len(thoughts) - 1, r.target_logprob))
                     continue
                 missing.append(len(thoughts) - 1)
@@ -110,41 +128,45 @@ class ModelScoredTerms:
         if read:
             rows = torch.tensor([i for i, _ in read], device=device)
             with_t[rows, 0] = torch.tensor([v for _, v in read], device=device, dtype=with_t.dtype)
-        # without the thought, under the EMA baseline: one sequence per position (the bare context)
-        contexts = [list(t.meta["context_ids"]) or [int(t.prompt_ids[0])] for t in tasks]
-        without = scorer.like(self.ema.model).logprobs(contexts, targets)
-        G = [len(g) for g in rollouts]
-        if mixing:
-            with_t = self._mixed(scorer, contexts, targets, G, with_t, empty)
-        without = torch.repeat_interleave(without, torch.tensor(G, device=without.device), dim=0)
-        mask = torch.zeros_like(with_t)
-        row = 0
-        for tgt, g in zip(targets, G, strict=True):
-            mask[row : row + g, : len(tgt)] = 1.0
-            row += g
+        return with_t, thoughts, empty
+
+    def _terms(
+        self, with_t: torch.Tensor, without: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         if "info_gain" in self.names:
-            n = min(rc.info_gain_tokens, with_t.shape[1])
+            n = min(self.rc.info_gain_tokens, with_t.shape[1])
             out["info_gain"] = information_gain(with_t, without, mask, tokens=n)
         if "likelihood" in self.names:
-            n = min(rc.likelihood_tokens, with_t.shape[1])
+            n = min(self.rc.likelihood_tokens, with_t.shape[1])
             out["likelihood"] = likelihood_gain(with_t[:, :n], without[:, :n], mask[:, :n])
-        if rc.copy_guard:
-            # a thought that writes out the start of the target gets no positive gain (Quiet-STaR's hack)
-            flags, row = [], 0
-            for t, g in zip(tasks, G, strict=True):
-                for th in thoughts[row : row + g]:
-                    flags.append(
-                        copies_target(self.token_bytes.join(th), t.meta["target_bytes"], rc.copy_min_bytes)
-                    )
-                row += g
-            copied = torch.tensor(flags, device=with_t.device)
-            out = {n: torch.where(copied, v.clamp(max=0.0), v) for n, v in out.items()}
-        result = {}
-        for name, v in out.items():
-            vals, row = v.tolist(), 0
-            result[name] = []
-            for g in G:
-                result[name].append(vals[row : row + g])
-                row += g
-        return result
+        return out
+
+    def _copies(self, tasks: Sequence[Task], G: list[int], thoughts: list[list[int]]) -> list[bool]:
+        """Per sample: does its thought write out the start of its task's target?"""
+        flags, row = [], 0
+        for t, g in zip(tasks, G, strict=True):
+            for th in thoughts[row : row + g]:
+                flags.append(
+                    copies_target(self.token_bytes.join(th), t.meta["target_bytes"], self.rc.copy_min_bytes)
+                )
+            row += g
+        return flags
+
+
+def _target_mask(with_t: torch.Tensor, targets: list[list[int]], G: list[int]) -> torch.Tensor:
+    """1 where a sample's row holds a real target token (its task's target may be shorter than the width)."""
+    mask = torch.zeros_like(with_t)
+    row = 0
+    for tgt, g in zip(targets, G, strict=True):
+        mask[row : row + g, : len(tgt)] = 1.0
+        row += g
+    return mask
+
+
+def _per_group(values: list[float], G: list[int]) -> list[list[float]]:
+    out, row = [], 0
+    for g in G:
+        out.append(values[row : row + g])
+        row += g
+    return out
