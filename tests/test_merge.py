@@ -154,3 +154,37 @@ def test_merge_ends_with_each_model_on_each_domain(micro_run, tmp_path):
         assert set(row) == {"next_token", "math"}
         for res in row.values():
             assert res["problems"] == 4 and 0 <= res["pass@1"]["mean"] <= res["pass@2"]["mean"] <= 1
+
+
+def test_evaluation_scores_without_the_model_scored_terms():
+    """pass@k reads correctness only: the info_gain / likelihood terms of a run's reward (the gemma-cpu preset's
+    prefix_match+0.1*info_gain) are left out, so that no scoring model is needed; what is left is unchanged."""
+    from nextrl.config import load_config
+    from nextrl.eval.domains import without_model_scored
+
+    cfg = load_config(
+        "micro",
+        [
+            "reward.spec=prefix_match+0.1*info_gain-0.2*format",
+            "reward.by_env={next_token: info_gain, math: correct}",
+        ],
+    )
+    out = without_model_scored(cfg)
+    assert out.reward.spec == "prefix_match-0.2*format"
+    assert out.reward.by_env == {"next_token": "prefix_match", "math": "correct"}
+    assert cfg.reward.spec == "prefix_match+0.1*info_gain-0.2*format"  # the given config is not changed
+    assert out.reward.ema_tau == cfg.reward.ema_tau and out.env == cfg.env
+
+
+@pytest.mark.slow  # micro_run: the micro main job, shared with test_main_job and test_report
+def test_eval_of_a_run_whose_reward_has_info_gain(micro_run):
+    """`nextrl eval --run` of a run trained on prefix_match+0.1*info_gain (as gemma-cpu is) ends with its table;
+    it stopped with 'reward terms ['info_gain'] need a scoring model' on the gemma-cpu run's models."""
+    rl = micro_run / "models" / "rl"
+    args = ["eval", str(rl), "--run", str(micro_run), "--set", "reward.spec=prefix_match+0.1*info_gain",
+            "--samples", "2", "--k", "2", "--problems", "3"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        "next_token pass@2" in result.output and "(next_token: 3 problems; 2 samples each)" in result.output
+    )

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from nextrl.config.reward_spec import RewardSpec
 from nextrl.engine import build_engine
 from nextrl.env.base import Environment, Task
+from nextrl.env.model_scored import MODEL_SCORED
 from nextrl.env.registry import build_environment
 from nextrl.errors import UsageError
 from nextrl.eval.passk import evaluate_pass_at_k
@@ -103,10 +105,27 @@ def short_names(paths: list[str]) -> dict[str, str]:
     return {p: p for p in paths}
 
 
+def without_model_scored(cfg):
+    """`cfg` with the model-scored terms (info_gain, likelihood) left out of every reward spec: pass@k reads only
+    a sample's correctness, and those terms would need a scoring model bound to the environment (and an fp32
+    EMA copy of it) for a number nobody reads. A spec of model-scored terms only becomes `prefix_match`, the
+    next-token environment's correctness (the only environment that has such terms)."""
+
+    def strip(spec: str) -> str:
+        kept = [(name, w) for name, w in RewardSpec.parse(spec).terms if name not in MODEL_SCORED]
+        return str(RewardSpec(kept)) if kept else "prefix_match"
+
+    by_env = {name: strip(spec) for name, spec in cfg.reward.by_env.items()}
+    reward = cfg.reward.model_copy(update={"spec": strip(cfg.reward.spec), "by_env": by_env})
+    return cfg.model_copy(update={"reward": reward})
+
+
 def domain_sources(cfg, tokenizer, index: PositionIndex | None) -> tuple[dict[str, tuple], dict[str, str]]:
     """(name -> (environment, its task source, the source's starting state)) for each domain that has
     problems, and (name -> why) for each that has none. Each source is built once (a math source parses every
-    gold answer) and rewound to its starting state for every model."""
+    gold answer) and rewound to its starting state for every model. The environments score without their
+    model-scored reward terms (`without_model_scored`)."""
+    cfg = without_model_scored(cfg)
     env = build_environment(cfg, tokenizer)
     envs = dict(env.envs) if hasattr(env, "envs") else {cfg.env.name: env}
     found, skipped = {}, {}
