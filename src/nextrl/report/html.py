@@ -218,8 +218,8 @@ def _thinking(summary: RunSummary) -> str:
         rows.append(_row(escape(m), *cells))
     notes = "".join(f"<p class='verdict note'>{escape(n)}</p>" for n in thinking_notes(summary))
     return (
-        "<h2>Does thinking pay?</h2><p>Per bucket: mean thought length (tokens, <code>&lt;/think&gt;</code> "
-        "included), and with-thought minus standard accuracy of the same model on the same positions "
+        "<h2>Does thinking pay?</h2><p>Per bucket: mean thought length (tokens, the format's closing "
+        "delimiter included), and with-thought minus standard accuracy of the same model on the same positions "
         "(▲/▼: significant, McNemar p &lt; 0.01; sees ≥N: the smallest difference in points that this many "
         "positions detect with 80% power).</p>"
         f"{notes}<table><thead>{head}</thead>{''.join(rows)}</table>"
