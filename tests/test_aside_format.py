@@ -18,8 +18,7 @@ from nextrl.env.formats.aside import is_no_thought
 from nextrl.errors import ConfigError
 from nextrl.eval.accuracy import standard_correct, thought_length, thought_rollouts
 from nextrl.eval.info_gain import evaluate_information_gain, gains_of_thoughts
-from nextrl.model.tokenizer import train_bpe_tokenizer
-from tiny_models import tiny_llama
+from tiny_models import parens_tokenizer, tiny_llama
 
 TEXT = (
     "the cat (a black one) sat on the mat. the dog ran to the river (twice). a bird looked at the big house."
@@ -28,10 +27,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def tok():
-    subj = ["the cat", "the dog (a small one)", "a bird", "my friend (an old one)", "the old man"]
-    verbs = ["sat on", "ran to", "looked at", "walked past"]
-    objs = ["the mat", "the door (twice)", "a tree", "the river", "the big house"]
-    return train_bpe_tokenizer([f"{s} {v} {o}." for s in subj for v in verbs for o in objs], vocab_size=300)
+    return parens_tokenizer()
 
 
 @pytest.fixture(scope="module")

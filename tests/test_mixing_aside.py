@@ -19,9 +19,8 @@ from nextrl.env.base import ScoringModel
 from nextrl.errors import ConfigError
 from nextrl.eval.accuracy import mixed_answers
 from nextrl.eval.info_gain import gains_of_thoughts
-from nextrl.model.tokenizer import train_bpe_tokenizer
 from nextrl.sharing.logprobs import tree_next_token_log_probs
-from tiny_models import tiny_gemma3, tiny_llama
+from tiny_models import parens_tokenizer, tiny_gemma3, tiny_llama
 
 TEXT = (
     "the cat (a black one) sat on the mat. the dog ran to the river (twice). a bird looked at the big house."
@@ -31,10 +30,7 @@ W = 0.3  # large enough that the mixture moves the answer on a random model
 
 @pytest.fixture(scope="module")
 def tok():
-    subj = ["the cat", "the dog (a small one)", "a bird", "my friend (an old one)", "the old man"]
-    verbs = ["sat on", "ran to", "looked at", "walked past"]
-    objs = ["the mat", "the door (twice)", "a tree", "the river", "the big house"]
-    return train_bpe_tokenizer([f"{s} {v} {o}." for s in subj for v in verbs for o in objs], vocab_size=300)
+    return parens_tokenizer()
 
 
 @pytest.fixture(scope="module")

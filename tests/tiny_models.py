@@ -64,3 +64,14 @@ def tiny_gemma3(
             if name.endswith("norm.weight"):
                 p.normal_(0, 0.3)
     return model
+
+
+def parens_tokenizer():
+    """A small BPE tokenizer over sentences with parenthesised asides, so that " (" and ")" are single tokens
+    (the aside format's default delimiters)."""
+    from nextrl.model.tokenizer import train_bpe_tokenizer
+
+    subj = ["the cat", "the dog (a small one)", "a bird", "my friend (an old one)", "the old man"]
+    verbs = ["sat on", "ran to", "looked at", "walked past"]
+    objs = ["the mat", "the door (twice)", "a tree", "the river", "the big house"]
+    return train_bpe_tokenizer([f"{s} {v} {o}." for s in subj for v in verbs for o in objs], vocab_size=300)

@@ -68,20 +68,17 @@ from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Task
 from nextrl.env.formats.base import (
     GroupSampler,
-    ThoughtFormat,
     answer_params,
-    answer_phase_ids,
     with_target,
 )
-from nextrl.env.formats.structured import closed_thought, structured_sampling
+from nextrl.env.formats.structured import DelimitedFormat, closed_thought
 from nextrl.model.mixing_head import mixed_log_probs
 
 DEFAULT_DELIMITERS = (" (", ")")
 
 
-class AsideFormat(ThoughtFormat):
+class AsideFormat(DelimitedFormat):
     name = "aside"
-    teacher_forced = True
 
     def __init__(
         self,
@@ -93,9 +90,7 @@ class AsideFormat(ThoughtFormat):
         token_bytes,
         mix_weight: float | None = None,
     ):
-        self.open, self.close = open_id, close_id
-        self.thought_tokens, self.answer_tokens = thought_tokens, answer_tokens
-        self.eos_ids, self.token_bytes = tuple(eos_ids), token_bytes
+        super().__init__(open_id, close_id, thought_tokens, answer_tokens, eos_ids, token_bytes)
         if mix_weight is not None and not 0.0 < mix_weight < 1.0:
             raise ValueError(f"the aside format's mix weight must lie in (0, 1), got {mix_weight}")
         if mix_weight is not None and answer_tokens != 1:
@@ -113,22 +108,9 @@ class AsideFormat(ThoughtFormat):
         z = torch.tensor(math.log(w / (1.0 - w)), dtype=logp_after.dtype, device=logp_after.device)
         return torch.where(logp_after == logp_bare, logp_bare, mixed_log_probs(z, logp_after, logp_bare))
 
-    @property
-    def has_empty_thought(self) -> bool:
-        return self.thought_tokens > 0
-
     def prompt(self, context_ids: Sequence[int]) -> list[int]:
         # no thought budget: no thought at all (an empty aside is no aside)
         return [*context_ids, self.open] if self.thought_tokens > 0 else list(context_ids)
-
-    def sampling(self, n: int, temperature: float, top_p: float) -> SamplingParams:
-        return structured_sampling(
-            self.thought_tokens, self.answer_tokens, self.close, self.eos_ids, n, temperature, top_p
-        )
-
-    def answer_bytes(self, rollout: Rollout) -> bytes | None:
-        ids = answer_phase_ids(rollout, self.n_phases, self.eos_ids)
-        return None if ids is None else self.token_bytes.join(ids)
 
     # ------------------------------------------------------------ sampling a group
 

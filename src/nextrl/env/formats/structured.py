@@ -34,23 +34,23 @@ from nextrl.env.formats.base import (
 )
 
 
-class StructuredFormat(ThoughtFormat):
-    name = "structured"
+class DelimitedFormat(ThoughtFormat):
+    """What the formats with a thought between two delimiter tokens share (structured, aside): the thought
+    phase stops at `close` (forced when the budget runs out), the answer phase follows it, and the answer is
+    read by position."""
+
     teacher_forced = True
 
     def __init__(
-        self, think_open: int, think_close: int, thought_tokens: int, answer_tokens: int, eos_ids, token_bytes
+        self, open_id: int, close_id: int, thought_tokens: int, answer_tokens: int, eos_ids, token_bytes
     ):
-        self.open, self.close = think_open, think_close
+        self.open, self.close = open_id, close_id
         self.thought_tokens, self.answer_tokens = thought_tokens, answer_tokens
         self.eos_ids, self.token_bytes = tuple(eos_ids), token_bytes
 
     @property
     def has_empty_thought(self) -> bool:
         return self.thought_tokens > 0
-
-    def prompt(self, context_ids: Sequence[int]) -> list[int]:
-        return structured_prompt(context_ids, self.open, self.close, self.thought_tokens)
 
     def sampling(self, n: int, temperature: float, top_p: float) -> SamplingParams:
         return structured_sampling(
@@ -60,6 +60,13 @@ class StructuredFormat(ThoughtFormat):
     def answer_bytes(self, rollout: Rollout) -> bytes | None:
         ids = answer_phase_ids(rollout, self.n_phases, self.eos_ids)
         return None if ids is None else self.token_bytes.join(ids)
+
+
+class StructuredFormat(DelimitedFormat):
+    name = "structured"
+
+    def prompt(self, context_ids: Sequence[int]) -> list[int]:
+        return structured_prompt(context_ids, self.open, self.close, self.thought_tokens)
 
     def sample_groups(
         self, tasks: Sequence[Task], params: SamplingParams, k: int, sampler: GroupSampler
