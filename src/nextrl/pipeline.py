@@ -23,6 +23,7 @@ from nextrl.data import DocumentStream, check_sources
 from nextrl.data.windows import WindowBatches, pack_windows
 from nextrl.engine import build_engine
 from nextrl.env import Adaptation, MixtureTaskSource, NextTokenEnv, build_environment
+from nextrl.env.formats import shown_thought_ids
 from nextrl.env.mixed_environment import MixedEnvironment
 from nextrl.errors import DataError, RunFolderError
 from nextrl.eval.heldout import control_check, evaluate_models, verdict
@@ -30,6 +31,7 @@ from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
+from nextrl.model.warmup import warm_up
 from nextrl.positions import PositionIndex, position_tasks, select_positions
 from nextrl.preflight import check_context, preflight
 from nextrl.report import summary_table, write_report
@@ -58,7 +60,15 @@ def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -
 
         proxy = load_model(cfg.selection.proxy, key="selection.proxy").to(device)
     index = select_positions(
-        docs, base.tokenizer, proxy, cfg.selection, cfg.data, autocast, device, seed=cfg.seed
+        docs,
+        base.tokenizer,
+        proxy,
+        cfg.selection,
+        cfg.data,
+        autocast,
+        device,
+        seed=cfg.seed,
+        thought_ids=shown_thought_ids(cfg.env, base.tokenizer),
     )
     index.skipped = {k: v for k, v in stream.stats.as_dict().items() if v}  # bad inputs, by reason
     if not index.rows("train"):
@@ -286,6 +296,9 @@ def _stages(
         base = prepare_base(cfg, logger)
         check_context(cfg, base.model)
         base.model.to(device)
+    if cfg.warmup.tokens:
+        with _timed(seconds, "warmup"):
+            base = warm_up(cfg, base, shown_thought_ids(cfg.env, base.tokenizer), device, autocast, logger)
     with _timed(seconds, "selection"):
         index = select_stage(cfg, base, out, device, autocast)
     with _timed(seconds, "rl"):

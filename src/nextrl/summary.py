@@ -155,6 +155,7 @@ class FlopsSummary(_Schema):
 
 class StageSeconds(_Schema):
     pretrain: float
+    warmup: float | None = None  # the format warm-up (`warmup.tokens` > 0)
     selection: float
     rl: float
     baseline: float | None = None

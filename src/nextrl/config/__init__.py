@@ -17,6 +17,7 @@ from nextrl.config.schema import (
     SharingConfig,
     SourceConfig,
     TokenizerConfig,
+    WarmupConfig,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "PlacementConfig",
     "PositionsConfig",
     "PretrainConfig",
+    "WarmupConfig",
     "RLConfig",
     "RunConfig",
     "SamplingConfig",

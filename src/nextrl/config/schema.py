@@ -61,6 +61,13 @@ class SyntheticConfig(_Strict):
         "steps, as unhelpful reasoning appears on the web: a model pretrained on both can compute with steps "
         "but does not always choose to",
     )
+    thoughts: Literal["inline", "beside"] = Field(
+        "inline",
+        description="where the shown thoughts go: 'inline' writes <think> … </think> into the text (a vocabulary "
+        "nextrl trains, where those are tokens); 'beside' keeps the text bare and inserts each thought at token "
+        "level in the run's thought delimiters (env.format, env.delimiters): a pretrained tokenizer would merge "
+        "a delimiter written into the text with its neighbours",
+    )
     digits: int = Field(2, ge=1, le=6, description="digits of the operands (add, multiply)")
     items: int = Field(5, ge=3, le=12, description="most list items (running_total, count, reverse, sort)")
     problems: int = Field(4, ge=1, le=64, description="problems per document")
@@ -203,6 +210,20 @@ class PretrainConfig(_Strict):
     cache_dir: str | None = Field(
         None, description="cache of pretrained base models; default $NEXTRL_CACHE or ~/.cache/nextrl"
     )
+
+
+class WarmupConfig(_Strict):
+    """A format warm-up of the base model before selection: continued pretraining on the training documents,
+    with the thoughts they show (`synthetic.thoughts: beside`) written in the run's thought delimiters. A
+    pretrained model learns there what a thought in its format looks like and that the text goes on after it,
+    as nextrl's own small models learn it in pretraining (`pretrain.think_insert_prob`). 0 tokens: no warm-up.
+    The warmed model is cached like a pretrained base, and it is the run's `base`."""
+
+    tokens: int = Field(0, ge=0, description="training tokens (0: no warm-up)")
+    seq_len: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    warmup_steps: int = Field(4, ge=0, description="linear learning-rate warm-up steps (then cosine decay)")
 
 
 class SelectionConfig(_Strict):
@@ -655,6 +676,7 @@ class RunConfig(_Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

@@ -43,8 +43,10 @@ def split_text(text: str, max_chars: int) -> list[str]:
 def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
     """Strip NULs, skip near-empty documents, split long ones (pieces get doc_id suffix `#1`, `#2`, ...)."""
     if "\x00" in doc.text:
-        if doc.spans:
-            raise DataError(f"{doc.doc_id}: a document with computed spans must not contain NUL characters")
+        if doc.spans or doc.thoughts:
+            raise DataError(
+                f"{doc.doc_id}: a document with computed spans or shown thoughts must not contain NUL characters"
+            )
         doc = Document(doc.doc_id, doc.text.replace("\x00", ""), doc.source)
     text = doc.text
     if len(text.strip()) < cfg.min_chars:
@@ -58,8 +60,7 @@ def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
         out, start = [], 0
         for k, part in enumerate(split_text(text, cfg.max_doc_chars), start=1):
             end = start + len(part)
-            spans = tuple((a - start, b - start) for a, b in doc.spans if start <= a and b <= end)
-            out += clean(Document(f"{doc.doc_id}~{k}", part, doc.source, spans), cfg, log)
+            out += clean(doc.piece(f"{doc.doc_id}~{k}", start, end), cfg, log)
             start = end
         return out
     if len(text) <= cfg.max_chars:
@@ -68,10 +69,8 @@ def clean(doc: Document, cfg: DataConfig, log: SkipLog) -> list[Document]:
     out, start = [], 0
     for p in split_text(text, cfg.max_chars):
         end = start + len(p)
-        # spans move with their piece; one cut by the split is dropped (its result is no longer whole)
-        spans = tuple((a - start, b - start) for a, b in doc.spans if start <= a and b <= end)
         if len(p.strip()) >= cfg.min_chars:
-            out.append(Document(f"{doc.doc_id}#{len(out) + 1}", p, doc.source, spans))
+            out.append(doc.piece(f"{doc.doc_id}#{len(out) + 1}", start, end))
         start = end
     return out
 

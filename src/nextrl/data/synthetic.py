@@ -6,7 +6,10 @@ and multiplication with carries, running totals, counting items, reversing or so
 model cannot do these in one forward pass, but can with written steps, so they are the tokens where a thought
 must help. A fraction of documents (`worked_fraction`) shows the steps inside `<think> … </think>` right
 before the result, as worked solutions appear on the web; another (`guess_fraction`) shows a guess there
-("about 47", right only by chance), as unhelpful reasoning does; the rest give the bare result. A model
+("about 47", right only by chance), as unhelpful reasoning does; the rest give the bare result. With
+`thoughts: beside` the shown thoughts stay out of the text (`Document.thoughts`) and are inserted at token
+level in the run's own thought delimiters (`nextrl.data.shown_thoughts`), which is how a pretrained model's
+pages are written for its format. A model
 pretrained on both learns the procedure but not that it pays: that is what RL has to teach.
 
 The characters of each result's first item are returned as `Document.spans`; selection turns the first token
@@ -177,20 +180,26 @@ def synthetic_document(cfg: SyntheticConfig, index: int) -> Document:
     )
     text = rng.choice(_TITLES[kinds[0]]) + f" {int(rng.integers(1, 1000))}\n"
     spans: list[tuple[int, int]] = []
+    thoughts: list[tuple[int, str]] = []
     for kind in kinds:
         p = MAKERS[kind](rng, cfg)
         text += p.before
+        body = None
         if style == "worked":
-            text += f"{THINK_OPEN}{p.steps}{THINK_CLOSE}"
+            body = p.steps
         elif style == "guess":  # a number of the result's length, right only by chance
             first = p.result[0]
             guess = "".join(str(int(rng.integers(1 if k == 0 else 0, 10))) for k in range(len(first)))
-            text += f"{THINK_OPEN}about {guess if first.isdigit() else first}{THINK_CLOSE}"
+            body = f"about {guess if first.isdigit() else first}"
         else:  # the first result item: where a worked solution shows its steps
             spans.append((len(text), len(text) + len(p.result[0])))
+        if body is not None and cfg.thoughts == "inline":
+            text += f"{THINK_OPEN}{body}{THINK_CLOSE}"
+        elif body is not None:  # beside the text, before the result's first token
+            thoughts.append((len(text), body))
         text += "".join(p.result)
         text += p.after + "\n"
-    return Document(f"synthetic:{cfg.seed}:{index}", text, "synthetic", tuple(spans))
+    return Document(f"synthetic:{cfg.seed}:{index}", text, "synthetic", tuple(spans), tuple(thoughts))
 
 
 def read_synthetic(cfg: SyntheticConfig) -> Iterator[Document]:

@@ -16,6 +16,7 @@ import torch
 
 from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
+from nextrl.data.shown_thoughts import tokenize_document
 from nextrl.model.head import head_weight, topk_entropy_of_hidden
 from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN
 from nextrl.positions.context import context_start
@@ -195,22 +196,26 @@ def select_positions(
     autocast: torch.dtype | None,
     device: torch.device,
     seed: int = 0,
+    thought_ids: tuple[int, int] | None = None,
 ) -> PositionIndex:
+    """Score each document with the proxy and keep its positions. `thought_ids` (the format's delimiters)
+    write the thoughts a document shows beside its text into its tokens (`nextrl.data.shown_thoughts`)."""
     index = PositionIndex(doc_tokens={}, doc_split={})
     rng = np.random.default_rng(seed)
     proxy.eval()
     special = set(tokenizer.all_special_ids)
     for doc in progress(desc="select", unit="doc", total=len(docs), iterable=docs):
-        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=bool(doc.spans))
-        tokens = np.asarray(enc["input_ids"][: cfg.max_doc_tokens], dtype=np.int64)
+        tokens, computed_list = tokenize_document(doc, tokenizer, thought_ids, cfg.max_doc_tokens)
         if len(tokens) < cfg.skip_first + 2:
             continue
         split = split_of(doc.doc_id, data.heldout_fraction, data.seed)
         index.doc_tokens[doc.doc_id] = tokens
         index.doc_split[doc.doc_id] = split
         ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
-        computed = set(computed_positions(doc, enc.get("offset_mapping"), len(tokens)) if doc.spans else [])
-        inside = inside_thoughts(tokens, tokenizer)
+        computed = set(computed_list)
+        # a thought shown beside the text is in the format's delimiters (which ordinary text uses too, for the
+        # aside format), one written inline is in <think> … </think>
+        inside = inside_thoughts(tokens, tokenizer, thought_ids if doc.thoughts else None)
         cand = [
             t
             for t in range(max(cfg.skip_first, 1), len(tokens))
@@ -234,23 +239,10 @@ def select_positions(
     return index
 
 
-def computed_positions(doc: Document, offsets, n_tokens: int) -> list[int]:
-    """For each computed span, the first token that starts inside it and is not whitespace alone (a space
-    before a number is not computed): the position where the result begins. Position 0 has no context and is
-    never one; a span past the scored tokens gives none."""
-    out = []
-    for s, e in doc.spans:
-        for t, (a, b) in enumerate(offsets[:n_tokens]):
-            if s <= a < e and b > a and doc.text[a:b].strip():
-                if t > 0:
-                    out.append(t)
-                break
-    return sorted(set(out))
-
-
-def inside_thoughts(tokens: np.ndarray, tokenizer) -> np.ndarray:
-    """Bool per token: True from a `<think>` up to and including its `</think>` (a shown thought)."""
-    open_id, close_id = (
+def inside_thoughts(tokens: np.ndarray, tokenizer, thought_ids: tuple[int, int] | None = None) -> np.ndarray:
+    """Bool per token: True from an opening delimiter up to and including its closing one (a shown thought).
+    The delimiters are `thought_ids` when given, else `<think>` / `</think>` (thoughts written inline)."""
+    open_id, close_id = thought_ids or (
         tokenizer.convert_tokens_to_ids(THINK_OPEN),
         tokenizer.convert_tokens_to_ids(THINK_CLOSE),
     )

@@ -36,7 +36,7 @@ from nextrl.report.table import (
 from nextrl.summary import RunSummary, SummaryError
 from nextrl.utils.io import atomic_write_text
 
-STAGE_ORDER = ["pretrain", "selection", "rl", "baseline", "eval"]
+STAGE_ORDER = ["pretrain", "warmup", "selection", "rl", "baseline", "eval"]
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }

@@ -18,7 +18,7 @@ from nextrl.summary import RunSummary  # noqa: E402
 BUCKET_ORDER = ["easy", "medium", "hard", "computed", "all"]
 MODE_ORDER = ["standard", "with_thought"]
 MODE_LABELS = {"standard": "standard", "with_thought": "with thought"}
-STAGE_COLORS = {"pretrain": "tab:blue", "baseline": "tab:orange", "rl": "tab:green"}
+STAGE_COLORS = {"pretrain": "tab:blue", "warmup": "tab:purple", "baseline": "tab:orange", "rl": "tab:green"}
 SMOOTH_MIN_POINTS = 20  # below this a moving average hides more than it shows
 
 
@@ -163,8 +163,8 @@ def throughput_plot(records: list[dict]) -> bytes | None:
 
 
 def loss_plot(records: list[dict]) -> bytes | None:
-    # NLL (pretrain, baseline) and the RL policy loss are on different scales: separate panels.
-    nll = {s: series(records, s, "loss") for s in ("pretrain", "baseline")}
+    # NLL (pretrain, the format warm-up, baseline) and the RL policy loss are on different scales: separate panels.
+    nll = {s: series(records, s, "loss") for s in ("pretrain", "warmup", "baseline")}
     nll = {s: xy for s, xy in nll.items() if xy[0]}
     rl = series(records, "rl", "loss")
     panels = [p for p in (nll, {"rl": rl} if rl[0] else {}) if p]

@@ -34,6 +34,7 @@ __all__ = [
     "closed_thought",
     "delimiter_ids",
     "parse_boxed_answer",
+    "shown_thought_ids",
 ]
 
 
@@ -83,3 +84,14 @@ def delimiter_ids(tokenizer: PreTrainedTokenizerBase, delimiters) -> tuple[int, 
             f"config key 'env.delimiters': {list(delimiters)} open and close are the same token"
         )
     return ids[0], ids[1]
+
+
+def shown_thought_ids(cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
+    """The (open, close) ids that a page's shown thoughts are written in for `cfg.format`
+    (`nextrl.data.shown_thoughts`): the aside delimiters, `<think>`/`</think>` for the structured format, None
+    for the prompted format (an instruction, not delimiters)."""
+    if cfg.format == "aside":
+        return delimiter_ids(tokenizer, cfg.delimiters)
+    if cfg.format == "structured":
+        return think_ids(tokenizer)
+    return None

@@ -1,0 +1,70 @@
+"""Tokenizing a document whose thoughts are shown beside its text (`Document.thoughts`).
+
+A worked solution on a page is the format's own thought: `delimiter-open body delimiter-close` right before
+the result. Written into the text, a base model's tokenizer would merge the delimiter with what surrounds it
+(Gemma reads "saw  (" as "▁▁", "(", while the aside format inserts the one token "▁(" after "▁"), so the page
+would teach a thought the format never writes. Here the body is tokenized alone and inserted, between the
+format's delimiter ids, before the token its offset points at: exactly the sequence the format builds at that
+position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nextrl.data.documents import Document
+from nextrl.errors import DataError
+
+
+def first_token_at(
+    text: str, offsets: Sequence[tuple[int, int]], start: int, end: int | None = None
+) -> int | None:
+    """The first token that overlaps [start, end) and is not whitespace alone (a space token before a number
+    is not the number; a byte-level token " 8" that carries the space is); None when there is none."""
+    for t, (a, b) in enumerate(offsets):
+        if end is not None and a >= end:
+            return None
+        if b > start and b > a and text[a:b].strip():
+            return t
+    return None
+
+
+def tokenize_document(
+    doc: Document, tokenizer, thought_ids: tuple[int, int] | None, max_tokens: int | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """(token ids with the shown thoughts inserted, the computed positions among them), cut to `max_tokens`.
+
+    A computed position is the first token of a computed span (`first_token_at`); position 0 has no context
+    and is never one. `thought_ids` are the format's (open, close) ids; a document with shown thoughts needs
+    them."""
+    if doc.thoughts and thought_ids is None:
+        raise DataError(
+            f"{doc.doc_id}: the document shows thoughts beside its text, but the run's thought format has no "
+            "delimiters to write them with (env.format)"
+        )
+    need_offsets = bool(doc.spans or doc.thoughts)
+    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=need_offsets)
+    bare = list(enc["input_ids"])
+    offsets = enc.get("offset_mapping") or []
+    computed = sorted(
+        {t for s, e in doc.spans if (t := first_token_at(doc.text, offsets, s, e)) is not None and t > 0}
+    )
+    inserts: dict[int, list[int]] = {}
+    for offset, body in doc.thoughts:
+        t = first_token_at(doc.text, offsets, offset)
+        if t is None:  # a thought after the last token precedes nothing
+            continue
+        opening, closing = thought_ids  # type: ignore[misc]
+        body_ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+        inserts.setdefault(t, []).extend([opening, *body_ids, closing])
+    tokens: list[int] = []
+    moved: list[int] = []  # bare token index -> index in `tokens`
+    for t, tok in enumerate(bare):
+        tokens += inserts.get(t, [])
+        moved.append(len(tokens))
+        tokens.append(tok)
+    cut = len(tokens) if max_tokens is None else max_tokens
+    positions = [moved[t] for t in computed if moved[t] < cut]
+    return np.asarray(tokens[:cut], dtype=np.int64), positions

@@ -1,0 +1,157 @@
+"""Thoughts shown beside the text (`Document.thoughts`, `synthetic.thoughts: beside`) and the format warm-up
+that trains on them (`nextrl.model.warmup`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nextrl.config import DataConfig, RunConfig, SelectionConfig
+from nextrl.config.schema import EnvConfig, SyntheticConfig
+from nextrl.data import Document
+from nextrl.data.shown_thoughts import first_token_at, tokenize_document
+from nextrl.data.stream import clean
+from nextrl.data.synthetic import THINK_CLOSE, THINK_OPEN, synthetic_document
+from nextrl.env.formats import AsideFormat, shown_thought_ids
+from nextrl.errors import DataError
+from nextrl.positions.index import select_positions
+from tiny_models import parens_tokenizer, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return parens_tokenizer()
+
+
+def _beside(n: int, **kw) -> list[Document]:
+    cfg = SyntheticConfig(thoughts="beside", worked_fraction=0.5, guess_fraction=0.2, problems=3, **kw)
+    return [synthetic_document(cfg, i) for i in range(n)]
+
+
+def test_beside_documents_are_the_inline_ones_without_their_thoughts():
+    for i in range(40):
+        inline = synthetic_document(SyntheticConfig(worked_fraction=0.5, guess_fraction=0.2, problems=3), i)
+        beside = synthetic_document(
+            SyntheticConfig(worked_fraction=0.5, guess_fraction=0.2, problems=3, thoughts="beside"), i
+        )
+        assert THINK_OPEN not in beside.text
+        rebuilt, last = "", 0  # the inline text, rebuilt by writing each shown thought at its offset
+        for offset, body in beside.thoughts:
+            rebuilt += beside.text[last:offset] + f"{THINK_OPEN}{body}{THINK_CLOSE}"
+            last = offset
+        assert rebuilt + beside.text[last:] == inline.text
+        assert not (beside.thoughts and beside.spans)  # a page either shows its steps or gives bare results
+        assert len(beside.spans) == len(inline.spans)
+
+
+def test_a_shown_thought_is_the_sequence_the_aside_format_builds_at_that_position(tok):
+    """The slow, obvious reference: at a shown thought, the document's tokens are the aside format's prompt
+    for the bare context before it, the body, the closing delimiter, then the bare text goes on."""
+    ids = shown_thought_ids(EnvConfig(format="aside"), tok)
+    fmt = AsideFormat(*ids, thought_tokens=16, answer_tokens=4, eos_ids=(), token_bytes=None)
+    doc = Document("d", "the cat sat on the mat. the dog ran to the door.", "t", thoughts=((24, "a dog"),))
+    tokens, _ = tokenize_document(doc, tok, ids)
+    enc = tok(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+    bare, offsets = enc["input_ids"], enc["offset_mapping"]
+    t = first_token_at(doc.text, offsets, 24)
+    body = tok("a dog", add_special_tokens=False)["input_ids"]
+    expected = fmt.prompt(bare[:t]) + body + [ids[1]] + bare[t:]
+    assert tokens.tolist() == expected
+    assert tok.decode(expected[t : t + 1]) == " (" and doc.text[offsets[t][1] :].startswith(" dog")
+
+
+def test_computed_positions_move_past_the_thoughts_inserted_before_them(tok):
+    ids = shown_thought_ids(EnvConfig(format="aside"), tok)
+    text = "the cat sat on the mat. the dog ran to the door."
+    doc = Document("d", text, "t", spans=((text.index("door"), len(text) - 1),), thoughts=((4, "a cat"),))
+    tokens, positions = tokenize_document(doc, tok, ids)
+    bare_tokens, bare_positions = tokenize_document(Document("d", text, "t", spans=doc.spans), tok, ids)
+    shift = len(tok("a cat", add_special_tokens=False)["input_ids"]) + 2
+    assert positions == [p + shift for p in bare_positions]
+    assert tokens[positions[0]] == bare_tokens[bare_positions[0]]
+    # cut: a position past max_tokens is dropped with its tokens
+    cut, kept = tokenize_document(doc, tok, ids, max_tokens=positions[0])
+    assert len(cut) == positions[0] and kept == []
+
+
+def test_a_format_without_delimiters_cannot_show_thoughts(tok):
+    doc = Document("synthetic:0:7", "the cat sat on the mat.", "t", thoughts=((4, "a cat"),))
+    with pytest.raises(DataError, match="synthetic:0:7.*env.format"):
+        tokenize_document(doc, tok, None)
+    assert shown_thought_ids(EnvConfig(format="prompted"), tok) is None
+
+
+def test_split_documents_keep_their_thoughts():
+    text = "aaaaaaa\n" * 8 + "bbbbbbb\n" * 8  # two pieces of 64 characters
+    doc = Document("d", text, "t", spans=((66, 70),), thoughts=((64, "x"), (3, "y")))
+    pieces = clean(doc, DataConfig(max_chars=64, min_chars=1), log=None)
+    assert [p.text for p in pieces] == [text[:64], text[64:]]
+    assert [p.thoughts for p in pieces] == [((3, "y"),), ((0, "x"),)]
+    assert [p.spans for p in pieces] == [(), ((2, 6),)]
+
+
+def test_selection_writes_shown_thoughts_and_keeps_positions_out_of_them(tok):
+    ids = shown_thought_ids(EnvConfig(format="aside"), tok)
+    text = "the cat sat on the mat. " * 6
+    doc = Document("d", text, "t", thoughts=((24, "the dog ran to the door"),))
+    cfg = SelectionConfig(context=16, min_entropy=0.0, skip_first=1, max_positions_per_doc=500, top_k=8)
+    index = select_positions(
+        [doc],
+        tok,
+        tiny_llama(len(tok)),
+        cfg,
+        DataConfig(heldout_fraction=0.5),
+        None,
+        torch.device("cpu"),
+        thought_ids=ids,
+    )
+    tokens = index.doc_tokens["d"]
+    assert tokens.tolist() == tokenize_document(doc, tok, ids)[0].tolist()
+    start = tokens.tolist().index(ids[0])
+    end = tokens.tolist().index(ids[1])
+    assert index.position and not any(start <= p <= end for p in index.position)
+
+
+def test_warm_up_trains_on_the_shown_thoughts_and_is_cached(tmp_path, tok, monkeypatch):
+    from nextrl.model import warmup as W
+    from nextrl.model.pretrain import BaseModel
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {
+                "sources": [{"kind": "synthetic", "synthetic": {"documents": 40, "thoughts": "beside"}}]
+            },
+            "env": {"format": "aside"},
+            "warmup": {"tokens": 2 * 4 * 32, "seq_len": 32, "batch_size": 4, "lr": 1e-3},
+            "pretrain": {"cache_dir": str(tmp_path)},
+        }
+    )
+    ids = shown_thought_ids(cfg.env, tok)
+    seen: list[torch.Tensor] = []
+    real_train_lm = W.train_lm
+
+    def recording_train_lm(model, batch_fn, **kw):
+        seen.extend(batch_fn(s)[0] for s in range(kw["steps"]))
+        return real_train_lm(model, batch_fn, **kw)
+
+    monkeypatch.setattr(W, "train_lm", recording_train_lm)
+    model = tiny_llama(len(tok))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    warmed = W.warm_up(cfg, BaseModel(model, tok, None, {"flops": 0.0}), ids, torch.device("cpu"), None, None)
+    assert len(seen) == 2 and any(ids[0] in b.tolist()[0] or ids[0] in b.flatten().tolist() for b in seen)
+    assert any(not torch.equal(before[k], v) for k, v in warmed.model.state_dict().items())
+    assert warmed.info["warmup_steps"] == 2 and warmed.info["warmup_flops"] > 0
+    # a second run with the same shaping config loads the warmed model instead of training again
+    seen.clear()
+    again = W.warm_up(
+        cfg, BaseModel(tiny_llama(len(tok)), tok, None, {}), ids, torch.device("cpu"), None, None
+    )
+    assert seen == [] and again.info["warmup_steps"] == 2
+    for k, v in warmed.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[k], v), k
+    # the cache key changes with what shapes the warmed model
+    other = cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"lr": 2e-3})})
+    assert W.warmup_key(other, ids) != W.warmup_key(cfg, ids)
+    assert W.warmup_key(cfg, (ids[1], ids[0])) != W.warmup_key(cfg, ids)
+    assert np.isfinite(warmed.info["warmup_final_loss"])
