@@ -314,6 +314,15 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path
         ckpt.save_checkpoint(tmp_path, 2, model, None, opt, sched, {})
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000001"  # intact, and still the latest
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".step-000002")]  # no half folder
+    # the half-written folder is removed before the check, so the space it filled is free again: still "full"
+    # while less is free than the checkpoint needs (its weights and AdamW's two moments)
+    needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=64 * 1024**2 + needed - 1))
+    with pytest.raises(RunFolderError, match="the disk is full"):
+        ckpt.save_checkpoint(tmp_path, 2, model, None, opt, sched, {})
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=64 * 1024**2 + needed + 1))
+    with pytest.raises(RuntimeError, match="enforce fail"):  # enough space: the error is a bug, kept
+        ckpt.save_checkpoint(tmp_path, 2, model, None, opt, sched, {})
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage)  # plenty of space: the error is a bug, kept
     with pytest.raises(RuntimeError, match="enforce fail"):
         ckpt.save_checkpoint(tmp_path, 2, model, None, opt, sched, {})

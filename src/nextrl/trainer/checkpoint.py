@@ -40,7 +40,9 @@ def save_checkpoint(
     try:
         _write(folder / name, step, model, tokenizer, optimizer, scheduler, state, write_sharded)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as "RuntimeError: [enforce fail ...]"
-        if disk_full(folder, e):
+        # the half-written folder is gone by now, so the free space it filled is back: "full" means less free
+        # than the checkpoint needs (a 3 GB Gemma checkpoint failed with 1.6 GB free after the cleanup)
+        if disk_full(folder, e, margin=64 * 1024**2 + _checkpoint_bytes(model, optimizer)):
             raise RunFolderError(
                 f"the disk is full: checkpoint {folder / name} could not be written ({type(e).__name__}); the "
                 "previous checkpoint is intact: free space and continue with --resume"
@@ -50,6 +52,12 @@ def save_checkpoint(
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder / name
+
+
+def _checkpoint_bytes(model, optimizer) -> int:
+    """About what a checkpoint writes: the weights, and AdamW's two moments per weight with the optimizer."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (3 if optimizer is not None else 1)
 
 
 def _write(path: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any],
