@@ -155,3 +155,20 @@ def test_warm_up_trains_on_the_shown_thoughts_and_is_cached(tmp_path, tok, monke
     assert W.warmup_key(other, ids) != W.warmup_key(cfg, ids)
     assert W.warmup_key(cfg, (ids[1], ids[0])) != W.warmup_key(cfg, ids)
     assert np.isfinite(warmed.info["warmup_final_loss"])
+
+
+def test_the_units_digit_can_be_the_computed_position():
+    """`computed_digit: last`: each span is one digit ending a number whose other digits precede it, and a
+    shown thought sits right before that digit; `first` is unchanged."""
+    arithmetic = {"add": 1.0, "multiply": 1.0}  # multi-digit results (a list task's item is one character)
+    for i in range(30):
+        last = synthetic_document(
+            SyntheticConfig(tasks=arithmetic, computed_digit="last", thoughts="beside"), i
+        )
+        first = synthetic_document(SyntheticConfig(tasks=arithmetic, thoughts="beside"), i)
+        assert last.text == first.text
+        for (a, b), (_, b0) in zip(last.spans, first.spans, strict=True):
+            assert (a, b) == (b0 - 1, b0) and last.text[a].isdigit() and not last.text[b].isdigit()
+        for (offset, body), (offset0, body0) in zip(last.thoughts, first.thoughts, strict=True):
+            assert body == body0 and offset > offset0 and last.text[offset0:offset].isdigit()
+            assert not last.text[offset + 1].isdigit()

@@ -68,6 +68,12 @@ class SyntheticConfig(_Strict):
         "level in the run's thought delimiters (env.format, env.delimiters): a pretrained tokenizer would merge "
         "a delimiter written into the text with its neighbours",
     )
+    computed_digit: Literal["first", "last"] = Field(
+        "first",
+        description="which character of a result is the computed position (and where a shown thought goes): "
+        "'first' (the leading digit, which a model can often estimate from the operands' size) or 'last' "
+        "(the digits before it are context; the units digit needs the column step itself)",
+    )
     digits: int = Field(2, ge=1, le=6, description="digits of the operands (add, multiply)")
     items: int = Field(5, ge=3, le=12, description="most list items (running_total, count, reverse, sort)")
     problems: int = Field(4, ge=1, le=64, description="problems per document")

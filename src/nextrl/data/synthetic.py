@@ -184,6 +184,10 @@ def synthetic_document(cfg: SyntheticConfig, index: int) -> Document:
     for kind in kinds:
         p = MAKERS[kind](rng, cfg)
         text += p.before
+        # the computed token: the result's first character, or its last one (`computed_digit`), whose digits
+        # before it are then part of the context
+        lead = p.result[0][:-1] if cfg.computed_digit == "last" else ""
+        text += lead
         body = None
         if style == "worked":
             body = p.steps
@@ -192,12 +196,12 @@ def synthetic_document(cfg: SyntheticConfig, index: int) -> Document:
             guess = "".join(str(int(rng.integers(1 if k == 0 else 0, 10))) for k in range(len(first)))
             body = f"about {guess if first.isdigit() else first}"
         else:  # the first result item: where a worked solution shows its steps
-            spans.append((len(text), len(text) + len(p.result[0])))
+            spans.append((len(text), len(text) + len(p.result[0]) - len(lead)))
         if body is not None and cfg.thoughts == "inline":
             text += f"{THINK_OPEN}{body}{THINK_CLOSE}"
         elif body is not None:  # beside the text, before the result's first token
             thoughts.append((len(text), body))
-        text += "".join(p.result)
+        text += "".join(p.result)[len(lead) :]
         text += p.after + "\n"
     return Document(f"synthetic:{cfg.seed}:{index}", text, "synthetic", tuple(spans), tuple(thoughts))
 
