@@ -20,6 +20,7 @@ from nextrl import __version__
 from nextrl.accounting.flops import FlopModel
 from nextrl.config import RunConfig
 from nextrl.data import Document, DocumentStream, split_of
+from nextrl.data.shown_thoughts import tokenize_document
 from nextrl.data.windows import WindowBatches, insert_thought, pack_windows
 from nextrl.errors import ConfigError, DataError
 from nextrl.model.build import autocast_dtype, build_llama, count_params, load_model
@@ -113,7 +114,9 @@ def _corpus(cfg: RunConfig) -> tuple[list, Any, np.ndarray]:
     )
     encoded = []
     for d in progress(desc="tokenize", unit="doc", total=len(docs), iterable=docs):
-        encoded.append(tok(d.text, add_special_tokens=False)["input_ids"])
+        # thoughts shown beside the text (`synthetic.thoughts: beside`) in the <think> tokens of the vocabulary
+        # trained here, at token level, as selection and the warm-up write them
+        encoded.append(tokenize_document(d, tok, think_ids(tok))[0].tolist())
     return docs, tok, pack_windows(encoded, pc.seq_len, tok.eos_token_id)
 
 
