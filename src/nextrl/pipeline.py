@@ -323,6 +323,7 @@ def _summary_fields(
 ) -> dict[str, Any]:
     """The run's summary.json, before its schema checks it."""
     base, rl_summary, baseline_stats = done.base, done.rl_summary, done.baseline_stats
+    warmed = "warmup_steps" in base.info
     flops_rl = rl_summary["flops_total"]
     return {
         "nextrl_version": __version__,
@@ -332,7 +333,9 @@ def _summary_fields(
         "models": list(done.models),
         **done.evaluation,
         "flops": {
-            "pretrain": base.info.get("flops", 0.0),
+            # a warmed base's info holds its base's figures plus the warm-up's: each stage gets its own
+            "pretrain": base.info.get("flops", 0.0) - base.info.get("warmup_flops", 0.0),
+            "warmup": base.info.get("warmup_flops"),
             "rl": flops_rl,
             "baseline": baseline_stats.get("flops", 0.0),
             "rl_breakdown": rl_summary["flops"],
@@ -340,12 +343,15 @@ def _summary_fields(
         "wall_seconds": wall_seconds,
         "stage_seconds": stage_seconds,
         "steps": {
-            "pretrain": base.info.get("steps", 0),
+            "pretrain": base.info.get("steps", 0) - base.info.get("warmup_steps", 0),
+            "warmup": base.info.get("warmup_steps"),
             "rl": rl_summary["steps"],
             "baseline": baseline_stats.get("steps", 0),
         },
         "tokens_per_second": {
-            "pretrain": base.info.get("tokens_per_second", 0.0),
+            # a warmed base's rate is its warm-up's
+            "pretrain": 0.0 if warmed else base.info.get("tokens_per_second", 0.0),
+            "warmup": base.info.get("tokens_per_second") if warmed else None,
             "rl": _rl_tokens_per_second(out),
             "baseline": baseline_stats.get("tokens_per_second", 0.0),
         },

@@ -148,6 +148,7 @@ class FlopsSummary(_Schema):
     """FLOPs per stage; `rl_breakdown` splits the RL total by pass (prefill, decode, loss_forward, ...)."""
 
     pretrain: float
+    warmup: float | None = None  # the format warm-up (`warmup.tokens` > 0)
     rl: float
     baseline: float | None = None
     rl_breakdown: dict[str, float]
@@ -164,12 +165,14 @@ class StageSeconds(_Schema):
 
 class StepsSummary(_Schema):
     pretrain: int
+    warmup: int | None = None  # the format warm-up (`warmup.tokens` > 0)
     rl: int
     baseline: int | None = None
 
 
 class TokensPerSecond(_Schema):
     pretrain: float
+    warmup: float | None = None  # the format warm-up (`warmup.tokens` > 0)
     rl: float
     baseline: float | None = None
 
