@@ -323,7 +323,6 @@ def _summary_fields(
 ) -> dict[str, Any]:
     """The run's summary.json, before its schema checks it."""
     base, rl_summary, baseline_stats = done.base, done.rl_summary, done.baseline_stats
-    warmed = "warmup_steps" in base.info
     flops_rl = rl_summary["flops_total"]
     return {
         "nextrl_version": __version__,
@@ -333,8 +332,7 @@ def _summary_fields(
         "models": list(done.models),
         **done.evaluation,
         "flops": {
-            # a warmed base's info holds its base's figures plus the warm-up's: each stage gets its own
-            "pretrain": base.info.get("flops", 0.0) - base.info.get("warmup_flops", 0.0),
+            "pretrain": base.info.get("flops", 0.0),
             "warmup": base.info.get("warmup_flops"),
             "rl": flops_rl,
             "baseline": baseline_stats.get("flops", 0.0),
@@ -343,15 +341,14 @@ def _summary_fields(
         "wall_seconds": wall_seconds,
         "stage_seconds": stage_seconds,
         "steps": {
-            "pretrain": base.info.get("steps", 0) - base.info.get("warmup_steps", 0),
+            "pretrain": base.info.get("steps", 0),
             "warmup": base.info.get("warmup_steps"),
             "rl": rl_summary["steps"],
             "baseline": baseline_stats.get("steps", 0),
         },
         "tokens_per_second": {
-            # a warmed base's rate is its warm-up's
-            "pretrain": 0.0 if warmed else base.info.get("tokens_per_second", 0.0),
-            "warmup": base.info.get("tokens_per_second") if warmed else None,
+            "pretrain": base.info.get("tokens_per_second", 0.0),
+            "warmup": base.info.get("warmup_tokens_per_second"),
             "rl": _rl_tokens_per_second(out),
             "baseline": baseline_stats.get("tokens_per_second", 0.0),
         },

@@ -75,9 +75,7 @@ def warm_up(
         "warmup_steps": stats["steps"],
         "warmup_flops": stats["flops"],
         "warmup_final_loss": stats["loss"],
-        "flops": base.info.get("flops", 0.0) + stats["flops"],
-        "steps": base.info.get("steps", 0) + stats["steps"],
-        "tokens_per_second": stats["tokens_per_second"],
+        "warmup_tokens_per_second": stats["tokens_per_second"],
     }
     base.model.to("cpu")
     with atomic_dir(folder) as tmp:
