@@ -1,10 +1,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nextrl.config import DataConfig, SelectionConfig
+from nextrl.config import DataConfig, RunConfig, SelectionConfig
 from nextrl.data import Document
 from nextrl.positions import PositionIndex, bucket_of, score_document, select_positions, topk_entropy
 
@@ -123,3 +124,29 @@ def test_computed_positions_are_kept_and_shown_thoughts_skipped():
     thought = range(text.index("{"), text.index("}") + 1)
     assert not set(thought) & set(got)
     assert a + 1 in got and got[a + 1] != "computed"  # the second digit is an ordinary position
+
+
+def test_no_proxy_keeps_exactly_the_computed_positions():
+    """`selection.proxy: none` scores nothing: the index holds the computed rows a scored selection keeps (same
+    documents, tokens and splits), each with a NaN entropy, and its stats say nothing was scored."""
+    text = "abcdefghij total 47 and more text here, then 85 and 9 to end the line of text"
+    a, b, c = text.index("47"), text.index("85"), text.index(" 9 ") + 1
+    docs = [Document(f"d{i}", text, "synthetic", ((a, a + 2), (b, b + 2), (c, c + 1))) for i in range(6)]
+    cfg = SelectionConfig(context=16, min_entropy=0.0, skip_first=4, max_positions_per_doc=1000, top_k=8)
+    data = DataConfig(heldout_fraction=0.5)
+    scored = select_positions(docs, _CharTok(), _model(), cfg, data, None, torch.device("cpu"))
+    bare = select_positions(docs, _CharTok(), None, cfg, data, None, torch.device("cpu"))
+    computed = [
+        (d, p, s)
+        for d, p, bkt, s in zip(scored.doc_id, scored.position, scored.bucket, scored.split, strict=True)
+        if bkt == "computed"
+    ]
+    assert list(zip(bare.doc_id, bare.position, bare.split, strict=True)) == computed
+    assert set(bare.bucket) == {"computed"} and all(np.isnan(e) for e in bare.entropy)
+    assert bare.stats()["mean_entropy"] is None and scored.stats()["mean_entropy"] > 0
+    assert all((bare.doc_tokens[d] == scored.doc_tokens[d]).all() for d in scored.doc_tokens)
+
+
+def test_no_proxy_refuses_the_uncertain_curriculum():
+    with pytest.raises(ValueError, match="curriculum.prefer"):
+        RunConfig.model_validate({"selection": {"proxy": "none"}, "curriculum": {"prefer": "uncertain"}})

@@ -4,6 +4,7 @@ that trains on them (`nextrl.model.warmup`)."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from nextrl.data.stream import clean
 from nextrl.data.synthetic import THINK_CLOSE, THINK_OPEN, synthetic_document
 from nextrl.env.formats import AsideFormat, shown_thought_ids
 from nextrl.errors import DataError
-from nextrl.positions.index import select_positions
+from nextrl.positions.index import PositionIndex, select_positions
 from tiny_models import parens_tokenizer, tiny_llama
 
 
@@ -172,3 +173,24 @@ def test_the_units_digit_can_be_the_computed_position():
         for (offset, body), (offset0, body0) in zip(last.thoughts, first.thoughts, strict=True):
             assert body == body0 and offset > offset0 and last.text[offset0:offset].isdigit()
             assert not last.text[offset + 1].isdigit()
+
+
+def test_a_run_without_a_proxy_selects_and_evaluates_the_computed_positions(tmp_path):
+    """The micro job on synthetic pages with `selection.proxy: none`: no position is scored, RL and the
+    evaluation see only the computed results, and the summary says no entropy was measured."""
+    from nextrl.config import load_config
+    from nextrl.pipeline import run
+
+    synthetic = (
+        "data.sources=[{kind: synthetic, synthetic: {documents: 80, tasks: {add: 1}, digits: 2, problems: 4, "
+        "worked_fraction: 0.3, guess_fraction: 0.3}}]"
+    )
+    cfg = load_config(
+        "micro", ["model.dtype=float32", synthetic, "selection.proxy=none", "baseline.enabled=false"]
+    )
+    summary = run(cfg, tmp_path)
+    index = PositionIndex.load(tmp_path / "index")
+    assert len(index) > 0 and set(index.bucket) == {"computed"}
+    assert summary["selection"].get("mean_entropy") is None  # left out of summary.json
+    outcomes = pq.read_table(tmp_path / "eval" / "outcomes.parquet").to_pydict()
+    assert set(outcomes["bucket"]) == {"computed"}

@@ -54,8 +54,8 @@ def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -
         docs.append(doc)
         if len(docs) >= cfg.selection.max_documents:
             break
-    proxy = base.model
-    if cfg.selection.proxy != "base":
+    proxy = None if cfg.selection.proxy == "none" else base.model
+    if cfg.selection.proxy not in ("base", "none"):
         from nextrl.model.build import load_model
 
         proxy = load_model(cfg.selection.proxy, key="selection.proxy").to(device)
@@ -72,6 +72,11 @@ def select_stage(cfg: RunConfig, base: BaseModel, out: Path, device, autocast) -
     )
     index.skipped = {k: v for k, v in stream.stats.as_dict().items() if v}  # bad inputs, by reason
     if not index.rows("train"):
+        if proxy is None:
+            raise DataError(
+                "selection kept no training positions: selection.proxy 'none' keeps only the `computed` spans a "
+                "corpus marks (the synthetic source), and these documents mark none; set selection.proxy: base"
+            )
         raise DataError("selection kept no training positions: lower selection.min_entropy or add documents")
     if not index.rows("heldout"):
         raise DataError(

@@ -29,7 +29,7 @@ def check_input_paths(cfg: RunConfig) -> None:
             "tokenizer; set model.path too, or leave tokenizer.path out"
         )
     wanted = [("model.path", cfg.model.path, ("config.json",)), ("tokenizer.path", cfg.tokenizer.path, None)]
-    if cfg.selection.proxy != "base":
+    if cfg.selection.proxy not in ("base", "none"):
         wanted.append(("selection.proxy", cfg.selection.proxy, ("config.json",)))
     for key, value, needs in wanted:
         if is_gguf_ref(value):

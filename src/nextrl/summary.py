@@ -184,7 +184,7 @@ class SelectionSummary(_Schema):
     documents: int
     positions: dict[str, int]
     buckets: dict[str, int]
-    mean_entropy: float
+    mean_entropy: float | None = None  # None: nothing was scored (`selection.proxy: none`)
     skipped: dict[str, int] | None = None  # inputs the document stream skipped while selecting, by reason
     curriculum: dict[str, Any]
     rl_positions_active: int | None = None

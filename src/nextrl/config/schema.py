@@ -235,7 +235,11 @@ class WarmupConfig(_Strict):
 class SelectionConfig(_Strict):
     """Which positions become tasks (RPT's hard-token selection)."""
 
-    proxy: str = Field("base", description="'base' scores with the base model, or a Hugging Face model path")
+    proxy: str = Field(
+        "base",
+        description="'base' scores with the base model, or a Hugging Face model path; 'none' scores nothing "
+        "and keeps only the corpus's `computed` positions (a corpus of marked spans, such as the synthetic one)",
+    )
     top_k: int = Field(16, ge=2, description="entropy over the renormalised top-k next-token probabilities")
     min_entropy: float = Field(
         0.5, ge=0.0, description="positions at or below this proxy entropy are dropped"
@@ -741,6 +745,11 @@ class RunConfig(_Strict):
                     "config key 'rl.max_off_policy_steps': needs rl.updates_per_batch=1 and no "
                     "rl.dynamic_sampling (a batch's size must be known when it is generated ahead)"
                 )
+        if self.selection.proxy == "none" and self.curriculum.prefer == "uncertain":
+            raise ValueError(
+                "config key 'curriculum.prefer': 'uncertain' starts from the proxy's entropy, which "
+                "selection.proxy 'none' does not score; use prefer 'uniform' or a proxy"
+            )
         k = self.rl.empty_thought_samples
         if k and k >= self.sampling.group_size:
             raise ValueError(

@@ -94,7 +94,7 @@ class PositionIndex:
             "documents": len(self.doc_tokens),
             "positions": dict(Counter(self.split)),
             "buckets": dict(Counter(self.bucket)),
-            "mean_entropy": float(np.mean(self.entropy)) if self.entropy else 0.0,
+            "mean_entropy": _mean_scored(self.entropy),
             "skipped": dict(self.skipped),
         }
 
@@ -199,10 +199,13 @@ def select_positions(
     thought_ids: tuple[int, int] | None = None,
 ) -> PositionIndex:
     """Score each document with the proxy and keep its positions. `thought_ids` (the format's delimiters)
-    write the thoughts a document shows beside its text into its tokens (`nextrl.data.shown_thoughts`)."""
+    write the thoughts a document shows beside its text into its tokens (`nextrl.data.shown_thoughts`).
+    Without a proxy (`selection.proxy: none`) nothing is scored: only the `computed` positions are kept, with a
+    NaN entropy (a corpus of marked spans needs no model pass, which on a real model is minutes)."""
     index = PositionIndex(doc_tokens={}, doc_split={})
     rng = np.random.default_rng(seed)
-    proxy.eval()
+    if proxy is not None:
+        proxy.eval()
     special = set(tokenizer.all_special_ids)
     for doc in progress(desc="select", unit="doc", total=len(docs), iterable=docs):
         tokens, computed_list = tokenize_document(doc, tokenizer, thought_ids, cfg.max_doc_tokens)
@@ -211,8 +214,11 @@ def select_positions(
         split = split_of(doc.doc_id, data.heldout_fraction, data.seed)
         index.doc_tokens[doc.doc_id] = tokens
         index.doc_split[doc.doc_id] = split
-        ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
         computed = set(computed_list)
+        if proxy is None:
+            ent = np.full(len(tokens), np.nan)  # no candidates: only the computed rows below
+        else:
+            ent = score_document(proxy, tokens, cfg.context, cfg.top_k, autocast, device, cfg.batch_size)
         # a thought shown beside the text is in the format's delimiters (which ordinary text uses too, for the
         # aside format), one written inline is in <think> … </think>
         inside = inside_thoughts(tokens, tokenizer, thought_ids if doc.thoughts else None)
@@ -237,6 +243,12 @@ def select_positions(
             index.bucket.append(bucket)
             index.split.append(split)
     return index
+
+
+def _mean_scored(entropy: list[float]) -> float | None:
+    """Mean proxy entropy over the scored positions; None when none was scored (`selection.proxy: none`)."""
+    scored = [e for e in entropy if not np.isnan(e)]
+    return float(np.mean(scored)) if scored else None
 
 
 def inside_thoughts(tokens: np.ndarray, tokenizer, thought_ids: tuple[int, int] | None = None) -> np.ndarray:
