@@ -1,6 +1,6 @@
 """The rollout-engine interface: prompts in, sampled completions with behaviour log-probs out.
 
-A completion may hold tokens the policy did not choose (a forced `</think>` when the thought ran out of
+A completion may hold tokens the policy did not choose (a forced closing delimiter when the thought ran out of
 budget, later tool outputs): `action_mask` is 1 for sampled tokens, 0 for forced ones, and only sampled tokens
 carry gradient. Engines may run in-process (PyTorch), in Ray workers or on vLLM; `policy_version` says which
 weights produced a rollout so that asynchronous trainers can bound staleness and correct for it.
@@ -35,8 +35,8 @@ class SamplingParams:
     eos_token_ids: tuple[int, ...] = ()  # end the whole completion in any phase
     # (token, k): the last k of each prompt's n samples begin with `token` as an action: it is not drawn, but
     # its log-prob and entropy are the policy's first-step ones (at `temperature`), and the phase program goes
-    # on from it (a stop token ends its phase). Empty-thought samples: `</think>` then the answer, generated
-    # with the thinking samples in one call. Only engines with `capabilities.lead`.
+    # on from it (a stop token ends its phase). Empty-thought samples: the closing delimiter, then the answer,
+    # generated with the thinking samples in one call. Only engines with `capabilities.lead`.
     lead: tuple[int, int] | None = None
     # Teacher-forced scoring in the same call: at the first step of phase `score_phase`, each sample records
     # log p(score_tokens[i]) at temperature 1 (`Rollout.target_logprob`; i: its prompt's index in the call)

@@ -171,7 +171,7 @@ def _sample_metrics(
         # groups whose rewards differ: the only ones that carry a policy gradient
         "groups/signal_fraction": sum(rewards_differ(g.totals) for g in drawn) / max(len(drawn), 1),
         "thought/len_mean": sum(thought) / max(len(thought), 1),
-        # thoughts closed at once (`</think>` first), sampled or forced by rl.empty_thought_samples
+        # thoughts closed at once (the closing delimiter first), sampled or forced by rl.empty_thought_samples
         "thought/empty_frac": sum(n <= 1 for n in thought) / max(len(thought), 1),
         "answer/parsed_frac": sum(r.parsed for g in drawn for r in g.rewards) / max(len(flat), 1),
     }
