@@ -194,3 +194,11 @@ def test_a_run_without_a_proxy_selects_and_evaluates_the_computed_positions(tmp_
     assert summary["selection"].get("mean_entropy") is None  # left out of summary.json
     outcomes = pq.read_table(tmp_path / "eval" / "outcomes.parquet").to_pydict()
     assert set(outcomes["bucket"]) == {"computed"}
+
+
+def test_no_proxy_on_a_corpus_without_marked_spans_is_a_clear_error(tmp_path):
+    from nextrl.config import load_config
+    from nextrl.pipeline import run
+
+    with pytest.raises(DataError, match="selection.proxy 'none' keeps only the `computed` spans"):
+        run(load_config("micro", ["model.dtype=float32", "selection.proxy=none"]), tmp_path)
