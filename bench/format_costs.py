@@ -175,6 +175,7 @@ def main(argv=None) -> None:
             f"model.path={args.model}",
             f"env.thought_tokens={args.thought_tokens}",
             f"selection.context={args.context}",
+            "env.mix_weight=null",  # the formats' own rows unmixed (gemma-cpu mixes); --mix-weight adds mixed ones
         ],
     )
     base = prepare_base(cfg)

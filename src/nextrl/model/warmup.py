@@ -65,7 +65,7 @@ def warm_up(
         logger.restart("warmup", 0)
     t0 = time.time()
     windows = _windows(cfg, base.tokenizer, thought_ids)
-    stats = _train(cfg, base.model, windows, device, autocast, logger)
+    stats = train_on_windows(cfg, base.model, windows, device, autocast, logger)
     info = {
         **base.info,
         "source": f"{base.info.get('source', cfg.model.path)} after a format warm-up of {stats['tokens']} tokens",
@@ -100,7 +100,9 @@ def _windows(cfg: RunConfig, tokenizer, thought_ids: tuple[int, int] | None):
     return pack_windows(encoded, wc.seq_len, tokenizer.eos_token_id)
 
 
-def _train(cfg: RunConfig, model, windows, device, autocast, logger) -> dict[str, float]:
+def train_on_windows(cfg: RunConfig, model, windows, device, autocast, logger) -> dict[str, float]:
+    """`cfg.warmup`'s continued pretraining on packed token windows (the warm-up's loop, for callers that build
+    their own windows, such as bench/aside_warmup.py)."""
     wc = cfg.warmup
     steps = math.ceil(wc.tokens / (wc.batch_size * wc.seq_len))
     batches = WindowBatches(windows, wc.batch_size, seed=cfg.seed + 2)
