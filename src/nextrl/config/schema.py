@@ -745,6 +745,10 @@ class RunConfig(_Strict):
                     "config key 'rl.max_off_policy_steps': needs rl.updates_per_batch=1 and no "
                     "rl.dynamic_sampling (a batch's size must be known when it is generated ahead)"
                 )
+        self._check_selection_and_empty_thoughts()
+        return self
+
+    def _check_selection_and_empty_thoughts(self) -> None:
         if self.selection.proxy == "none" and self.curriculum.prefer == "uncertain":
             raise ValueError(
                 "config key 'curriculum.prefer': 'uncertain' starts from the proxy's entropy, which "
@@ -762,4 +766,3 @@ class RunConfig(_Strict):
                 "config key 'rl.empty_thought_samples': needs env.thought_tokens > 0 (with no thought phase "
                 "there is no thought to leave empty)"
             )
-        return self
