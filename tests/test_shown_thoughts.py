@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nextrl.config import DataConfig, RunConfig, SelectionConfig
+from nextrl.config import DataConfig, RunConfig, SelectionConfig, load_config
 from nextrl.config.schema import EnvConfig, SyntheticConfig
 from nextrl.data import Document
 from nextrl.data.shown_thoughts import first_token_at, tokenize_document
@@ -16,6 +16,7 @@ from nextrl.data.stream import clean
 from nextrl.data.synthetic import THINK_CLOSE, THINK_OPEN, synthetic_document
 from nextrl.env.formats import AsideFormat, shown_thought_ids
 from nextrl.errors import DataError
+from nextrl.pipeline import run
 from nextrl.positions.index import PositionIndex, select_positions
 from tiny_models import parens_tokenizer, tiny_llama
 
@@ -178,9 +179,6 @@ def test_the_units_digit_can_be_the_computed_position():
 def test_a_run_without_a_proxy_selects_and_evaluates_the_computed_positions(tmp_path):
     """The micro job on synthetic pages with `selection.proxy: none`: no position is scored, RL and the
     evaluation see only the computed results, and the summary says no entropy was measured."""
-    from nextrl.config import load_config
-    from nextrl.pipeline import run
-
     synthetic = (
         "data.sources=[{kind: synthetic, synthetic: {documents: 80, tasks: {add: 1}, digits: 2, problems: 4, "
         "worked_fraction: 0.3, guess_fraction: 0.3}}]"
@@ -197,8 +195,5 @@ def test_a_run_without_a_proxy_selects_and_evaluates_the_computed_positions(tmp_
 
 
 def test_no_proxy_on_a_corpus_without_marked_spans_is_a_clear_error(tmp_path):
-    from nextrl.config import load_config
-    from nextrl.pipeline import run
-
     with pytest.raises(DataError, match="selection.proxy 'none' keeps only the `computed` spans"):
         run(load_config("micro", ["model.dtype=float32", "selection.proxy=none"]), tmp_path)
