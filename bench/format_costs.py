@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,17 +58,30 @@ def documents(name: str) -> list[str]:
         from pydoc_data.topics import topics
 
         return [topics[k] for k in sorted(topics)]
-    sys.exit(f"--data: unknown {name!r} (c4, pydoc)")
+    if name in ("gsm8k", "gsm8k-test"):
+        path = DATA / "gsm8k" / ("test.jsonl" if name == "gsm8k-test" else "train.jsonl")
+        if not path.is_file():
+            sys.exit(f"--data {name}: {path} is missing")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # question and worked answer as plain text: the calculator's <<48/2=24>> notes would give the result away
+        return [r["question"] + "\n" + re.sub(r"<<[^>]*>>", "", r["answer"]) for r in rows]
+    sys.exit(f"--data: unknown {name!r} (c4, pydoc, gsm8k, gsm8k-test)")
 
 
 def positions(tok, docs: list[str], args) -> list[tuple[str, list[int], int]]:
-    """(doc id, tokens, position): `--per-doc` random positions in [--skip, --context) of random documents, so
+    """(doc id, tokens, position): with `--at results`, the results of the text's calculations; otherwise
+    `--per-doc` random positions in [--skip, --context) of random documents, so
     one document's positions share their whole prompt prefix (the engine encodes it once)."""
     rng = random.Random(args.seed)
     order = list(range(len(docs)))
     rng.shuffle(order)
     out = []
     for d in order:
+        if args.at == "results":
+            out += result_positions(tok, d, docs[d], args)
+            if len(out) >= args.positions:
+                return out[: args.positions]
+            continue
         ids = tok(docs[d], add_special_tokens=False)["input_ids"]
         hi = min(len(ids), args.context)
         if hi - args.skip < args.per_doc:
@@ -76,6 +90,20 @@ def positions(tok, docs: list[str], args) -> list[tuple[str, list[int], int]]:
         if len(out) >= args.positions:
             return out[: args.positions]
     sys.exit(f"--positions {args.positions}: the text has too few documents")
+
+
+def result_positions(tok, d: int, text: str, args) -> list[tuple[str, list[int], int]]:
+    """`--at results`: the first digit of every number written right after an "=" ("= 24", "= $10"), the
+    results of the text's own calculations, within the first --context tokens."""
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, starts = enc["input_ids"], [a for a, _ in enc["offset_mapping"]]
+    out = []
+    for m in re.finditer(r"= ?\$?(\d)", text):
+        at = m.start(1)
+        p = next((i for i, a in enumerate(starts) if a >= at), None)
+        if p is not None and args.skip <= p < args.context and starts[p] == at:
+            out.append((f"doc{d}", ids, p))
+    return out
 
 
 def empty_rollout(env, task) -> Rollout:
@@ -105,7 +133,7 @@ def measure(model, tok, cfg, fmt_name: str, picks, args) -> dict:
     out["empty_thought_cost"] = nats([-g for g in empty])
     # the base model's own thoughts at temperature 1 (only the thought phase: the answer is teacher-forced)
     params = env.sampling_params(1, 1.0, 1.0)
-    params = params.__class__(**{**params.__dict__, "phases": params.phases[:1]})
+    params = fmt.thought_params(tasks, params.__class__(**{**params.__dict__, "phases": params.phases[:1]}))
     sampled = [g[0] for g in engine.generate([t.prompt_ids for t in tasks], params)]
     closed = [fmt.closed_thought(r)[0] for r in sampled]
     out["sampled_thought"] = {
@@ -155,6 +183,12 @@ def main(argv=None) -> None:
     p.add_argument("--per-doc", type=int, default=8)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--skip", type=int, default=32, help="first position (tokens of context at least)")
+    p.add_argument(
+        "--at",
+        choices=["random", "results"],
+        default="random",
+        help="random positions, or the results of the text's calculations (the first digit after an '=')",
+    )
     p.add_argument("--thought-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -81,13 +81,15 @@ def test_prompt_phases_and_answer_reading(tok):
     env = aside(tok, answer_tokens=2)
     fmt = env.thought_format
     doc = tok(TEXT)["input_ids"]
-    task = env.make_task("d", doc, 6, context=5)
+    task = env.make_task("d", doc, 14, context=5)
     ctx = task.meta["context_ids"]
+    assert tok.decode(ctx[-1:]) == " sat"  # no trailing space: the aside goes after the whole context
     assert task.prompt_ids == [*ctx, fmt.open]  # context + open, nothing new in the vocabulary
     sp = env.sampling_params(4, 0.7, 0.9)
     assert sp.phases == (Phase(4, (fmt.close,), (fmt.close,)), Phase(2))
     assert (sp.n, sp.temperature, sp.top_p) == (4, 0.7, 0.9)
-    x, y = doc[6], doc[7]
+    assert fmt.thought_params([task], sp) is sp  # no bridge to write
+    x, y = doc[14], doc[15]
     thinking = rollout(task.prompt_ids, [9, 10, fmt.close, x, y], [0, 3])
     assert fmt.answer_bytes(thinking) == env.token_bytes.join([x, y])
     assert fmt.closed_thought(thinking) == ([9, 10, fmt.close], False)
@@ -107,6 +109,83 @@ def test_prompt_phases_and_answer_reading(tok):
     # the next-token term's empty-thought text is the bare context and x_t
     seqs, starts = fmt.empty_thought_targets([task])
     assert seqs == [[*ctx, x]] and starts == [len(ctx) - 1]
+
+
+def test_an_aside_goes_before_the_contexts_trailing_space(tok):
+    """A context ending in whitespace tokens ("a " before "black": how a digit-splitting tokenizer writes a
+    number) gets its aside before them, and they come back after the close (`bridge`): the prompt drops them,
+    the engine re-writes them (`thought_params`), the answer is read after them, and the scored prefix is
+    `context-without-space + open + thought + close + space`; a thought closed at once is the bare context."""
+    env = aside(tok, answer_tokens=2)
+    fmt = env.thought_format
+    doc = tok(TEXT)["input_ids"]
+    task = env.make_task("d", doc, 6, context=5)
+    ctx = task.meta["context_ids"]
+    space = ctx[-1]
+    assert tok.decode([space]) == " " and tok.decode(ctx[-2:-1]) == "a"
+    assert fmt.bridge(ctx) == [space]
+    assert task.prompt_ids == [*ctx[:-1], fmt.open]
+    params = fmt.thought_params([task], env.sampling_params(2, 1.0, 1.0))
+    assert params.bridges == ((space,),)
+    x, y = doc[6], doc[7]
+    thinking = Rollout(
+        task.prompt_ids, [9, fmt.close, space, x, y], [0.0, 0.0, 0.0, 0.0, 0.0], [1, 1, 0, 1, 1], "length",
+        phase_starts=[0, 3], bridge=[space],
+    )  # fmt: skip
+    assert fmt.answer_bytes(thinking) == env.token_bytes.join([x, y])
+    assert fmt.closed_thought(thinking) == ([9, fmt.close], False) and fmt.thought_ids(thinking) == [9]
+    assert fmt.scored_prefix(thinking) == [*ctx[:-1], fmt.open, 9, fmt.close, space]
+    at_once = Rollout(
+        task.prompt_ids,
+        [fmt.close, space, x],
+        [0.0] * 3,
+        [1, 0, 1],
+        "length",
+        phase_starts=[0, 2],
+        bridge=[space],
+    )
+    assert fmt.closed_thought(at_once) == ([], False) and fmt.scored_prefix(at_once) == ctx
+    cut = Rollout(
+        task.prompt_ids, [9, tok.eos_token_id], [0.0, 0.0], [1, 1], "eos", phase_starts=[0, 2], bridge=[space]
+    )
+    assert fmt.closed_thought(cut) == ([9, fmt.close], True)
+    assert fmt.scored_prefix(cut) == [*ctx[:-1], fmt.open, 9, fmt.close, space]  # the bridge it never reached
+    # a context of whitespace alone keeps its aside after it; no thought budget, no move
+    assert fmt.bridge([tok.eos_token_id, space]) == [] and fmt.bridge([space, space]) == []
+    assert aside(tok, thought_tokens=0).make_task("d", doc, 6, context=5).prompt_ids == ctx
+
+
+def test_thinking_samples_write_the_bridge_and_answer_after_it(tok, model):
+    """Through the real engine: every thinking sample of a context that ends in a space has the space right
+    after its close (unsampled), and its answer's log-prob is the plain forward's after the space."""
+    env = aside(tok, thought_tokens=3)
+    fmt = env.thought_format
+    doc = tok(TEXT)["input_ids"]
+    tasks = [env.make_task("d", doc, p, context=6) for p in (6, 14)]
+    assert [bool(fmt.bridge(t.meta["context_ids"])) for t in tasks] == [True, False]
+    groups = fmt.sample_groups(
+        tasks, env.sampling_params(4, 1.0, 1.0), 1, EngineSampler(TorchSampler(model, 0, seed=3))
+    )
+    seen = 0
+    for task, group in zip(tasks, groups, strict=True):
+        bridge = fmt.bridge(task.meta["context_ids"])
+        for r in group:
+            if is_no_thought(r):
+                assert r.prompt_ids == task.meta["context_ids"] and r.bridge == []
+                continue
+            end = r.phase_starts[1]
+            assert r.bridge == bridge and r.completion_ids[end - len(bridge) - 1] == fmt.close
+            assert r.completion_ids[end - len(bridge) : end] == bridge
+            assert r.action_mask[end - len(bridge) : end] == [0] * len(bridge)
+            full = [*r.prompt_ids, *r.completion_ids]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([full])).logits[0].float()
+            at = len(r.prompt_ids) + end  # the first answer token
+            want = torch.log_softmax(logits[at - 1], -1)[full[at]]
+            assert r.logprobs[end] == pytest.approx(float(want), abs=1e-4)
+            assert fmt.scored_prefix(r) == full[:at]
+            seen += bool(bridge)
+    assert seen >= 1
 
 
 def test_no_thought_budget_is_no_thought(tok):
@@ -197,7 +276,7 @@ def test_info_gain_of_a_thought_matches_plain_forwards(tok, model):
     env = aside(tok, thought_tokens=3)
     fmt = env.thought_format
     doc = tok(TEXT)["input_ids"]
-    tasks = [env.make_task("d", doc, p, context=8) for p in (4, 8, 12, 17)]
+    tasks = [env.make_task("d", doc, p, context=8) for p in (4, 6, 8, 12, 17)]
     got = evaluate_information_gain(model, tok, env, tasks, None, batch_size=4)
 
     def logp(prefix, x):
@@ -205,9 +284,14 @@ def test_info_gain_of_a_thought_matches_plain_forwards(tok, model):
             logits = model(input_ids=torch.tensor([prefix])).logits[0, -1].float()
         return float(torch.log_softmax(logits, -1)[x])
 
-    diffs = []
+    diffs, moved = [], 0
     for t in tasks:
-        seq = list(t.prompt_ids)
+        ctx = list(t.meta["context_ids"])
+        # a context ending in a space has its aside before the space, and the space after the close
+        space = ctx[-1:] if tok.decode(ctx[-1:]) == " " else []
+        moved += bool(space)
+        seq = ctx[: len(ctx) - len(space)] + [fmt.open]
+        assert seq == t.prompt_ids
         for _ in range(3):  # greedy thought until the close (forced on length)
             with torch.no_grad():
                 nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
@@ -217,10 +301,10 @@ def test_info_gain_of_a_thought_matches_plain_forwards(tok, model):
         if seq[-1] != fmt.close:
             seq.append(fmt.close)
         thought = seq[len(t.prompt_ids) :]
-        prefix = list(t.meta["context_ids"]) if thought == [fmt.close] else seq
+        prefix = ctx if thought == [fmt.close] else seq + space
         x = t.meta["target_ids"][0]
-        diffs.append(logp(prefix, x) - logp(list(t.meta["context_ids"]), x))
-    assert got["n"] == len(tasks)
+        diffs.append(logp(prefix, x) - logp(ctx, x))
+    assert moved == 1 and got["n"] == len(tasks)
     assert got["mean"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-4)
 
 

@@ -261,3 +261,49 @@ def test_target_logprob_is_the_answer_distribution_at_temperature_1(Engine, mode
     assert all(r.target_logprob is None for g in plain for r in g)
     with pytest.raises(ValueError, match="4 prompts"):
         Engine(model, 0).generate(PROMPTS, dataclasses.replace(params, score_tokens=(1, 2)))
+
+
+def test_bridges_follow_the_first_phase_however_it_ends(Engine, model):
+    """`SamplingParams.bridges`: each prompt's tokens are appended unsampled (mask 0, log-prob 0) right after
+    the first phase, whether it ended by its stop token or by its forced close; the answer phase, and its
+    scored target, come after them (checked against a plain forward of prompt + thought + bridge). A prompt
+    with an empty bridge gets none; a completion cut by eos in the first phase never reaches its bridge, and
+    every rollout records its prompt's bridge (`Rollout.bridge`)."""
+    import dataclasses
+
+    close, eos = 40, 41
+    bridges = ((7,), (), (8, 9), (7,))
+    params = SamplingParams(
+        phases=(Phase(3, (close, 30, 31, 32, 33), (close,)), Phase(2)),
+        n=6,
+        temperature=1.0,
+        eos_token_ids=(eos,),
+        score_phase=1,
+        score_tokens=(3, 11, 12, 50),
+        bridges=bridges,
+    )
+    groups = Engine(model, 0, seed=2).generate(PROMPTS, params)
+    reached = 0
+    for prompt, group, bridge, target in zip(PROMPTS, groups, bridges, params.score_tokens, strict=True):
+        for r in group:
+            assert r.bridge == list(bridge)
+            if (
+                r.finish_reason == "eos"
+                and len(r.phase_starts) > 1
+                and r.phase_starts[1] == len(r.completion_ids)
+            ):
+                assert r.target_logprob is None
+                continue
+            end = r.phase_starts[1]
+            thought = r.completion_ids[: end - len(bridge)]
+            assert thought[-1] in (close, 30, 31, 32, 33)
+            assert r.completion_ids[end - len(bridge) : end] == list(bridge)
+            assert r.action_mask[end - len(bridge) : end] == [0] * len(bridge)
+            assert r.logprobs[end - len(bridge) : end] == [0.0] * len(bridge)
+            want = completion_logprobs(model, [prompt + thought + list(bridge)], [[target]], 1.0, 0)[0, 0]
+            assert r.target_logprob == pytest.approx(float(want), abs=1e-5)
+            reached += bool(bridge)
+    assert reached >= 12
+    assert_logprobs_match(model, PROMPTS, groups, 1.0)
+    with pytest.raises(ValueError, match="bridges has 2 entries for 4 prompts"):
+        Engine(model, 0).generate(PROMPTS, dataclasses.replace(params, bridges=((1,), (2,))))

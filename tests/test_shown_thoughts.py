@@ -16,6 +16,7 @@ from nextrl.data.stream import clean
 from nextrl.data.synthetic import THINK_CLOSE, THINK_OPEN, synthetic_document
 from nextrl.env.formats import AsideFormat, shown_thought_ids
 from nextrl.errors import DataError
+from nextrl.model.tokenizer import TokenBytes
 from nextrl.pipeline import run
 from nextrl.positions.index import PositionIndex, select_positions
 from tiny_models import parens_tokenizer, tiny_llama
@@ -51,16 +52,21 @@ def test_a_shown_thought_is_the_sequence_the_aside_format_builds_at_that_positio
     """The slow, obvious reference: at a shown thought, the document's tokens are the aside format's prompt
     for the bare context before it, the body, the closing delimiter, then the bare text goes on."""
     ids = shown_thought_ids(EnvConfig(format="aside"), tok)
-    fmt = AsideFormat(*ids, thought_tokens=16, answer_tokens=4, eos_ids=(), token_bytes=None)
-    doc = Document("d", "the cat sat on the mat. the dog ran to the door.", "t", thoughts=((24, "a dog"),))
-    tokens, _ = tokenize_document(doc, tok, ids)
-    enc = tok(doc.text, add_special_tokens=False, return_offsets_mapping=True)
-    bare, offsets = enc["input_ids"], enc["offset_mapping"]
-    t = first_token_at(doc.text, offsets, 24)
+    fmt = AsideFormat(*ids, thought_tokens=16, answer_tokens=4, eos_ids=(), token_bytes=TokenBytes(tok))
+    text = "the cat sat on the mat. the dog ran to the door."
     body = tok("a dog", add_special_tokens=False)["input_ids"]
-    expected = fmt.prompt(bare[:t]) + body + [ids[1]] + bare[t:]
-    assert tokens.tolist() == expected
-    assert tok.decode(expected[t : t + 1]) == " (" and doc.text[offsets[t][1] :].startswith(" dog")
+    for offset in (24, text.index(" ran")):  # before "the" (after a lone " " token) and before " ran"
+        doc = Document("d", text, "t", thoughts=((offset, "a dog"),))
+        tokens, _ = tokenize_document(doc, tok, ids)
+        enc = tok(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+        bare, offsets = enc["input_ids"], enc["offset_mapping"]
+        t = first_token_at(doc.text, offsets, offset)
+        # prompt + thought + close + the space the aside was moved before, then the text goes on
+        expected = fmt.prompt(bare[:t]) + body + [ids[1]] + fmt.bridge(bare[:t]) + bare[t:]
+        assert tokens.tolist() == expected
+        assert tok.decode(tokens.tolist()).replace(" (a dog)", "") == text
+    first, _ = tokenize_document(Document("d", text, "t", thoughts=((24, "a dog"),)), tok, ids)
+    assert "mat. (a dog) the dog" in tok.decode(first.tolist())  # as a writer puts it, not "mat.  (a dog)the"
 
 
 def test_computed_positions_move_past_the_thoughts_inserted_before_them(tok):

@@ -251,3 +251,17 @@ def test_a_micro_run_with_vllm_in_a_ray_rollout_worker(tmp_path):
         }  # made after the first push
     finally:
         t.close()
+
+
+def test_a_bridge_is_written_after_the_thought_and_the_answer_continues_from_it():
+    """`SamplingParams.bridges` through the adapter: the bridge follows the thought (mask 0, log-prob 0) and
+    the answer's request continues from it."""
+    import dataclasses
+
+    llm = FakeLLM(script={OPEN: CLOSE})
+    engine = VLLMEngine(llm, seed=0, sampling_params_cls=FakeParams)
+    (group,) = engine.generate([[5, OPEN]], dataclasses.replace(params(n=1, thought=4), bridges=((7,),)))
+    r = group[0]
+    assert r.completion_ids[:2] == [CLOSE, 7] and r.action_mask == [1, 0, 1] and r.logprobs[1] == 0.0
+    assert r.phase_starts == [0, 2] and r.bridge == [7]
+    assert llm.requests[1][0][0] == [5, OPEN, CLOSE, 7]

@@ -5,7 +5,9 @@ the result. Written into the text, a base model's tokenizer would merge the deli
 (Gemma reads "saw  (" as "▁▁", "(", while the aside format inserts the one token "▁(" after "▁"), so the page
 would teach a thought the format never writes. Here the body is tokenized alone and inserted, between the
 format's delimiter ids, before the token its offset points at: exactly the sequence the format builds at that
-position.
+position. A format that writes its thought before the context's trailing whitespace tokens (the aside format:
+" 36" is " ", "3", "6" to Gemma, and the aside goes before the space) says so (`Delimiters.before_space`), and
+the shown thought moves there too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,36 @@ import numpy as np
 
 from nextrl.data.documents import Document
 from nextrl.errors import DataError
+
+
+class Delimiters(tuple):
+    """The (open, close) ids a format writes its shown thoughts with, unpacking as that pair; `before_space`:
+    the thought goes before the whitespace tokens that end the text before it (the aside format)."""
+
+    before_space: bool
+
+    def __new__(cls, open_id: int, close_id: int, before_space: bool = False):
+        self = super().__new__(cls, (int(open_id), int(close_id)))
+        self.before_space = before_space
+        return self
+
+    def __getnewargs__(self):  # pickling (Ray, worker processes) rebuilds it through __new__
+        return (self[0], self[1], self.before_space)
+
+
+def is_space_piece(piece: bytes) -> bool:
+    """A token that is whitespace alone (" ", "\n", "  "): what a thought written before the space moves over."""
+    return bool(piece) and piece.isspace()
+
+
+def before_trailing_space(pieces: Sequence[bytes]) -> int:
+    """Where a thought written before the trailing whitespace of text whose tokens are `pieces` goes: the index
+    of the first of the trailing whitespace tokens, or len(pieces) when there are none or nothing but
+    whitespace and special (empty) tokens would be left before it. The aside format's `bridge` is the rest."""
+    n = len(pieces)
+    while n > 0 and is_space_piece(pieces[n - 1]):
+        n -= 1
+    return n if any(pieces[:n]) else len(pieces)
 
 
 def first_token_at(
@@ -57,6 +89,8 @@ def tokenize_document(
         if t is None:  # a thought after the last token precedes nothing
             continue
         opening, closing = thought_ids  # type: ignore[misc]
+        if getattr(thought_ids, "before_space", False):
+            t = before_trailing_space([tokenizer.decode([i]).encode("utf-8") for i in bare[:t]])
         body_ids = tokenizer(body, add_special_tokens=False)["input_ids"]
         inserts.setdefault(t, []).extend([opening, *body_ids, closing])
     tokens: list[int] = []

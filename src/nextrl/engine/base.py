@@ -45,6 +45,11 @@ class SamplingParams:
     # `capabilities.score`.
     score_phase: int | None = None
     score_tokens: tuple[int, ...] = ()
+    # Per prompt (one entry each, or empty for none): tokens appended unsampled right after the first phase
+    # ends, by its stop token or its budget, before the next phase begins (`Rollout.bridge`). The aside thought
+    # format moves its thought before a context's trailing whitespace token (" 36" is " ", "3", "6" to Gemma:
+    # a writer puts an aside before the space, not between it and the digits) and re-writes the space here.
+    bridges: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def simple(
@@ -87,6 +92,9 @@ class Rollout:
     # log p(SamplingParams.score_tokens[prompt]) at temperature 1 at the first step of `score_phase`, under the
     # policy that generated the rollout; None when not asked for or the completion ended before that phase
     target_logprob: float | None = None
+    # the tokens `SamplingParams.bridges` asked to append after the first phase, whether or not the completion
+    # reached them (a completion cut by eos inside the first phase ends before them)
+    bridge: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ rollout a finished sequence becomes.
 - **Phase program** (`SequenceState`): a sequence samples up to `Phase.max_tokens` tokens per phase; a phase's
   stop token (kept, as a sampled token) ends the phase, one of `SamplingParams.eos_token_ids` the whole
   completion; when a phase's budget runs out its `force_on_length` tokens are appended unsampled (action mask
-  0, log-prob 0). `SamplingParams.lead` makes a sample's first token an action it did not draw, and
+  0, log-prob 0); the prompt's `SamplingParams.bridges` tokens are appended the same way after the first phase,
+  however it ended. `SamplingParams.lead` makes a sample's first token an action it did not draw, and
   `SamplingParams.score_phase` records a target token's log-prob at the first step of that phase.
 - **Token draw** (`sample_tokens`, `decode_step`): temperature, top-p, the behaviour log-prob and entropy
   before truncation, one uniform per row from the engine's generator.
@@ -55,6 +56,9 @@ class SequenceState:
     lead: int | None = None  # the first token, taken as an action instead of drawn (SamplingParams.lead)
     target: int | None = None  # the token to score at the first step of the score phase (SamplingParams)
     target_logprob: float | None = None
+    bridge: tuple[int, ...] = ()  # appended unsampled after the first phase (SamplingParams.bridges)
+    bridging: list[int] | None = None  # the bridge tokens still to append (None: not reached yet)
+    bridged_reason: str = "stop"  # how the first phase ended, for when its bridge is written
 
     def scores_now(self, phase: int | None) -> bool:
         """Whether this step's logits are the ones its target is scored from: the score phase's first step."""
@@ -65,6 +69,7 @@ class SequenceState:
             and self.phase == phase
             and self.used == 0
             and self.forced is None
+            and not self.bridging
         )
 
     def first_override(self) -> int:
@@ -72,6 +77,12 @@ class SequenceState:
         return self.lead if self.lead is not None and not self.ids and not self.forced else -1
 
     def end_phase(self, reason: str) -> None:
+        if self.phase == 0 and self.bridge and self.bridging is None:
+            self.bridging, self.bridged_reason = (
+                list(self.bridge),
+                reason,
+            )  # the phase ends once it is written
+            return
         if self.phase + 1 == len(self.phases):
             self.finish = reason
             return
@@ -82,6 +93,8 @@ class SequenceState:
         """Walk through exhausted phases until the sequence needs a token (sampled or forced) or is finished,
         so that a max_tokens-0 phase costs no step and a finished sequence is never fed to the model again."""
         while self.finish is None:
+            if self.bridging:
+                return  # needs a bridge token
             if self.forced is None and self.used < self.phases[self.phase].max_tokens:
                 return  # needs a sampled token
             if self.forced is None:
@@ -93,11 +106,12 @@ class SequenceState:
     def add(self, token: int, logprob: float, params: SamplingParams, entropy: float = 0.0) -> None:
         """The step's token: `token` with its log-prob and entropy when the sequence samples, else (a forced
         token is pending) that forced token, and `token` is ignored."""
-        if self.forced:  # forced tokens are not actions: no logprob, no gradient
-            self.ids.append(self.forced.pop(0))
-            self.logprobs.append(0.0)
-            self.entropies.append(0.0)
-            self.mask.append(0)
+        if self.bridging:  # like a forced token; the first phase ends after the last one
+            self._append_forced(self.bridging.pop(0))
+            if not self.bridging:
+                self.end_phase(self.bridged_reason)
+        elif self.forced:  # forced tokens are not actions: no logprob, no gradient
+            self._append_forced(self.forced.pop(0))
         else:
             self.ids.append(token)
             self.logprobs.append(logprob)
@@ -110,10 +124,16 @@ class SequenceState:
                 self.end_phase("stop")
         self.settle()
 
+    def _append_forced(self, token: int) -> None:
+        self.ids.append(token)
+        self.logprobs.append(0.0)
+        self.entropies.append(0.0)
+        self.mask.append(0)
+
     def force_pending(self, params: SamplingParams) -> None:
-        """Append every forced token now due (an engine that samples a phase at once, like vLLM, never draws
-        them), through any later phase that forces at once (a max_tokens-0 phase)."""
-        while self.finish is None and self.forced:
+        """Append every forced (or bridge) token now due (an engine that samples a phase at once, like vLLM,
+        never draws them), through any later phase that forces at once (a max_tokens-0 phase)."""
+        while self.finish is None and (self.forced or self.bridging):
             self.add(-1, 0.0, params)
 
     def phase_starts(self, n_phases: int) -> list[int]:
@@ -132,6 +152,7 @@ class SequenceState:
             phase_starts=self.phase_starts(n_phases),
             entropies=self.entropies,
             target_logprob=self.target_logprob,
+            bridge=list(self.bridge),
         )
 
 
@@ -148,6 +169,10 @@ def check_call(prompts: Sequence[Sequence[int]], params: SamplingParams) -> None
         raise ValueError(
             f"SamplingParams.score_tokens has {len(params.score_tokens)} tokens for {len(prompts)} prompts"
         )
+    if params.bridges and len(params.bridges) != len(prompts):
+        raise ValueError(
+            f"SamplingParams.bridges has {len(params.bridges)} entries for {len(prompts)} prompts"
+        )
 
 
 def new_states(prompt: Sequence[int], params: SamplingParams, index: int) -> list[SequenceState]:
@@ -156,8 +181,11 @@ def new_states(prompt: Sequence[int], params: SamplingParams, index: int) -> lis
     each scores the prompt's `params.score_tokens` entry when asked to."""
     tok, k = params.lead or (None, 0)
     target = params.score_tokens[index] if params.score_phase is not None else None
+    bridge = tuple(params.bridges[index]) if params.bridges else ()
     states = [
-        SequenceState(list(prompt), params.phases, lead=tok if j >= params.n - k else None, target=target)
+        SequenceState(
+            list(prompt), params.phases, lead=tok if j >= params.n - k else None, target=target, bridge=bridge
+        )
         for j in range(params.n)
     ]
     for s in states:

@@ -29,7 +29,7 @@ from typing import Any
 
 from nextrl.accounting.flops import TokenWork
 from nextrl.engine.base import EngineCapabilities, PolicyWeights, Rollout, SamplingParams
-from nextrl.engine.core import SequenceState, check_prompts, new_states, to_rollouts
+from nextrl.engine.core import SequenceState, check_call, new_states, to_rollouts
 from nextrl.errors import ConfigError
 
 WORKER_EXTENSION = "nextrl.engine.vllm_engine.WeightSync"
@@ -132,7 +132,7 @@ class VLLMEngine:
                 "config key 'sampling.top_p': the vLLM engine records log-probs after top-p truncation, which "
                 "the loss does not recompute; use top_p=1 with sampling.engine=vllm"
             )
-        check_prompts(prompts)
+        check_call(prompts, params)
         if params.lead is not None:
             raise ValueError("the vLLM engine does not take lead tokens (capabilities.lead is False)")
         if params.score_phase is not None:

@@ -53,7 +53,7 @@ def _thoughts(
         return [Rollout(list(t.prompt_ids), [], [], [], "stop", phase_starts=[0]) for t in tasks]
     # Only the thought phase: the answer is teacher-forced afterwards, so sampling it would be wasted work.
     params = env.sampling_params(1, temperature, 1.0)
-    params = dataclasses.replace(params, phases=params.phases[:1])
+    params = fmt.thought_params(tasks, dataclasses.replace(params, phases=params.phases[:1]))
     sampler = TorchSampler(model, pad_id, batch_size=batch_size, autocast_dtype=autocast, seed=seed)
     outs = sampler.generate([t.prompt_ids for t in tasks], params)
     return [group[0] for group in outs]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from nextrl.config.schema import EnvConfig
+from nextrl.data.shown_thoughts import Delimiters
 from nextrl.env.formats.aside import DEFAULT_DELIMITERS, AsideFormat
 from nextrl.env.formats.base import EngineSampler, GroupSampler, ThoughtFormat, answer_params
 from nextrl.env.formats.prompted import PromptedFormat, build_prompt, parse_boxed_answer
@@ -86,12 +87,12 @@ def delimiter_ids(tokenizer: PreTrainedTokenizerBase, delimiters) -> tuple[int, 
     return ids[0], ids[1]
 
 
-def shown_thought_ids(cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int] | None:
+def shown_thought_ids(cfg: EnvConfig, tokenizer: PreTrainedTokenizerBase) -> Delimiters | None:
     """The (open, close) ids that a page's shown thoughts are written in for `cfg.format`
     (`nextrl.data.shown_thoughts`): the aside delimiters, `<think>`/`</think>` for the structured format, None
     for the prompted format (an instruction, not delimiters)."""
-    if cfg.format == "aside":
-        return delimiter_ids(tokenizer, cfg.delimiters)
+    if cfg.format == "aside":  # before a trailing space, as `AsideFormat.prompt` writes it
+        return Delimiters(*delimiter_ids(tokenizer, cfg.delimiters), before_space=True)
     if cfg.format == "structured":
-        return think_ids(tokenizer)
+        return Delimiters(*think_ids(tokenizer))
     return None

@@ -54,7 +54,9 @@ class EngineSampler:
 
 def answer_params(params: SamplingParams, k: int) -> SamplingParams:
     """The answer phase alone (the thought is already closed, or there is none), k samples per prompt."""
-    return dataclasses.replace(params, phases=params.phases[-1:], n=k, score_phase=None, score_tokens=())
+    return dataclasses.replace(
+        params, phases=params.phases[-1:], n=k, score_phase=None, score_tokens=(), bridges=()
+    )
 
 
 def answer_phase_ids(rollout: Rollout, n_phases: int, eos_ids: Sequence[int]) -> list[int] | None:
@@ -109,6 +111,12 @@ class ThoughtFormat(ABC):
     @abstractmethod
     def answer_bytes(self, rollout: Rollout) -> bytes | None:
         """The predicted bytes, or None when the answer is missing or unparseable."""
+
+    def thought_params(self, tasks: Sequence[Task], params: SamplingParams) -> SamplingParams:
+        """`params` for a call whose prompts are `tasks`' prompts, with what the format adds per prompt (the
+        aside format's bridge). Whoever samples thoughts from `Task.prompt_ids` outside `sample_groups` calls
+        this."""
+        return params
 
     def sample_groups(
         self, tasks: Sequence[Task], params: SamplingParams, k: int, sampler: GroupSampler

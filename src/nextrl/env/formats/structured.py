@@ -127,14 +127,20 @@ def structured_sampling(
     return SamplingParams(phases=phases, n=n, temperature=temperature, top_p=top_p, eos_token_ids=eos_ids)
 
 
-def closed_thought(rollout: Rollout, think_close: int, eos_ids: Sequence[int]) -> tuple[list[int], bool]:
+def closed_thought(
+    rollout: Rollout, think_close: int, eos_ids: Sequence[int], bridge: Sequence[int] = ()
+) -> tuple[list[int], bool]:
     """The thought tokens including the close, and whether the close had to be added.
 
     The thought ends at `phase_starts[1]` when there is a second phase, else it is the whole completion (only
     the thought phase was sampled). It normally ends with the close (sampled, or forced when the budget ran
     out); a thought cut by eos gets its eos dropped and the close appended, so the answer is still scored after
-    a closed thought, as the RL reward would be."""
+    a closed thought, as the RL reward would be. A `bridge` that ends the thought phase right after its close
+    is not the thought's (`SamplingParams.bridges`)."""
     end = rollout.phase_starts[1] if len(rollout.phase_starts) > 1 else len(rollout.completion_ids)
+    ids, b = rollout.completion_ids, len(bridge)
+    if b and end > b and ids[end - b - 1] == think_close and list(ids[end - b : end]) == list(bridge):
+        end -= b
     thought = list(rollout.completion_ids[:end])
     if thought and thought[-1] == think_close:
         return thought, False
