@@ -46,9 +46,9 @@ class SamplingParams:
     score_phase: int | None = None
     score_tokens: tuple[int, ...] = ()
     # Per prompt (one entry each, or empty for none): tokens appended unsampled right after the first phase
-    # ends, by its stop token or its budget, before the next phase begins (`Rollout.bridge`). The aside thought
-    # format moves its thought before a context's trailing whitespace token (" 36" is " ", "3", "6" to Gemma:
-    # a writer puts an aside before the space, not between it and the digits) and re-writes the space here.
+    # ends, by its stop token or its budget, before the next phase begins (`Rollout.bridge`): text that a
+    # thought format moved from the end of the prompt to after the thought (a trailing space) is written back
+    # here, so that the next phase reads on from where the prompt's text ended.
     bridges: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
