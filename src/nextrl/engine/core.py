@@ -77,11 +77,9 @@ class SequenceState:
         return self.lead if self.lead is not None and not self.ids and not self.forced else -1
 
     def end_phase(self, reason: str) -> None:
-        if self.phase == 0 and self.bridge and self.bridging is None:
-            self.bridging, self.bridged_reason = (
-                list(self.bridge),
-                reason,
-            )  # the phase ends once it is written
+        if self.phase == 0 and self.bridge and self.bridging is None:  # the phase ends once it is written
+            self.bridging = list(self.bridge)
+            self.bridged_reason = reason
             return
         if self.phase + 1 == len(self.phases):
             self.finish = reason

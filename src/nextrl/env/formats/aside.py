@@ -128,13 +128,8 @@ class AsideFormat(DelimitedFormat):
     def bridge(self, context_ids: Sequence[int]) -> list[int]:
         """The context's trailing whitespace tokens, which the aside goes before (none without a thought
         phase, or when nothing but whitespace and special tokens would be left before the aside)."""
-        if self.n_phases < 2:
-            return []
-        n = len(context_ids)
-        while n > 0 and is_space_piece(self.token_bytes(context_ids[n - 1])):
-            n -= 1  # the trailing run only: the rest of the context is not looked at (every task pays this)
-        if n == len(context_ids):
-            return []
+        if self.n_phases < 2 or not context_ids or not is_space_piece(self.token_bytes(context_ids[-1])):
+            return []  # the common case, decided by the last token alone
         at = before_trailing_space([self.token_bytes(t) for t in context_ids])
         return [int(t) for t in context_ids[at:]]
 
