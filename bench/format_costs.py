@@ -22,6 +22,11 @@ w p(. | context ( thought )) + (1 − w) p(. | context) (`env.mix_weight`), on t
 
     python bench/format_costs.py --data c4 --positions 128
     python bench/format_costs.py --data c4 --positions 128 --per-doc 16 --formats aside --mix-weight 0.03 0.1 0.3
+
+With `--data gsm8k --at results` the positions are the results of GSM8K's worked answers (the first digit after
+an "=", the calculator notes removed): natural text where a thought could compute what comes next.
+
+    python bench/format_costs.py --data gsm8k --at results --positions 128 --formats aside --thought-tokens 32 --mix-weight 0.1
 """
 
 from __future__ import annotations
