@@ -57,3 +57,13 @@ def test_a_lone_space_is_what_precedes_a_spaced_number(tok):
     assert ap.is_lone_space(tok, ids[two - 1])
     assert not ap.is_lone_space(tok, ids[two])
     assert not any(ap.is_lone_space(tok, i) for i in ids[: two - 1])  # " =" is not a lone space
+
+
+def test_the_worked_warm_up_shows_worked_sums_before_first_digits_on_some_pages_only():
+    ww = _bench("worked_warmup")
+    args = SimpleNamespace(tokens=1024, model="gemma-3-270m", worked_fraction=0.35, guess_fraction=0.0)
+    cfg = ww.warmup_config(args)
+    (source,) = cfg.data.sources
+    pages = source.synthetic
+    assert (pages.computed_digit, pages.worked_fraction, pages.guess_fraction) == ("first", 0.35, 0.0)
+    assert cfg.warmup.tokens == 1024 and cfg.env.format == "aside"
