@@ -96,13 +96,6 @@ def rows_for(model, tok, prefix: list[int], open_: int, close: int, budget: int)
     return rows
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "stderr": sd / math.sqrt(n), "n": n}
-
-
 def measure(model, tok, picks, args) -> dict:
     open_, close = (tok(d, add_special_tokens=False)["input_ids"] for d in (" (", ")"))
     if len(open_) != 1 or len(close) != 1:
@@ -120,7 +113,11 @@ def measure(model, tok, picks, args) -> dict:
         if len(examples) < args.examples:
             examples.append({k: tok.decode(v[-40:]) for k, v in rows.items() if k.endswith("greedy")})
     bare = logp["bare"]
-    result = {"bare_accuracy": sum(right["bare"]) / len(bare), "bare_logp": summary(bare), "rows": {}}
+    result = {
+        "bare_accuracy": sum(right["bare"]) / len(bare),
+        "bare_logp": format_costs.nats(bare),
+        "rows": {},
+    }
     for name in (k for k in logp if k != "bare"):
         gain = [a - b for a, b in zip(logp[name], bare, strict=True)]
         mixed = [
@@ -129,8 +126,8 @@ def measure(model, tok, picks, args) -> dict:
         ]
         result["rows"][name] = {
             "accuracy": sum(right[name]) / len(bare),
-            "info_gain": summary(gain),
-            f"info_gain_mixed_{w:g}": summary(mixed),
+            "info_gain": format_costs.nats(gain),
+            f"info_gain_mixed_{w:g}": format_costs.nats(mixed),
         }
     result["examples"] = examples
     return result

@@ -12,7 +12,7 @@ the shown thought moves there too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -40,14 +40,15 @@ def is_space_piece(piece: bytes) -> bool:
     return bool(piece) and piece.isspace()
 
 
-def before_trailing_space(pieces: Sequence[bytes]) -> int:
-    """Where a thought written before the trailing whitespace of text whose tokens are `pieces` goes: the index
-    of the first of the trailing whitespace tokens, or len(pieces) when there are none or nothing but
-    whitespace and special (empty) tokens would be left before it. The aside format's `bridge` is the rest."""
-    n = len(pieces)
-    while n > 0 and is_space_piece(pieces[n - 1]):
+def before_trailing_space(ids: Sequence[int], piece: Callable[[int], bytes]) -> int:
+    """Where a thought written before the trailing whitespace of the token `ids` goes (`piece`: a token's
+    bytes): the index of the first of the trailing whitespace tokens, or len(ids) when there are none or
+    nothing but whitespace and special (empty) tokens would be left before it. The aside format's `bridge` is
+    the rest. Only the trailing run and the first tokens are read."""
+    n = len(ids)
+    while n > 0 and is_space_piece(piece(ids[n - 1])):
         n -= 1
-    return n if any(pieces[:n]) else len(pieces)
+    return n if n < len(ids) and any(piece(t) for t in ids[:n]) else len(ids)
 
 
 def first_token_at(
@@ -90,7 +91,7 @@ def tokenize_document(
             continue
         opening, closing = thought_ids  # type: ignore[misc]
         if getattr(thought_ids, "before_space", False):
-            t = before_trailing_space([tokenizer.decode([i]).encode("utf-8") for i in bare[:t]])
+            t = before_trailing_space(bare[:t], lambda i: tokenizer.decode([i]).encode("utf-8"))
         body_ids = tokenizer(body, add_special_tokens=False)["input_ids"]
         inserts.setdefault(t, []).extend([opening, *body_ids, closing])
     tokens: list[int] = []

@@ -73,7 +73,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nextrl.data.shown_thoughts import before_trailing_space, is_space_piece
+from nextrl.data.shown_thoughts import before_trailing_space
 from nextrl.engine.base import Rollout, SamplingParams
 from nextrl.env.base import Task
 from nextrl.env.formats.base import (
@@ -128,14 +128,16 @@ class AsideFormat(DelimitedFormat):
     def bridge(self, context_ids: Sequence[int]) -> list[int]:
         """The context's trailing whitespace tokens, which the aside goes before (none without a thought
         phase, or when nothing but whitespace and special tokens would be left before the aside)."""
-        if self.n_phases < 2 or not context_ids or not is_space_piece(self.token_bytes(context_ids[-1])):
-            return []  # the common case, decided by the last token alone
-        at = before_trailing_space([self.token_bytes(t) for t in context_ids])
-        return [int(t) for t in context_ids[at:]]
+        if self.n_phases < 2:
+            return []
+        return [int(t) for t in context_ids[before_trailing_space(context_ids, self.token_bytes) :]]
 
     def thought_params(self, tasks: Sequence[Task], params: SamplingParams) -> SamplingParams:
-        """Each prompt's bridge (the whitespace its aside was moved before), when any prompt has one."""
-        bridges = tuple(tuple(self.bridge(t.meta["context_ids"])) for t in tasks)
+        """Each prompt's bridge (the whitespace its aside was moved before: the context past the prompt's own
+        text), when any prompt has one."""
+        if self.n_phases < 2:
+            return params
+        bridges = tuple(tuple(t.meta["context_ids"][len(t.prompt_ids) - 1 :]) for t in tasks)
         return dataclasses.replace(params, bridges=bridges) if any(bridges) else params
 
     # ------------------------------------------------------------ sampling a group
