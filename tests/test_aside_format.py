@@ -400,3 +400,46 @@ def test_rl_step_in_the_aside_format(tmp_path):
     assert "reward/empty_thought" in metrics and "reward/thinking" in metrics
     assert metrics["lm_loss"] > 0 and metrics["lm_loss_empty_thought"] > 0
     assert math.isfinite(trainer.step()["reward/mean"])
+
+
+def _pretrained_folder_without_think_tokens(folder):
+    """A model folder as a user brings one: its tokenizer has no `<think>`/`</think>`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(["the cat (a small one) sat on the mat (twice) by the door."] * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>")
+    tiny_llama(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def test_only_the_structured_format_adds_thought_tokens_to_a_pretrained_model(tmp_path):
+    """A pretrained model keeps its own vocabulary (and embeddings) in the aside format, which writes thoughts
+    in tokens it has; the structured format adds `<think>`/`</think>` and grows the embeddings by two rows.
+    Without them in the vocabulary no token of a document counts as an inline thought (`<think>` would
+    otherwise resolve to the unknown token's id)."""
+    from nextrl.config import load_config
+    from nextrl.model.pretrain import prepare_base
+    from nextrl.positions.index import inside_thoughts
+
+    own = _pretrained_folder_without_think_tokens(tmp_path / "model")
+    common = [f"model.path={tmp_path / 'model'}", f"pretrain.cache_dir={tmp_path / 'cache'}"]
+    aside = prepare_base(load_config("micro", [*common, "env.format=aside", "env.delimiters=['(', ')']"]))
+    assert len(aside.tokenizer) == len(own) == aside.model.get_input_embeddings().num_embeddings
+    assert "<think>" not in aside.tokenizer.get_vocab()
+    structured = prepare_base(load_config("micro", [*common, "env.format=structured"]))
+    assert len(structured.tokenizer) == len(own) + 2
+    assert structured.model.get_input_embeddings().num_embeddings == len(own) + 2
+    unknown = aside.tokenizer.convert_tokens_to_ids("<think>")
+    assert unknown == aside.tokenizer.unk_token_id
+    tokens = torch.tensor([5, unknown, 6, 7]).numpy()
+    assert not inside_thoughts(tokens, aside.tokenizer).any()

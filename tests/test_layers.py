@@ -223,7 +223,15 @@ def test_no_module_name_is_used_twice():
 # The stages that run RL without knowing what a thought looks like: its tokens belong to the thought format
 # (`nextrl.env.formats`), so a new format is one module there and none of these change.
 FORMAT_FREE = ("trainer", "distributed", "engine")
-THOUGHT_NAMES = {"think_open", "think_close", "THINK_OPEN", "THINK_CLOSE", "think_ids", "ensure_think_tokens"}
+THOUGHT_NAMES = {
+    "think_open",
+    "think_close",
+    "THINK_OPEN",
+    "THINK_CLOSE",
+    "think_ids",
+    "ensure_think_tokens",
+    "has_think_tokens",
+}
 THOUGHT_TEXT = ("<think>", "</think>")
 
 

@@ -237,6 +237,24 @@ def test_empty_thought_samples_add_their_passes_by_hand():
     assert alone["lm"].tokens == 2 * 8 + 2 * (8 + 2) and alone["lm"].logits == 2 * 8 + 2
 
 
+def test_a_mixing_format_adds_the_policys_bare_pass_by_hand():
+    """With the aside format's mixing (`env.mix_weight`) a model-scored reward reads the policy's bare context
+    too (`ModelScoredRewards._mixed`): one more pass over each unit's prefix, one logit per position."""
+    from nextrl.plan.cost import step_work
+
+    base = dict(positions=2, group_size=3, context=8, thought=2, answer=1, per_prefix=1, lm_term=False)
+    plain = step_work(Workload(**base))
+    mixed = step_work(Workload(**base, mixed=True))
+    assert plain["scoring"].tokens == 2 * 8 and plain["scoring"].logits == 2  # the EMA's bare pass
+    assert mixed["scoring"].tokens == 2 * 2 * 8 and mixed["scoring"].logits == 2 * 2
+    assert mixed["scoring"].attended == 2 * plain["scoring"].attended
+    assert all(mixed[k] == plain[k] for k in ("prefill", "decode", "loss", "lm"))
+    unscored = dict(base, model_scored=False)
+    assert (
+        step_work(Workload(**unscored, mixed=True))["scoring"] == step_work(Workload(**unscored))["scoring"]
+    )
+
+
 def test_this_machine_is_measured_and_one_device_has_no_async_mode():
     result = CliRunner().invoke(app, ["plan", "--hardware", "this-machine", "--model", "qwen3-0.6b",
                                       "--flops", "1e17", "--nodes", "1", "--positions", "16"])  # fmt: skip

@@ -160,9 +160,78 @@ def test_warm_up_trains_on_the_shown_thoughts_and_is_cached(tmp_path, tok, monke
         assert torch.equal(again.model.state_dict()[k], v), k
     # the cache key changes with what shapes the warmed model
     other = cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"lr": 2e-3})})
-    assert W.warmup_key(other, ids) != W.warmup_key(cfg, ids)
-    assert W.warmup_key(cfg, (ids[1], ids[0])) != W.warmup_key(cfg, ids)
+    assert W.warmup_key(other, ids, 100) != W.warmup_key(cfg, ids, 100)
+    assert W.warmup_key(cfg, (ids[1], ids[0]), 100) != W.warmup_key(cfg, ids, 100)
+    assert W.warmup_key(cfg, ids, 101) != W.warmup_key(cfg, ids, 100)
     assert np.isfinite(warmed.info["warmup_final_loss"])
+
+
+def test_a_killed_warm_up_resumes_from_its_checkpoint(tmp_path, tok, monkeypatch):
+    """Killed after step 3 of 4 (checkpoint every 2), `resume` goes on from step 2 and ends at the weights an
+    unbroken warm-up reaches; a checkpoint of another warm-up is not read; the checkpoints go once cached."""
+    from nextrl.model import warmup as W
+    from nextrl.model.pretrain import BaseModel
+    from nextrl.trainer.checkpoint import StageCheckpoints
+
+    def config(cache: str, lr: float = 1e-3) -> RunConfig:
+        return RunConfig.model_validate(
+            {
+                "data": {
+                    "sources": [{"kind": "synthetic", "synthetic": {"documents": 40, "thoughts": "beside"}}]
+                },
+                "env": {"format": "aside"},
+                "warmup": {
+                    "tokens": 4 * 4 * 32,
+                    "seq_len": 32,
+                    "batch_size": 4,
+                    "lr": lr,
+                    "checkpoint_every": 2,
+                },
+                "pretrain": {"cache_dir": str(tmp_path / cache)},
+            }
+        )
+
+    ids = shown_thought_ids(config("a").env, tok)
+    init = tiny_llama(len(tok)).state_dict()
+
+    def warm(cfg, resume, ckpt):
+        model = tiny_llama(len(tok))
+        model.load_state_dict(init)
+        base = BaseModel(model, tok, None, {"flops": 0.0})
+        kept = StageCheckpoints(ckpt, W.warmup_key(cfg, ids, len(tok)), cfg.warmup.checkpoint_every, resume)
+        return W.warm_up(cfg, base, ids, torch.device("cpu"), None, None, kept)
+
+    unbroken = warm(config("a"), False, tmp_path / "run_a" / "checkpoints")
+    assert not (tmp_path / "run_a" / "checkpoints").exists()  # cached: its checkpoints are gone
+
+    real_train_lm, started = W.train_lm, []
+
+    def killed_after_step_3(model, batch_fn, **kw):
+        started.append(kw["start_step"])
+
+        def batches(step):
+            if step == 3 and len(started) == 1:
+                raise KeyboardInterrupt
+            return batch_fn(step)
+
+        return real_train_lm(model, batches, **kw)
+
+    monkeypatch.setattr(W, "train_lm", killed_after_step_3)
+    ckpt = tmp_path / "run_b" / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        warm(config("b"), False, ckpt)
+    assert (ckpt / "step-000002").is_dir()
+    resumed = warm(config("b"), True, ckpt)
+    assert started == [0, 2] and resumed.info["warmup_steps"] == 4
+    for k, v in unbroken.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+    assert not ckpt.exists()
+
+    started.clear()  # a checkpoint left by another warm-up (here another lr) is not resumed from
+    with pytest.raises(KeyboardInterrupt):
+        warm(config("c", lr=2e-3), False, ckpt)
+    warm(config("d"), True, ckpt)
+    assert started == [0, 0]
 
 
 def test_the_units_digit_can_be_the_computed_position():
@@ -203,3 +272,20 @@ def test_a_run_without_a_proxy_selects_and_evaluates_the_computed_positions(tmp_
 def test_no_proxy_on_a_corpus_without_marked_spans_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="selection.proxy 'none' keeps only the `computed` spans"):
         run(load_config("micro", ["model.dtype=float32", "selection.proxy=none"]), tmp_path)
+
+
+def test_the_trailing_run_an_aside_goes_before_by_hand():
+    """Whitespace tokens, and a currency sign with a space before it (Gemma's " $", or " " then "$"), move
+    after the thought; a sign glued to a word ("US$") and a lone run of whitespace do not."""
+    from nextrl.data.shown_thoughts import before_trailing_space
+
+    def at(*pieces: str) -> int:
+        return before_trailing_space(list(range(len(pieces))), lambda i: pieces[i].encode())
+
+    assert at("It", " costs", " $") == 2  # "It costs (…) $10"
+    assert at("It", " costs", " $", " ") == 2  # "$ 10"
+    assert at("It", " costs", " ", "$") == 2
+    assert at("is", " €") == 1 and at("is", " £") == 1 and at("is", " ¥") == 1
+    assert at("US", "$") == 2  # no space before the sign: the aside stays after it
+    assert at("=", " ") == 1 and at("=", " ", " ") == 1 and at("x", "=") == 2
+    assert at(" ", " $") == 2 and at("", " ") == 2  # nothing but whitespace (or a special token) before it

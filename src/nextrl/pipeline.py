@@ -31,13 +31,13 @@ from nextrl.model.build import autocast_dtype, resolve_device
 from nextrl.model.lm import train_lm
 from nextrl.model.optim import build_optimizer, build_scheduler
 from nextrl.model.pretrain import BaseModel, prepare_base
-from nextrl.model.warmup import warm_up
+from nextrl.model.warmup import warm_up, warmup_key
 from nextrl.positions import PositionIndex, position_tasks, select_positions
 from nextrl.preflight import check_context, preflight
 from nextrl.report import summary_table, write_report
 from nextrl.run_folder import RunLock, check_foreign, prepare_run_folder
 from nextrl.summary import RLRunSummary, RunSummary, SummaryError
-from nextrl.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from nextrl.trainer.checkpoint import StageCheckpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from nextrl.trainer.rl import RLTrainer
 from nextrl.utils.io import atomic_dir, atomic_write_text
 from nextrl.utils.metrics import MetricsLogger
@@ -303,7 +303,10 @@ def _stages(
         base.model.to(device)
     if cfg.warmup.tokens:
         with _timed(seconds, "warmup"):
-            base = warm_up(cfg, base, shown_thought_ids(cfg.env, base.tokenizer), device, autocast, logger)
+            ids = shown_thought_ids(cfg.env, base.tokenizer)
+            tag, every = warmup_key(cfg, ids, len(base.tokenizer)), cfg.warmup.checkpoint_every
+            kept = StageCheckpoints(out / "warmup" / "checkpoints", tag, every, resume)
+            base = warm_up(cfg, base, ids, device, autocast, logger, kept)
     with _timed(seconds, "selection"):
         index = select_stage(cfg, base, out, device, autocast)
     with _timed(seconds, "rl"):

@@ -230,6 +230,12 @@ class WarmupConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-5, gt=0)
     warmup_steps: int = Field(4, ge=0, description="linear learning-rate warm-up steps (then cosine decay)")
+    checkpoint_every: int = Field(
+        10,
+        ge=0,
+        description="steps between checkpoints in the run folder's warmup/checkpoints, from which `nextrl run "
+        "--resume` continues a killed warm-up (0: none); they are deleted once the warmed model is cached",
+    )
 
 
 class SelectionConfig(_Strict):

@@ -6,8 +6,8 @@ the result. Written into the text, a base model's tokenizer would merge the deli
 would teach a thought the format never writes. Here the body is tokenized alone and inserted, between the
 format's delimiter ids, before the token its offset points at: exactly the sequence the format builds at that
 position. A format that writes its thought before the context's trailing whitespace tokens (the aside format:
-" 36" is " ", "3", "6" to Gemma, and the aside goes before the space) says so (`Delimiters.before_space`), and
-the shown thought moves there too.
+" 36" is " ", "3", "6" to Gemma, and the aside goes before the space; " $10" is " $", "1", "0", and it goes
+before the sign) says so (`Delimiters.before_space`), and the shown thought moves there too.
 """
 
 from __future__ import annotations
@@ -40,13 +40,23 @@ def is_space_piece(piece: bytes) -> bool:
     return bool(piece) and piece.isspace()
 
 
+# Signs that open an amount (" $" before "1", "0"): a writer puts the aside before them, as before a space
+NUMBER_SIGNS = (b"$", "€".encode(), "£".encode(), "¥".encode())
+
+
 def before_trailing_space(ids: Sequence[int], piece: Callable[[int], bytes]) -> int:
     """Where a thought written before the trailing whitespace of the token `ids` goes (`piece`: a token's
     bytes): the index of the first of the trailing whitespace tokens, or len(ids) when there are none or
-    nothing but whitespace and special (empty) tokens would be left before it. The aside format's `bridge` is
-    the rest. Only the trailing run and the first tokens are read."""
+    nothing but whitespace and special (empty) tokens would be left before it. A currency sign in that run
+    moves too when a space precedes it (" $", or " " then "$": "costs $" + "10" takes its aside before " $";
+    "US$" keeps it after the sign). The aside format's `bridge` is the rest. Only the trailing run and the
+    first tokens are read."""
     n = len(ids)
-    while n > 0 and is_space_piece(piece(ids[n - 1])):
+    while n > 0:
+        last = piece(ids[n - 1])
+        spaced = last[:1].isspace() or (n > 1 and is_space_piece(piece(ids[n - 2])))
+        if not (is_space_piece(last) or (last.strip() in NUMBER_SIGNS and spaced)):
+            break
         n -= 1
     return n if n < len(ids) and any(piece(t) for t in ids[:n]) else len(ids)
 

@@ -129,10 +129,10 @@ class JudgeEnv(Environment):
         path = self.options.get("judge")
         if path:
             from nextrl.model.build import load_model
-            from nextrl.model.tokenizer import load_tokenizer
+            from nextrl.model.tokenizer import has_think_tokens, load_tokenizer
 
-            try:
-                judge_vocab = load_tokenizer(str(path)).get_vocab()
+            try:  # with <think>/</think> when the policy's tokenizer has them (the structured format)
+                judge_vocab = load_tokenizer(str(path), think_tokens=has_think_tokens(self.tok)).get_vocab()
             except (OSError, ValueError) as e:
                 raise ConfigError(f"config key 'env.options.judge': no tokenizer in {path} ({e})") from None
             if judge_vocab != self.tok.get_vocab():

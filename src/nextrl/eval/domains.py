@@ -187,7 +187,7 @@ def load_checkpoints(paths: Sequence[Path]):
             raise UsageError(f"{path} is not a Hugging Face model folder (no config.json)")
         if tok is None:
             try:
-                tok = load_tokenizer(str(path))
+                tok = load_tokenizer(str(path), think_tokens=False)  # as the folder was saved
             except (OSError, ValueError) as e:
                 raise NothingToEvaluate(f"{path}: no tokenizer to load ({e})") from None
         out.append((str(path), load_model(path, vocab_size=len(tok), key=f"model {path}")))

@@ -78,7 +78,9 @@ def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseMod
         key = "tokenizer.path" if cfg.tokenizer.path else "model.path"
         source = resolve_model_path(cfg.model.path, cache_root(cfg))  # a GGUF model: its converted folder
         try:
-            tok = load_tokenizer(cfg.tokenizer.path or source, cache_root(cfg))
+            # only the structured format writes <think>/</think>: the others keep the model's own vocabulary
+            think = cfg.env.format == "structured"
+            tok = load_tokenizer(cfg.tokenizer.path or source, cache_root(cfg), think_tokens=think)
         except (OSError, ValueError) as e:  # not found, offline, no tokenizer files
             raise ConfigError(
                 f"config key '{key}': cannot load a tokenizer from {cfg.tokenizer.path or cfg.model.path}: {e}"
@@ -95,7 +97,7 @@ def prepare_base(cfg: RunConfig, logger: MetricsLogger | None = None) -> BaseMod
 
 def load_base(folder: Path) -> BaseModel:
     info = json.loads((folder / "base.json").read_text())
-    tok = load_tokenizer(str(folder))
+    tok = load_tokenizer(str(folder), think_tokens=False)  # the vocabulary the folder was saved with
     model = load_model(folder)
     return BaseModel(model, tok, folder, {**info, "cached": True})
 

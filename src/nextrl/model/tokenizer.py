@@ -49,11 +49,19 @@ def train_bpe_tokenizer(
     )
 
 
-def load_tokenizer(path: str, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer with `<think>`/`</think>` guaranteed to be single special tokens (a `.gguf` file
-    or a packaged model name loads from its converted folder in the model cache)."""
+def load_tokenizer(
+    path: str, cache_dir: str | None = None, think_tokens: bool = True
+) -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer (a `.gguf` file or a packaged model name loads from its converted folder in the
+    model cache), with a pad token, and with `<think>`/`</think>` guaranteed to be single special tokens when
+    `think_tokens` (the structured format writes them; the model's embeddings then grow by their rows). Without
+    it the vocabulary is the model's own."""
     tok = AutoTokenizer.from_pretrained(resolve_model_path(path, cache_dir))
-    return ensure_think_tokens(tok)
+    if think_tokens:
+        return ensure_think_tokens(tok)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def ensure_think_tokens(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -78,6 +86,13 @@ def document_prefix(tok: PreTrainedTokenizerBase) -> list[int]:
 
 def think_ids(tok: PreTrainedTokenizerBase) -> tuple[int, int]:
     return tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
+
+
+def has_think_tokens(tok: PreTrainedTokenizerBase) -> bool:
+    """Whether `<think>`/`</think>` are in the vocabulary (else `think_ids` gives the unknown token's id, or
+    None for a tokenizer without one)."""
+    unknown = getattr(tok, "unk_token_id", None)
+    return all(i is not None and i != unknown for i in think_ids(tok))
 
 
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")

@@ -114,6 +114,7 @@ def read_run(
         per_prefix=cfg.positions.per_prefix,
         share_prefix=cfg.sharing.enabled,
         model_scored=any(t in terms for t in MODEL_SCORED),
+        mixed=cfg.env.mix_weight is not None,
         lm_term=cfg.rl.lm_coef > 0,
         updates_per_batch=cfg.rl.updates_per_batch,
         decode_batch=cfg.sampling.batch_size,

@@ -64,6 +64,9 @@ class Workload:
     # the engine records the one true token's log-prob after the thought as it samples the answer
     # (`SamplingParams.score_phase`, nextrl's PyTorch engines): the with-thought scoring pass is not run
     engine_scores: bool = True
+    # the format reads the answer after a thought mixed with the bare context's (the aside format's
+    # `env.mix_weight`): model-scored rewards take one more bare-context pass, under the policy
+    mixed: bool = False
     # the learner ranks' state (`placement.shard`): 'fsdp' splits it over the learner GPUs, 'none' keeps it
     # whole on every one (`learner_state_bytes`)
     shard: str = "fsdp"
@@ -158,6 +161,8 @@ def step_work(w: Workload) -> dict[str, TokenWork]:
             _scaled(_seq(shared, 0, 1), units) if w.share_prefix else _scaled(_seq(prompt, 0, 1), w.positions)
         )
         work["scoring"] = bare if w.engine_scores else _sum(branch, prefix, bare)
+        if w.mixed:
+            work["scoring"] = _sum(work["scoring"], bare)
     prefix = _scaled(_seq(shared, 0, 0), units) if w.share_prefix else _scaled(_seq(prompt, 0, 0), samples)
     branches = _scaled(_seq(comp, prompt, comp), samples)
     work["loss"] = _scaled(_sum(prefix, branches), w.updates_per_batch * w.trained_fraction)
@@ -254,7 +259,7 @@ def step_cost(
     trained = samples * w.trained_fraction
     micro = math.ceil(trained / (w.micro_batch * gpus)) * w.updates_per_batch
     lm_micro = math.ceil(stripes_of(w) / (w.micro_batch * gpus)) if w.lm_term and not w.share_prefix else 0
-    calls = iterations + batches * (1 + 2 * w.model_scored) + 3 * (micro + lm_micro)
+    calls = iterations + batches * (1 + (2 + w.mixed) * w.model_scored) + 3 * (micro + lm_micro)
     c.seconds["overhead"] = calls * m.layers * hw.layer_overhead_s + hw.step_overhead_s
     return c
 

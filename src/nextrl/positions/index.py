@@ -18,7 +18,7 @@ from nextrl.config import DataConfig, SelectionConfig
 from nextrl.data import Document, split_of
 from nextrl.data.shown_thoughts import tokenize_document
 from nextrl.model.head import head_weight, topk_entropy_of_hidden
-from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN
+from nextrl.model.tokenizer import has_think_tokens, think_ids
 from nextrl.positions.context import context_start
 from nextrl.positions.entropy import bucket_of
 from nextrl.utils.io import atomic_write_with
@@ -254,11 +254,10 @@ def _mean_scored(entropy: list[float]) -> float | None:
 def inside_thoughts(tokens: np.ndarray, tokenizer, thought_ids: tuple[int, int] | None = None) -> np.ndarray:
     """Bool per token: True from an opening delimiter up to and including its closing one (a shown thought).
     The delimiters are `thought_ids` when given, else `<think>` / `</think>` (thoughts written inline)."""
-    open_id, close_id = thought_ids or (
-        tokenizer.convert_tokens_to_ids(THINK_OPEN),
-        tokenizer.convert_tokens_to_ids(THINK_CLOSE),
-    )
     out = np.zeros(len(tokens), dtype=bool)
+    if thought_ids is None and not has_think_tokens(tokenizer):  # no <think>: no thought written inline
+        return out
+    open_id, close_id = thought_ids or think_ids(tokenizer)
     depth = 0
     for t, tok in enumerate(tokens.tolist()):
         if tok == open_id:

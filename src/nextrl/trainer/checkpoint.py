@@ -124,3 +124,27 @@ def load_checkpoint(
         optimizer.load_state_dict(blob["optimizer"])
     set_rng_state(blob["rng"])
     return {"step": blob["step"], "state": blob["state"]}
+
+
+class StageCheckpoints:
+    """A training stage's unfinished state for `--resume` (the format warm-up's): written every `every` steps
+    into `folder` (the newest kept), read back on resume when it belongs to the same training (`tag`, e.g. the
+    warm-up's cache key), else ignored; `discard` deletes them once the stage's result is kept elsewhere."""
+
+    def __init__(self, folder: Path, tag: str, every: int, resume: bool):
+        self.folder, self.tag, self.every, self.resume = Path(folder), tag, every, resume
+
+    def restore(self, model, optimizer, scheduler) -> int:
+        """The step to start from: that of the newest checkpoint of this training on resume, else 0."""
+        if not self.resume or (path := latest_checkpoint(self.folder)) is None:
+            return 0
+        if torch.load(path / "trainer_state.pt", weights_only=False)["state"].get("tag") != self.tag:
+            return 0  # another config's training: start over
+        return load_checkpoint(path, model, optimizer, scheduler)["step"]
+
+    def save(self, done: int, steps: int, model, optimizer, scheduler) -> None:
+        if self.every and done % self.every == 0 and done < steps:
+            save_checkpoint(self.folder, done, model, None, optimizer, scheduler, {"tag": self.tag}, keep=1)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -19,7 +19,7 @@ from nextrl.env.formats.base import EngineSampler, GroupSampler, ThoughtFormat, 
 from nextrl.env.formats.prompted import PromptedFormat, build_prompt, parse_boxed_answer
 from nextrl.env.formats.structured import StructuredFormat, closed_thought
 from nextrl.errors import ConfigError
-from nextrl.model.tokenizer import THINK_CLOSE, THINK_OPEN, TokenBytes, end_of_turn_ids, think_ids
+from nextrl.model.tokenizer import TokenBytes, end_of_turn_ids, has_think_tokens, think_ids
 
 __all__ = [
     "DEFAULT_DELIMITERS",
@@ -58,8 +58,7 @@ def build_format(
         return AsideFormat(
             open_id, close_id, cfg.thought_tokens, cfg.answer_tokens, eos_ids, token_bytes, cfg.mix_weight
         )
-    vocab = tokenizer.get_vocab()
-    if THINK_OPEN not in vocab or THINK_CLOSE not in vocab:
+    if not has_think_tokens(tokenizer):
         # convert_tokens_to_ids would silently give unk: fail here instead (see ensure_think_tokens).
         raise ValueError("structured format needs <think> and </think> tokens in the vocabulary")
     open_id, close_id = think_ids(tokenizer)

@@ -126,8 +126,9 @@ class AsideFormat(DelimitedFormat):
         return [*context_ids[:keep], self.open]
 
     def bridge(self, context_ids: Sequence[int]) -> list[int]:
-        """The context's trailing whitespace tokens, which the aside goes before (none without a thought
-        phase, or when nothing but whitespace and special tokens would be left before the aside)."""
+        """The context's trailing whitespace tokens (and a currency sign after a space: " $" before "10"),
+        which the aside goes before (`before_trailing_space`; none without a thought phase, or when nothing but
+        whitespace and special tokens would be left before the aside)."""
         if self.n_phases < 2:
             return []
         return [int(t) for t in context_ids[before_trailing_space(context_ids, self.token_bytes) :]]
