@@ -253,10 +253,10 @@ def main() -> None:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (measured; the load average "
         f"was {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores)",
-        f"- workload: context {context}, thought <= {cfg.env.thought_tokens}, G = {cfg.sampling.group_size} + "
-        f"{cfg.rl.empty_thought_samples} empty-thought, {cfg.positions.per_step} positions per step "
-        f"({samples} samples), reward prefix_match + 0.1 x info_gain, lm_coef {cfg.rl.lm_coef}; {len(steps)} timed RL steps "
-        f"after 1 warm-up, {step_s:.1f} s per step",
+        f"- workload: {cfg.env.format} format, context {context}, thought <= {cfg.env.thought_tokens}, G = "
+        f"{cfg.sampling.group_size} + {cfg.rl.empty_thought_samples} empty-thought, {cfg.positions.per_step} "
+        f"positions per step ({samples} samples), reward {cfg.reward.spec}, lm_coef {cfg.rl.lm_coef}; "
+        f"{len(steps)} timed RL steps after 1 warm-up, {step_s:.1f} s per step",
         "",
         "| stage | wall s | CPU s (2 threads) | per | MFU (wall) |",
         "|---|---|---|---|---|",

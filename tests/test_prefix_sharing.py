@@ -278,6 +278,29 @@ def test_micro_batches_keep_prefix_groups_together():
     assert plain == [list(range(s, min(s + 30, 96))) for s in range(0, 96, 30)]
 
 
+def test_a_token_bound_splits_a_prefix_group_by_hand():
+    """One group of 6 samples sharing a 10-token prompt, completions of 5 tokens, and one next-token
+    sequence riding along: a bound of 20 tokens gives pieces of 2 samples (10 + 2 x 5), the rider with the
+    first; without the bound, one micro-batch."""
+    prompts = [list(range(1, 11))] * 6 + [list(range(1, 13))]
+    lengths = [5] * 6
+    whole = plan_micro_batches(prompts, size=2, share_prefix=True, max_nodes=4096, counted=6)
+    assert whole == [list(range(7))]
+    split = plan_micro_batches(
+        prompts,
+        size=2,
+        share_prefix=True,
+        max_nodes=4096,
+        counted=6,
+        completion_lengths=lengths,
+        max_tokens=20,
+    )
+    assert split == [[0, 1, 6], [2, 3], [4, 5]]
+    # a sample alone above the bound is a piece of its own
+    alone = plan_micro_batches(prompts[:2], 8, True, 4096, completion_lengths=[30, 1], max_tokens=20)
+    assert alone == [[0], [1]]
+
+
 def test_position_sampler_units():
     units = [[0, 1, 2], [3], [4, 5]]
     s = PositionSampler(units, seed=0)

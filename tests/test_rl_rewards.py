@@ -280,3 +280,27 @@ def test_no_gain_retirement_fires_from_the_trainer(micro, tmp_path):
     by_reason = t.source.stats()["retired_by_reason"]
     assert by_reason["no_gain"] > 0  # dense rewards differ, but by less than the threshold
     assert t.state.groups_with_signal > 0  # the run's signal count still means "rewards differ"
+
+
+def test_a_token_bound_splits_prefix_groups_without_changing_the_update(micro, tmp_path, spy):
+    """`rl.micro_batch_tokens`: a group of samples sharing a prompt prefix, one micro-batch whatever its size
+    otherwise, is split into pieces of at most that many tokens (the prefix once per piece); the gradient,
+    next-token term included, is the unsplit one's."""
+    overrides = ["rl.drop_uniform_groups=false", "rl.lm_coef=0.5", "rl.empty_thought_samples=1"]
+    overrides += ["sampling.group_size=4", "sampling.temperature=1.5"]
+    grads, pieces = [], []
+    for bound in (0, 60):
+        t = trainer(micro, tmp_path / str(bound), [*overrides, f"rl.micro_batch_tokens={bound}"])
+        torch.manual_seed(0)
+        groups, _, _ = t.collect(t.learner.account)
+        spy.clear()
+        t.learner.optimizer.step = lambda: None  # keep the gradient, skip the step
+        t.learner.learn(groups, t.learner.account)
+        grads.append(torch.cat([p.grad.flatten() for p in t.policy.parameters() if p.grad is not None]))
+        pieces.append([len(c) for c, _ in spy])
+        if bound:
+            for chunk, _ in spy:
+                used = max(len(r.prompt_ids) for r in chunk) + sum(len(r.completion_ids) for r in chunk)
+                assert len(chunk) == 1 or used <= bound
+    assert len(pieces[1]) > len(pieces[0]) and sum(pieces[1]) == sum(pieces[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)

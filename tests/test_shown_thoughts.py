@@ -202,7 +202,7 @@ def test_a_killed_warm_up_resumes_from_its_checkpoint(tmp_path, tok, monkeypatch
         return W.warm_up(cfg, base, ids, torch.device("cpu"), None, None, kept)
 
     unbroken = warm(config("a"), False, tmp_path / "run_a" / "checkpoints")
-    assert not (tmp_path / "run_a" / "checkpoints").exists()  # cached: its checkpoints are gone
+    assert not (tmp_path / "run_a").exists()  # cached: its checkpoints (and their empty folder) are gone
 
     real_train_lm, started = W.train_lm, []
 

@@ -620,6 +620,15 @@ class RLConfig(_Strict):
     micro_batch_size: int = Field(
         64, ge=1, description="sequences per forward/backward (memory bound; exact accumulation)"
     )
+    micro_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="most tokens in one forward/backward with prefix sharing (each prompt prefix once, plus "
+        "every completion): a group of samples that share a prefix is otherwise one micro-batch whatever its "
+        "size, and its activations grow with G x thought length (Gemma 3 270M, G = 16, thought 256: over 24 "
+        "GiB). Above the bound the group is split, its prefix encoded once per piece; exact accumulation. "
+        "0: groups are never split",
+    )
     checkpoint_every: int = Field(20, ge=1)
     seed: int = 0
 

@@ -7,6 +7,7 @@ still written whole in Hugging Face form beside them (from the driver's rollout-
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -148,3 +149,5 @@ class StageCheckpoints:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the stage's folder too, when nothing else is in it
+            self.folder.parent.rmdir()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,12 +33,20 @@ from nextrl.trainer.step_account import StepAccount
 
 
 def plan_micro_batches(
-    prompts: list[list[int]], size: int, share_prefix: bool, max_nodes: int, counted: int | None = None
+    prompts: list[list[int]],
+    size: int,
+    share_prefix: bool,
+    max_nodes: int,
+    counted: int | None = None,
+    completion_lengths: Sequence[int] = (),
+    max_tokens: int = 0,
 ) -> list[list[int]]:
     """Indices of each micro-batch, about `size` sequences each. With prefix sharing, sequences whose prompts
     share a prefix stay in one micro-batch so that the prefix is encoded once (a group larger than `size` gets
-    a micro-batch of its own); without, consecutive slices. Only the first `counted` sequences (default all)
-    count toward `size`: the others ride along with the sequences they share a prefix with."""
+    a micro-batch of its own, unless `max_tokens` splits it); without, consecutive slices. Only the first
+    `counted` sequences (default all) count toward `size`: the others ride along with the sequences they share
+    a prefix with. `max_tokens` (with the counted sequences' `completion_lengths`) bounds a micro-batch's
+    tokens, its longest prompt once plus its completions, by splitting groups above it."""
     if not share_prefix:
         return [list(range(s, min(s + size, len(prompts)))) for s in range(0, len(prompts), size)]
     counted = len(prompts) if counted is None else counted
@@ -52,7 +60,29 @@ def plan_micro_batches(
         else:
             chunks.append(list(g))
             filled = n
-    return chunks
+    if not max_tokens:
+        return chunks
+    return [p for c in chunks for p in _split_by_tokens(c, prompts, counted, completion_lengths, max_tokens)]
+
+
+def _split_by_tokens(
+    chunk: list[int], prompts: list[list[int]], counted: int, lengths: Sequence[int], max_tokens: int
+) -> list[list[int]]:
+    """`chunk` in pieces of at most `max_tokens` (the longest prompt of a piece once, plus its completions; a
+    sequence alone above the bound is a piece of its own); the sequences that ride along (index >= `counted`)
+    go with the first piece."""
+    pieces: list[list[int]] = [[]]
+    longest = 0
+    for i in (i for i in chunk if i < counted):
+        grown = max(longest, len(prompts[i]))
+        used = grown + sum(lengths[j] for j in pieces[-1]) + lengths[i]
+        if pieces[-1] and used > max_tokens:
+            pieces.append([])
+            grown = len(prompts[i])
+        pieces[-1].append(i)
+        longest = grown
+    pieces[0] += [i for i in chunk if i >= counted]
+    return [p for p in pieces if p]
 
 
 def loss_weight(loss_norm: str, chunk: list[Rollout], batch: list[Rollout]) -> float:
@@ -383,14 +413,19 @@ class Learner:
         whose prompts share its prefix (prefix sharing only), and does not count toward the size."""
         prompts = [r.prompt_ids for r in rollouts]
         sharing, size = self.cfg.sharing, self.rl.micro_batch_size
+        bound = dict(
+            completion_lengths=[len(r.completion_ids) for r in rollouts],
+            max_tokens=self.rl.micro_batch_tokens,
+        )
         if not lm_seqs:
-            return [
-                (c, []) for c in plan_micro_batches(prompts, size, sharing.enabled, sharing.max_tree_nodes)
-            ]
+            planned = plan_micro_batches(prompts, size, sharing.enabled, sharing.max_tree_nodes, **bound)
+            return [(c, []) for c in planned]
         n = len(prompts)
         inputs = prompts + [q[:-1] for q in lm_seqs]
-        # lm sequences alone (no rollouts) count themselves, as a pass of their own would
-        joint = plan_micro_batches(inputs, size, True, sharing.max_tree_nodes, counted=n or None)
+        # lm sequences alone (no rollouts) count themselves, as a pass of their own would (and are not split)
+        if not n:
+            bound["max_tokens"] = 0
+        joint = plan_micro_batches(inputs, size, True, sharing.max_tree_nodes, counted=n or None, **bound)
         return [([i for i in c if i < n], [i - n for i in c if i >= n]) for c in joint]
 
     def logprobs(
