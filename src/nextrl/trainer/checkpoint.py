@@ -139,7 +139,9 @@ class StageCheckpoints:
         """The step to start from: that of the newest checkpoint of this training on resume, else 0."""
         if not self.resume or (path := latest_checkpoint(self.folder)) is None:
             return 0
-        if torch.load(path / "trainer_state.pt", weights_only=False)["state"].get("tag") != self.tag:
+        # mmap: the tag is read without reading the optimizer's moments (GBs for a real model) twice
+        state = torch.load(path / "trainer_state.pt", weights_only=False, mmap=True)["state"]
+        if state.get("tag") != self.tag:
             return 0  # another config's training: start over
         return load_checkpoint(path, model, optimizer, scheduler)["step"]
 
