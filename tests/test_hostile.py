@@ -189,6 +189,22 @@ def test_a_run_that_failed_before_its_first_stage_can_be_rerun(tmp_path):
     assert "stdlib" in (out / "config.yaml").read_text()
 
 
+def test_a_killed_warm_ups_checkpoints_are_kept_for_resume(tmp_path):
+    """A run killed in its format warm-up has written no stage yet, but its warm-up checkpoints are outputs:
+    the same folder without --resume is refused (nothing is overwritten), with --resume it goes on."""
+    out = tmp_path / "run"
+    (out / "warmup" / "checkpoints" / "step-000010").mkdir(parents=True)
+    cfg = load_config("micro")
+    from nextrl.config import dump_config
+
+    (out / "config.yaml").write_text(dump_config(cfg))
+    with RunLock(out), pytest.raises(RunFolderError, match="already holds a run"):
+        prepare_run_folder(out, cfg, resume=False)
+    with RunLock(out):
+        prepare_run_folder(out, cfg, resume=True)
+    assert (out / "warmup" / "checkpoints" / "step-000010").is_dir()
+
+
 def bad_set(tmp_path: Path) -> str:
     return f"data.sources=[{{kind: text, path: '{tmp_path}/nothing-*.txt'}}]"
 

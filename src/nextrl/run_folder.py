@@ -28,7 +28,8 @@ from nextrl.utils.io import atomic_write_text, restore_old
 
 LOCK = ".lock"
 # what a run writes once a stage has finished (or started writing checkpoints)
-STAGE_OUTPUTS = ("index", "rl", "baseline", "models", "eval", "summary.json", "report.html")
+# a killed format warm-up leaves its checkpoints in warmup/ (deleted once the warmed model is cached)
+STAGE_OUTPUTS = ("warmup", "index", "rl", "baseline", "models", "eval", "summary.json", "report.html")
 
 
 class RunLock:
