@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import format_costs  # noqa: E402  (the bench scripts' data and position pickers)
 from nextrl.config import load_config  # noqa: E402
+from nextrl.model.mixing_head import mixed_log_probs  # noqa: E402
 from nextrl.model.pretrain import prepare_base  # noqa: E402
 from nextrl.model.tokenizer import document_prefix  # noqa: E402
 
@@ -120,10 +121,9 @@ def measure(model, tok, picks, args) -> dict:
     }
     for name in (k for k in logp if k != "bare"):
         gain = [a - b for a, b in zip(logp[name], bare, strict=True)]
-        mixed = [
-            math.log(w * math.exp(a) + (1 - w) * math.exp(b)) - b
-            for a, b in zip(logp[name], bare, strict=True)
-        ]
+        a, b = torch.tensor(logp[name], dtype=torch.float64), torch.tensor(bare, dtype=torch.float64)
+        z = torch.full_like(a, math.log(w / (1 - w)))  # the constant weight w as the mixing head's logit
+        mixed = (mixed_log_probs(z, a, b) - b).tolist()
         result["rows"][name] = {
             "accuracy": sum(right[name]) / len(bare),
             "info_gain": format_costs.nats(gain),

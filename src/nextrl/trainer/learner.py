@@ -72,15 +72,13 @@ def _split_by_tokens(
     sequence alone above the bound is a piece of its own); the sequences that ride along (index >= `counted`)
     go with the first piece."""
     pieces: list[list[int]] = [[]]
-    longest = 0
+    longest = completed = 0  # the current piece's longest prompt and its completions' tokens
     for i in (i for i in chunk if i < counted):
-        grown = max(longest, len(prompts[i]))
-        used = grown + sum(lengths[j] for j in pieces[-1]) + lengths[i]
-        if pieces[-1] and used > max_tokens:
+        if pieces[-1] and max(longest, len(prompts[i])) + completed + lengths[i] > max_tokens:
             pieces.append([])
-            grown = len(prompts[i])
+            longest = completed = 0
         pieces[-1].append(i)
-        longest = grown
+        longest, completed = max(longest, len(prompts[i])), completed + lengths[i]
     pieces[0] += [i for i in chunk if i >= counted]
     return [p for p in pieces if p]
 
